@@ -1,0 +1,35 @@
+"""The ComfyUI extension API this pack builds on, imported in one place.
+
+We target the V3 node API through its versioned module (``comfy_api.v0_0_2``) so a later
+ComfyUI that moves ``latest`` on does not break us, and build ``io.Schema`` through
+``schema()``, which drops fields the running ComfyUI does not know (``Schema`` is a
+dataclass: an unknown field would raise at import on an older ComfyUI).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+try:
+    from comfy_api.v0_0_2 import ComfyExtension, io, ui
+except ImportError:  # a ComfyUI without the versioned module
+    from comfy_api.latest import ComfyExtension, io, ui
+
+_SCHEMA_FIELDS = {f.name for f in dataclasses.fields(io.Schema)}
+
+CATEGORY = "FMCGM"
+
+
+def schema(**fields) -> io.Schema:
+    """``io.Schema`` with only the fields this ComfyUI knows; checks our own conventions."""
+    node_id = fields["node_id"]
+    if not node_id.startswith("FMCGM"):
+        raise ValueError(f"node id {node_id!r} must start with 'FMCGM'")
+    if not fields.get("description"):
+        raise ValueError(f"node {node_id} needs a description")
+    for item in fields.get("inputs", []):
+        if not getattr(item, "tooltip", None):
+            raise ValueError(f"input {item.id!r} of {node_id} needs a tooltip")
+    return io.Schema(**{k: v for k, v in fields.items() if k in _SCHEMA_FIELDS})
+
+
+__all__ = ["ComfyExtension", "io", "ui", "schema", "CATEGORY"]

@@ -1,0 +1,44 @@
+"""Test-only ComfyUI nodes for FM-CGM's test suite and demo (never shipped to users).
+
+ComfyUI's stock CheckpointLoaderSimple cannot detect a checkpoint as small as our tiny
+SDXL fixture (it guesses a full-size VAE), so this loader reads the same .safetensors file
+from the ``checkpoints`` folder with the configs given. Everything downstream is stock.
+"""
+import os
+import sys
+
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+if _REPO not in sys.path:
+    sys.path.append(_REPO)
+
+import folder_paths  # noqa: E402
+from comfy_api.latest import ComfyExtension, io  # noqa: E402
+
+from tests.fixtures import tiny_sdxl  # noqa: E402
+
+
+class TinySDXLCheckpointLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FMCGMTest_TinySDXLCheckpointLoader",
+            display_name="Tiny SDXL Checkpoint Loader (FM-CGM tests)",
+            category="FMCGM/testing",
+            description="Loads a tiny random-weight SDXL-shaped checkpoint written by tests/fixtures/tiny_sdxl.py.",
+            inputs=[io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list("checkpoints"),
+                                   tooltip="A tiny checkpoint in the checkpoints folder.")],
+            outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()],
+        )
+
+    @classmethod
+    def execute(cls, ckpt_name):
+        return io.NodeOutput(*tiny_sdxl.load(folder_paths.get_full_path_or_raise("checkpoints", ckpt_name)))
+
+
+class _Extension(ComfyExtension):
+    async def get_node_list(self):
+        return [TinySDXLCheckpointLoader]
+
+
+async def comfy_entrypoint():
+    return _Extension()

@@ -1,0 +1,63 @@
+"""Shared fixtures. ComfyUI is imported only by tests that ask for it (see comfy_harness)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # 2 shared cores: one thread each is fastest
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))  # append: our `nodes/` must not shadow ComfyUI's `nodes`
+
+from tests import comfy_harness  # noqa: E402
+
+ARTIFACTS = REPO / "test-artifacts"
+
+
+def test_image_png(size: int = 64) -> bytes:
+    """A deterministic picture with structure (gradient, a disc, a bar), as PNG bytes."""
+    import io
+    import numpy as np
+    from PIL import Image
+    y, x = np.mgrid[0:size, 0:size] / (size - 1)
+    img = np.stack([x, y, 1 - x * y], axis=-1)
+    disc = (x - 0.35) ** 2 + (y - 0.4) ** 2 < 0.04
+    img[disc] = [0.9, 0.2, 0.1]
+    img[int(size * 0.75):int(size * 0.85), int(size * 0.2):int(size * 0.8)] = [0.1, 0.6, 0.2]
+    buf = io.BytesIO()
+    Image.fromarray((img * 255).round().astype("uint8")).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def comfy_dirs(tmp_path_factory):
+    """Real ComfyUI imported in-process, its folders pointed at a scratch directory."""
+    dirs = comfy_harness.set_directories(tmp_path_factory.mktemp("comfy"))
+    (dirs["input"] / "fmcgm_test.png").write_bytes(test_image_png())
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_ckpt(comfy_dirs) -> Path:
+    """The tiny SDXL checkpoint file, in the checkpoints folder ComfyUI reads."""
+    from tests.fixtures import tiny_sdxl
+    return tiny_sdxl.save(comfy_dirs["models"] / "checkpoints" / "tiny_sdxl.safetensors", seed=0)
+
+
+@pytest.fixture(scope="session")
+def comfy(comfy_dirs, tiny_sdxl_ckpt):
+    """ComfyUI with built-in extra nodes, this pack and the test pack loaded."""
+    results = comfy_harness.load_packs()
+    failed = [name for name, ok in results.items() if not ok]
+    assert not failed, f"custom node packs failed to import: {failed}"
+    return comfy_harness
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
