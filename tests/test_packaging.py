@@ -1,0 +1,40 @@
+"""Packaging promises: registry metadata, requirements, and a cheap import."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _requirements() -> list[str]:
+    lines = (REPO / "requirements.txt").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def test_pyproject_has_registry_metadata_and_matches_requirements():
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    project, comfy = data["project"], data["tool"]["comfy"]
+    assert project["name"] == "comfyui-fmcgm"
+    assert project["requires-python"] == ">=3.10"
+    assert (REPO / project["license"]["file"]).read_text().startswith(" " * 20 + "GNU GENERAL PUBLIC LICENSE")
+    for key in ("PublisherId", "DisplayName", "Icon"):
+        assert comfy[key], key
+    assert sorted(project["dependencies"]) == sorted(_requirements())
+
+
+def test_requirements_never_pull_torch():
+    names = {r.split(";")[0].split("[")[0].split("=")[0].split(">")[0].split("<")[0].strip().lower()
+             for r in _requirements()}
+    assert not names & {"torch", "torchvision", "torchaudio"}, names
+
+
+def test_importing_the_library_is_cheap():
+    """`import fmcgm` (and the graph/VLM interface) must not drag in torch or model libraries."""
+    code = ("import sys, fmcgm, fmcgm.vlm.base\n"
+            "heavy = {'torch', 'transformers', 'diffusers', 'xgrammar', 'comfy'} & set(sys.modules)\n"
+            "print(sorted(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
