@@ -1,0 +1,433 @@
+"""Causal Semantic Guidance nodes (paper sections 5.3 and 6).
+
+Adapters only: the inversion, attention capture, masks and guidance live in ``fmcgm.csg``.
+Typical graph: Load Image -> VAE Encode -> DPM-Solver++ Inversion -> CSG Sampler (edit concepts from
+CSG Edit Concept nodes, or from the Concept Manipulator's counterfactuals) -> VAE Decode.
+The inversion runs once; ComfyUI's cache reuses it for every edit of the same picture.
+"""
+from __future__ import annotations
+
+from ._api import CATEGORY, io, schema
+from ._types import CounterfactualSocket, InversionSocket
+
+EditsSocket = io.Custom("FMCGM_EDITS")
+
+CSG_CATEGORY = f"{CATEGORY}/csg"
+BASELINE_CATEGORY = f"{CATEGORY}/csg/baselines"
+MAX_CONCEPT_INPUTS = 4
+MASK_MODES = ["intersect", "cross_attn", "noise"]
+SOURCE_MODES = ["diffusers", "consistent"]
+SIGMA_TABLES = ["model", "diffusers"]
+ATTENTION_TOKENS = ["prompt", "all"]
+
+
+# ---------------------------------------------------------------- shared inputs
+
+def _model_in():
+    return io.Model.Input("model", tooltip="The diffusion model (SDXL or another epsilon-prediction UNet). "
+                                           "It is never modified: CSG patches a clone.")
+
+
+def _latent_in():
+    return io.Latent.Input("latent", tooltip="The picture to edit, from VAE Encode (sides a multiple of 32 px). "
+                                             "A batch inverts several pictures at once.")
+
+
+def _steps_in(default=100):
+    return io.Int.Input("steps", default=default, min=2, max=800,
+                        tooltip="Inversion (= editing) steps after skipping (paper: 100).")
+
+
+def _skip_in():
+    return io.Float.Input("skip", default=0.15, min=0.0, max=0.95, step=0.01,
+                          tooltip="Fraction of the noisiest steps left out: int(steps*(1+skip)) are scheduled and the "
+                                  "last 'steps' kept. Lower = stronger edits, less faithful (paper: 0.15).")
+
+
+def _seed_in():
+    return io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
+                        tooltip="Seed of the independent noise samples the inversion starts from.")
+
+
+def _negative_in():
+    return io.Conditioning.Input("negative", optional=True,
+                                 tooltip="Unconditional branch. Leave empty for SDXL's all-zero unconditional "
+                                         "(diffusers' default, needed for exact reconstruction).")
+
+
+def _inversion_outputs():
+    return [InversionSocket.Output(display_name="inversion"),
+            io.Latent.Output(display_name="start_latent"),
+            io.Sigmas.Output(display_name="sigmas")]
+
+
+def _edit_params(prefix_tooltip=""):
+    return [
+        io.Float.Input("edit_guidance", default=8.0, min=0.0, max=50.0, step=0.1,
+                       tooltip=prefix_tooltip + "Edit guidance scale s_e per concept (paper: 8.0)."),
+        io.Float.Input("threshold", default=0.7, min=0.0, max=1.0, step=0.01,
+                       tooltip=prefix_tooltip + "Mask threshold lambda: the quantile above which a pixel is edited; "
+                                                "0.7 edits about the top 30 % (paper: 0.7)."),
+        io.Int.Input("warmup", default=10, min=0, max=800,
+                     tooltip=prefix_tooltip + "Steps without edit guidance at the start (paper: 10)."),
+        io.Int.Input("cooldown", default=-1, min=-1, max=800,
+                     tooltip=prefix_tooltip + "Step from which guidance stops; -1 = never."),
+    ]
+
+
+def _outputs_for_inversion(model, inv):
+    from fmcgm.csg import sampler
+    return io.NodeOutput(inv, {"samples": sampler.start_latent(model, inv)}, inv.sigmas.clone())
+
+
+def _progress(total):
+    import comfy.utils
+    pbar = comfy.utils.ProgressBar(total)
+    return lambda step, n: pbar.update_absolute(step, n)
+
+
+def _invert(model, latent, solver, steps, skip, seed, source, source_scale, negative, zero_noise_steps,
+            sigma_table="model", batch=1):
+    from fmcgm.csg import inversion
+    inv = inversion.invert(model, latent, solver=solver, steps=steps, skip=skip, seed=seed, source=source,
+                           source_scale=source_scale, uncond=negative, zero_noise_steps=zero_noise_steps,
+                           sigma_table=sigma_table, batch=batch, callback=_progress(steps))
+    return _outputs_for_inversion(model, inv)
+
+
+# ---------------------------------------------------------------- inversions
+
+class DPMSolverInversion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="FMCGMDPMSolverInversion",
+            display_name="DPM-Solver++ Inversion (FM-CGM CSG)",
+            category=CSG_CATEGORY,
+            description="Abduction step of CSG: edit-friendly DPM-Solver++(2M) SDE inversion as in LEDITS++. Stores "
+                        "one noise map per step so that sampling with them reproduces the picture; every CSG edit "
+                        "of this picture reuses it (ComfyUI caches it while the inputs stay the same).",
+            inputs=[
+                _model_in(), _latent_in(), _steps_in(), _skip_in(), _seed_in(),
+                io.Conditioning.Input("source", optional=True,
+                                      tooltip="Optional prompt describing the picture, used with CFG during "
+                                              "inversion only. Leave empty for exact reconstruction (default)."),
+                io.Float.Input("source_scale", default=3.5, min=0.0, max=30.0, step=0.1,
+                               tooltip="CFG scale of the source prompt during inversion (paper: 3.5; no effect "
+                                       "without a source prompt)."),
+                _negative_in(),
+                io.Int.Input("zero_noise_steps", default=3, min=0, max=800,
+                             tooltip="The last N editing steps add no noise (diffusers' SDXL default 3; 0 "
+                                     "reproduces the picture exactly when nothing is edited)."),
+                io.Int.Input("timesteps_per_call", default=1, min=1, max=64,
+                             tooltip="Evaluate this many timesteps in one model call (the noisy latents are "
+                                     "independent samples). Faster on a GPU; 1 matches diffusers most closely."),
+                io.Combo.Input("sigma_table", options=SIGMA_TABLES, default="model",
+                               tooltip="model: the model's noise levels. diffusers: recompute them in float32 as "
+                                       "diffusers does (bit-closer parity with the reference pipeline)."),
+            ],
+            outputs=_inversion_outputs(),
+        )
+
+    @classmethod
+    def execute(cls, model, latent, steps, skip, seed, source_scale, zero_noise_steps, timesteps_per_call,
+                sigma_table, source=None, negative=None):
+        return _invert(model, latent, "dpmpp_2m_sde", steps, skip, seed, source, source_scale, negative,
+                       zero_noise_steps, sigma_table, timesteps_per_call)
+
+
+class DDPMInversion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="FMCGMDDPMInversion",
+            display_name="Edit-Friendly DDPM Inversion (FM-CGM baseline)",
+            category=BASELINE_CATEGORY,
+            description="Paper baseline: edit-friendly DDPM inversion (Huberman-Spiegelglas et al.) with the factual "
+                        "prompt. Follow with Regenerate From Inversion and the full counterfactual prompt.",
+            inputs=[
+                _model_in(), _latent_in(),
+                io.Conditioning.Input("source", optional=True,
+                                      tooltip="The fully specified factual prompt (all concepts), used with CFG."),
+                io.Float.Input("source_scale", default=3.5, min=0.0, max=30.0, step=0.1,
+                               tooltip="CFG scale of the source prompt during inversion (edit-friendly DDPM: 3.5)."),
+                _steps_in(), _skip_in(), _seed_in(), _negative_in(),
+                io.Int.Input("zero_noise_steps", default=0, min=0, max=800,
+                             tooltip="The last N steps add no noise (0 = exact reconstruction with the same "
+                                     "prompt and scale)."),
+            ],
+            outputs=_inversion_outputs(),
+        )
+
+    @classmethod
+    def execute(cls, model, latent, source_scale, steps, skip, seed, zero_noise_steps, source=None, negative=None):
+        return _invert(model, latent, "ddpm", steps, skip, seed, source, source_scale, negative, zero_noise_steps)
+
+
+class DDIMInversion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="FMCGMDDIMInversion",
+            display_name="DDIM Inversion (FM-CGM baseline)",
+            category=BASELINE_CATEGORY,
+            description="Paper baseline: deterministic DDIM inversion with the factual prompt (no noise maps). Follow "
+                        "with Regenerate From Inversion and the full counterfactual prompt.",
+            inputs=[
+                _model_in(), _latent_in(),
+                io.Conditioning.Input("source", optional=True,
+                                      tooltip="The fully specified factual prompt (all concepts)."),
+                io.Float.Input("source_scale", default=1.0, min=0.0, max=30.0, step=0.1,
+                               tooltip="CFG scale during inversion; 1 = the source prompt alone (CFG > 1 amplifies "
+                                       "DDIM inversion error)."),
+                _steps_in(), _skip_in(), _negative_in(),
+            ],
+            outputs=_inversion_outputs(),
+        )
+
+    @classmethod
+    def execute(cls, model, latent, source_scale, steps, skip, source=None, negative=None):
+        return _invert(model, latent, "ddim", steps, skip, 0, source, source_scale, negative, 0)
+
+
+class RegenerateFromInversion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="FMCGMRegenerateFromInversion",
+            display_name="Regenerate From Inversion (FM-CGM baseline)",
+            category=BASELINE_CATEGORY,
+            description="Baseline counterfactual: regenerate from an inversion with the full counterfactual prompt "
+                        "and classifier-free guidance (DDIM: deterministic; DDPM / DPM-Solver++: with the stored "
+                        "noise maps).",
+            inputs=[
+                _model_in(),
+                InversionSocket.Input("inversion", tooltip="From a DDIM, DDPM or DPM-Solver++ inversion node."),
+                io.Conditioning.Input("positive", tooltip="The fully specified counterfactual prompt."),
+                io.Float.Input("cfg", default=7.5, min=0.0, max=30.0, step=0.1,
+                               tooltip="Classifier-free guidance scale of the counterfactual prompt."),
+                io.Conditioning.Input("negative", optional=True,
+                                      tooltip="Unconditional branch; default: the one the inversion used."),
+            ],
+            outputs=[io.Latent.Output(display_name="latent")],
+        )
+
+    @classmethod
+    def execute(cls, model, inversion, positive, cfg, negative=None):
+        from fmcgm.csg import sampler
+        return io.NodeOutput({"samples": sampler.regenerate(model, _inversion(inversion), positive, cfg, negative)})
+
+
+# ---------------------------------------------------------------- edit concepts
+
+class CSGEditConcept(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="FMCGMCSGEditConcept",
+            display_name="CSG Edit Concept (FM-CGM)",
+            category=CSG_CATEGORY,
+            description="One edit phrase with its own CSG settings. Chain them: the first of a counterfactual is the "
+                        "intervened concept, the next ones its changed descendants. Tick new_counterfactual to start "
+                        "another counterfactual; all counterfactuals are edited as one batch.",
+            inputs=[
+                io.Clip.Input("clip", tooltip="The text encoder of the model being edited."),
+                io.String.Input("text", default="", multiline=False,
+                                tooltip="Short phrase for the concept's new value, e.g. 'a woman' (at most 75 tokens)."),
+                io.Combo.Input("role", options=["intervened", "descendant"], default="intervened",
+                               tooltip="intervened: the concept set by do(); descendant: a concept changed by it."),
+                *_edit_params(),
+                io.Boolean.Input("reverse", default=False,
+                                 tooltip="Guide away from this phrase (e.g. to remove the old value)."),
+                io.Combo.Input("attention_tokens", options=ATTENTION_TOKENS, default="prompt",
+                               tooltip="prompt: mask from the phrase's own tokens (LEDITS++). all: every token column "
+                                       "(what diffusers computes with transformers >= 5)."),
+                EditsSocket.Input("edits", optional=True, tooltip="Concepts so far (chain CSG Edit Concept nodes)."),
+                io.Boolean.Input("new_counterfactual", default=False,
+                                 tooltip="Start a new counterfactual with this concept instead of adding to the last."),
+            ],
+            outputs=[EditsSocket.Output(display_name="edits")],
+        )
+
+    @classmethod
+    def execute(cls, clip, text, role, edit_guidance, threshold, warmup, cooldown, reverse, attention_tokens,
+                new_counterfactual, edits=None):
+        from fmcgm.csg import guidance
+        concept = guidance.encode_concept(clip, text, "text", attention_tokens=attention_tokens, role=role,
+                                          scale=edit_guidance, threshold=threshold, warmup=warmup,
+                                          cooldown=None if cooldown < 0 else cooldown, reverse=reverse)
+        base = edits if edits is not None else guidance.EditSet()
+        return io.NodeOutput(base.add_concept(concept, new_counterfactual=new_counterfactual))
+
+
+class CSGEditsFromCounterfactual(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="FMCGMCSGEditsFromCounterfactual",
+            display_name="CSG Edits From Counterfactual (FM-CGM)",
+            category=CSG_CATEGORY,
+            description="Turns the Concept Manipulator's counterfactuals into CSG edit concepts: per counterfactual "
+                        "the intervened concept's phrase, then one phrase per changed descendant (falls back to the "
+                        "intervened concept alone when nothing downstream changes).",
+            inputs=[
+                io.Clip.Input("clip", tooltip="The text encoder of the model being edited."),
+                CounterfactualSocket.Input("counterfactual", tooltip="From the Concept Manipulator."),
+                *_edit_params(),
+                io.Boolean.Input("include_intervened", default=True,
+                                 tooltip="Guide toward the intervened concept as well as its descendants (paper's "
+                                         "reading); off = descendants only."),
+                io.Combo.Input("attention_tokens", options=ATTENTION_TOKENS, default="prompt",
+                               tooltip="prompt: masks from each phrase's own tokens (LEDITS++); all: every column."),
+            ],
+            outputs=[EditsSocket.Output(display_name="edits")],
+        )
+
+    @classmethod
+    def execute(cls, clip, counterfactual, edit_guidance, threshold, warmup, cooldown, include_intervened,
+                attention_tokens):
+        from fmcgm.csg import guidance
+        items = counterfactual if isinstance(counterfactual, (list, tuple)) else [counterfactual]
+        return io.NodeOutput(guidance.edits_from_counterfactuals(
+            clip, items, include_intervened=include_intervened, attention_tokens=attention_tokens,
+            scale=edit_guidance, threshold=threshold, warmup=warmup, cooldown=None if cooldown < 0 else cooldown))
+
+
+# ---------------------------------------------------------------- editing
+
+def _concept_inputs():
+    return [io.Conditioning.Input(f"concept_{i}", optional=True,
+                                  tooltip=("The intervened concept's phrase (CLIP Text Encode)." if i == 1 else
+                                           f"Descendant concept {i - 1}'s new value.") +
+                                          " Uses this node's settings; for per-concept settings and exact token "
+                                          "masks use CSG Edit Concept nodes.")
+            for i in range(1, MAX_CONCEPT_INPUTS + 1)]
+
+
+def _edit_inputs():
+    return [
+        _model_in(),
+        InversionSocket.Input("inversion", tooltip="From DPM-Solver++ Inversion (same MODEL)."),
+        EditsSocket.Input("edits", optional=True,
+                          tooltip="Edit concepts / counterfactuals (CSG Edit Concept, CSG Edits From Counterfactual)."),
+        *_concept_inputs(),
+        *_edit_params("For the concept_N inputs: "),
+        io.Combo.Input("mask_mode", options=MASK_MODES, default="intersect",
+                       tooltip="intersect: cross-attention mask AND noise-estimate mask (paper); cross_attn or "
+                               "noise: one of them."),
+        io.Combo.Input("source_mode", options=SOURCE_MODES, default="diffusers",
+                       tooltip="Only with a source prompt in the inversion. diffusers: edit base is the "
+                               "unconditional (reference pipeline); consistent: adds the source CFG term so the "
+                               "zero edit reproduces the picture (one more branch per step)."),
+        io.Mask.Input("region", optional=True,
+                      tooltip="Optional user mask: edits only where it is > 0 (multiplied into the guidance)."),
+    ]
+
+
+def _inversion(inv):
+    from fmcgm.csg.errors import CSGInputError
+    from fmcgm.csg.inversion import Inversion
+    if not isinstance(inv, Inversion):
+        raise CSGInputError("inversion", f"expected an FMCGM_INVERSION, got {type(inv).__name__}")
+    return inv
+
+
+def _collect_edits(edits, concepts, edit_guidance, threshold, warmup, cooldown):
+    from fmcgm.csg import guidance
+    base = edits if edits is not None else guidance.EditSet()
+    names = [f"concept_{i}" for i in range(1, MAX_CONCEPT_INPUTS + 1)]
+    extra = guidance.edits_from_conditionings(concepts, names, scale=edit_guidance, threshold=threshold,
+                                              warmup=warmup, cooldown=None if cooldown < 0 else cooldown)
+    return base.extend(extra)
+
+
+def _region(region, inv):
+    if region is None:
+        return None
+    from fmcgm.csg.errors import CSGInputError
+    import torch.nn.functional as F
+    h, w = inv.latent_shape[-2:]
+    m = region.reshape(-1, 1, *region.shape[-2:]).float()
+    if m.shape[0] not in (1, inv.batch):
+        raise CSGInputError("region", f"has {m.shape[0]} masks for {inv.batch} image(s)")
+    return F.interpolate(m, size=(h, w), mode="area")
+
+
+class CSGSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="FMCGMCSGSampler",
+            display_name="CSG Sampler (FM-CGM)",
+            category=CSG_CATEGORY,
+            description="Action + prediction steps of CSG: denoises the inversion with LEDITS++-style semantic guidance "
+                        "toward the intervened concept and its changed descendants, each inside its own mask "
+                        "(cross-attention AND noise-estimate), so the rest of the picture follows the stored "
+                        "reconstruction. Several counterfactuals are edited as one batch.",
+            inputs=_edit_inputs(),
+            outputs=[io.Latent.Output(display_name="latent"),
+                     io.Mask.Output(display_name="concept_masks"),
+                     io.Image.Output(display_name="mask_preview")],
+        )
+
+    @classmethod
+    def execute(cls, model, inversion, edit_guidance, threshold, warmup, cooldown, mask_mode, source_mode,
+                edits=None, concept_1=None, concept_2=None, concept_3=None, concept_4=None, region=None):
+        from fmcgm.csg import models, preview, sampler
+        inv = _inversion(inversion)
+        es = _collect_edits(edits, [concept_1, concept_2, concept_3, concept_4], edit_guidance, threshold,
+                            warmup, cooldown)
+        res = sampler.edit(model, inv, es, mask_mode=mask_mode, source_mode=source_mode,
+                           user_mask=_region(region, inv))
+        lf = model.model.latent_format
+        img = preview.preview(models.latent_in(model, res.latent), res.masks,
+                              getattr(lf, "latent_rgb_factors", None), getattr(lf, "latent_rgb_factors_bias", None))
+        return io.NodeOutput({"samples": res.latent}, preview.masks_to_mask_batch(res.masks), img)
+
+
+class CSGGuider(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="FMCGMCSGGuider",
+            display_name="CSG Guider (FM-CGM)",
+            category=CSG_CATEGORY,
+            description="CSG as a GUIDER for SamplerCustomAdvanced: use it with Disable Noise, the Stored-Noise "
+                        "Sampler, and the inversion's sigmas and start_latent.",
+            inputs=_edit_inputs(),
+            outputs=[io.Guider.Output(display_name="guider")],
+        )
+
+    @classmethod
+    def execute(cls, model, inversion, edit_guidance, threshold, warmup, cooldown, mask_mode, source_mode,
+                edits=None, concept_1=None, concept_2=None, concept_3=None, concept_4=None, region=None):
+        from fmcgm.csg import guidance, sampler
+        inv = _inversion(inversion)
+        es = _collect_edits(edits, [concept_1, concept_2, concept_3, concept_4], edit_guidance, threshold,
+                            warmup, cooldown)
+        plan = guidance.build_plan(es, inv.batch)
+        return io.NodeOutput(sampler.make_guider(model, inv, plan, mask_mode=mask_mode, source_mode=source_mode,
+                                                 user_mask=_region(region, inv)))
+
+
+class StoredNoiseSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="FMCGMStoredNoiseSampler",
+            display_name="Stored-Noise Sampler (FM-CGM)",
+            category=CSG_CATEGORY,
+            description="A SAMPLER replaying the inversion's solver (DPM-Solver++ 2M SDE, DDPM or DDIM) with its "
+                        "stored noise maps, for SamplerCustomAdvanced.",
+            inputs=[InversionSocket.Input("inversion", tooltip="From an inversion node.")],
+            outputs=[io.Sampler.Output(display_name="sampler")],
+        )
+
+    @classmethod
+    def execute(cls, inversion):
+        from fmcgm.csg import sampler
+        return io.NodeOutput(sampler.stored_noise_sampler(_inversion(inversion)))
+
+
+NODES = [DPMSolverInversion, CSGEditConcept, CSGEditsFromCounterfactual, CSGSampler, CSGGuider, StoredNoiseSampler,
+         DDPMInversion, DDIMInversion, RegenerateFromInversion]
