@@ -1,8 +1,8 @@
 """ComfyUI adapters: each ``*_nodes.py`` module lists its node classes in ``NODES``.
 
-A module that fails to import (a bug, or a missing library it imports eagerly) must not
-take the whole pack down: it is skipped, logged, and recorded in ``NODE_MODULE_ERRORS``
-so tests and the diagnostics can see it.
+A module that fails to import (a bug, or a missing library it imports eagerly), or a node
+whose schema is invalid, must not take the whole pack down: it is skipped, logged, and
+recorded in ``NODE_MODULE_ERRORS`` so tests and the diagnostics can see it.
 """
 from __future__ import annotations
 
@@ -30,7 +30,15 @@ def collect_nodes() -> list:
             NODE_MODULE_ERRORS[name] = f"{type(exc).__name__}: {exc}"
             logging.exception("[FMCGM] could not import nodes/%s.py; its nodes are unavailable", name)
             continue
-        classes.extend(getattr(module, "NODES", []))
+        for node_cls in getattr(module, "NODES", []):
+            try:  # a schema error in one node must not hide the others
+                node_cls.GET_SCHEMA()
+            except Exception as exc:
+                NODE_MODULE_ERRORS[f"{name}.{node_cls.__name__}"] = f"{type(exc).__name__}: {exc}"
+                logging.exception("[FMCGM] node %s in nodes/%s.py has an invalid schema; skipped",
+                                  node_cls.__name__, name)
+                continue
+            classes.append(node_cls)
     return classes
 
 

@@ -35,9 +35,46 @@ class TinySDXLCheckpointLoader(io.ComfyNode):
         return io.NodeOutput(*tiny_sdxl.load(folder_paths.get_full_path_or_raise("checkpoints", ckpt_name)))
 
 
+def _plain(value):
+    """A JSON-able view of any socket value, so tests can read outputs from /history."""
+    if hasattr(value, "to_dict"):
+        return value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if hasattr(value, "shape"):
+        return {"shape": list(value.shape)}
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+class Capture(io.ComfyNode):
+    """Records whatever reaches it in the prompt's history (ui output), as JSON."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FMCGMTest_Capture",
+            display_name="Capture (FM-CGM tests)",
+            category="FMCGM/testing",
+            description="Test helper: writes its input, as JSON, into the prompt's history.",
+            inputs=[io.Custom("*").Input("value", tooltip="Anything.")],
+            outputs=[],
+            is_output_node=True,
+            is_input_list=True,
+        )
+
+    @classmethod
+    def execute(cls, value):
+        import json
+        return io.NodeOutput(ui={"fmcgm_capture": [json.dumps(_plain(value))]})
+
+
 class _Extension(ComfyExtension):
     async def get_node_list(self):
-        return [TinySDXLCheckpointLoader]
+        return [TinySDXLCheckpointLoader, Capture]
 
 
 async def comfy_entrypoint():

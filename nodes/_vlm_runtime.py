@@ -1,0 +1,85 @@
+"""ComfyUI glue for VLM backends: memory management, progress bars, cancellation.
+
+A transformers model loaded outside a ModelPatcher is invisible to ComfyUI's memory manager,
+which then cannot evict it when SDXL needs the VRAM. So the local backend's torch module is
+wrapped in a ModelPatcher: ``load_models_gpu`` brings it onto the GPU for generation (evicting
+what must go), and after generation it is offloaded again unless the user keeps it loaded;
+even then ComfyUI may evict it under memory pressure, like any other model.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+import comfy.model_management as mm
+import comfy.model_patcher
+import comfy.utils
+
+from fmcgm.vlm.base import GenerationRequest, TokenCallback
+
+
+class _ModuleHolder(torch.nn.Module):
+    """ModelPatcher writes ``.device`` and bookkeeping attributes on the module it manages;
+    a transformers model's ``device`` is a read-only property, so hand it a plain holder."""
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self.inner = module
+        self.device = next(module.parameters()).device
+
+
+class ManagedVLM:
+    """A VLMBackend whose local torch model is loaded and offloaded by ComfyUI."""
+
+    def __init__(self, backend, load_device: torch.device, offload_device: torch.device, keep_loaded: bool):
+        self.backend = backend
+        self.name = backend.name
+        self.keep_loaded = keep_loaded
+        self.patcher = comfy.model_patcher.ModelPatcher(_ModuleHolder(backend.model), load_device=load_device,
+                                                        offload_device=offload_device)
+
+    def describe(self) -> str:
+        return self.backend.describe()
+
+    def generate(self, request: GenerationRequest, on_token: Optional[TokenCallback] = None) -> str:
+        # Full load: transformers modules cannot run partially offloaded like ComfyUI's own.
+        mm.load_models_gpu([self.patcher], force_full_load=True)
+        try:
+            return self.backend.generate(request, on_token)
+        finally:
+            if not self.keep_loaded:
+                self.offload()
+
+    def offload(self) -> None:
+        for index, loaded in enumerate(mm.current_loaded_models):
+            if loaded.model is self.patcher:
+                mm.current_loaded_models.pop(index).model_unload()
+                break
+        mm.soft_empty_cache()
+
+
+class RemoteVLM:
+    """An HTTP backend needs no memory management; this only gives both the same shape."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.name = backend.name
+
+    def describe(self) -> str:
+        return self.backend.describe()
+
+    def generate(self, request: GenerationRequest, on_token: Optional[TokenCallback] = None) -> str:
+        return self.backend.generate(request, on_token)
+
+
+def progress_callback() -> TokenCallback:
+    """Advance this node's progress bar per token and stop when the user cancels the queue."""
+    bar: list[comfy.utils.ProgressBar] = []
+
+    def on_token(done: int, total: int) -> None:
+        mm.throw_exception_if_processing_interrupted()
+        if not bar or bar[0].total != total:
+            bar[:] = [comfy.utils.ProgressBar(total)]
+        bar[0].update_absolute(done, total)
+    return on_token

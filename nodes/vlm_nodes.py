@@ -1,0 +1,155 @@
+"""VLM loader nodes: a local Qwen3-VL folder (transformers) or an OpenAI-compatible server.
+
+Both return the same FMCGM_VLM socket, so every downstream node works with either.
+"""
+from __future__ import annotations
+
+import os
+
+import folder_paths
+
+from ._api import CATEGORY, io, schema
+from ._types import VLMSocket
+
+LLM_FOLDER = "LLM"
+NO_MODEL = "(no model folder found in models/LLM)"
+
+
+def register_llm_folder() -> None:
+    """models/LLM, registered so extra_model_paths.yaml entries named LLM are searched too."""
+    if LLM_FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.add_model_folder_path(LLM_FOLDER, os.path.join(folder_paths.models_dir, LLM_FOLDER))
+
+
+def llm_model_folders() -> list[str]:
+    """Model folders (holding config.json) up to two levels below each LLM directory.
+
+    Never raises: a missing or unreadable directory just contributes nothing.
+    """
+    found: set[str] = set()
+    for base in folder_paths.get_folder_paths(LLM_FOLDER):
+        try:
+            entries = sorted(os.scandir(base), key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in entries:
+            if not entry.is_dir():
+                continue
+            if os.path.isfile(os.path.join(entry.path, "config.json")):
+                found.add(entry.name)
+                continue
+            try:
+                for sub in os.scandir(entry.path):
+                    if sub.is_dir() and os.path.isfile(os.path.join(sub.path, "config.json")):
+                        found.add(f"{entry.name}/{sub.name}")
+            except OSError:
+                continue
+    return sorted(found) or [NO_MODEL]
+
+
+def resolve_llm_folder(name: str) -> str:
+    if name == NO_MODEL:
+        raise ValueError("model: no Qwen3-VL folder was found. Put a Hugging Face model folder (config.json, "
+                         f"weights, tokenizer, preprocessor_config.json) under {folder_paths.get_folder_paths(LLM_FOLDER)} "
+                         "and refresh the node list (press R).")
+    for base in folder_paths.get_folder_paths(LLM_FOLDER):
+        candidate = os.path.join(base, name)
+        if os.path.isdir(candidate):
+            return candidate
+    raise ValueError(f"model: folder {name!r} is not in any LLM model directory "
+                     f"({folder_paths.get_folder_paths(LLM_FOLDER)}); was it moved or renamed?")
+
+
+register_llm_folder()
+
+
+class Qwen3VLLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="FMCGMQwen3VLLoader",
+            display_name="Load Qwen3-VL (FM-CGM)",
+            category=f"{CATEGORY}/vlm",
+            description="Loads a local Qwen3-VL folder (dense 2B/4B/8B/32B or MoE 30B-A3B, Instruct or Thinking) "
+                        "from models/LLM with transformers, for the Concept Extractor and Concept Manipulator. "
+                        "Never downloads. ComfyUI's memory manager moves it to the GPU for generation and "
+                        "offloads it afterwards, so SDXL can use the memory.",
+            inputs=[
+                io.Combo.Input("model", options=llm_model_folders(),
+                               tooltip="A Qwen3-VL model folder under models/LLM (or an LLM path in "
+                                       "extra_model_paths.yaml)."),
+                io.Combo.Input("dtype", options=["auto", "bf16", "fp16", "fp32"], default="auto",
+                               tooltip="Weight precision. auto: bf16 on GPUs that support it, else fp16; fp32 on CPU."),
+                io.Combo.Input("attention", options=["auto", "sdpa", "eager", "flash_attention_2"], default="auto",
+                               tooltip="Attention implementation. auto picks flash_attention_2 when installed on a "
+                                       "GPU, else PyTorch SDPA."),
+                io.Combo.Input("device", options=["auto", "cpu"], default="auto",
+                               tooltip="auto: ComfyUI's device (the GPU). cpu: run the VLM on the CPU (slow, "
+                                       "but leaves all VRAM to SDXL)."),
+                io.Boolean.Input("keep_loaded", default=False,
+                                 tooltip="Keep the VLM on the GPU between runs (faster repeated use). Off: it is "
+                                         "offloaded after each generation so SDXL gets the memory."),
+                io.Int.Input("max_image_tokens", default=1280, min=64, max=16384, step=64,
+                             tooltip="Upper bound on visual tokens per image (the image is resized to fit). "
+                                     "Lower it to save memory and time."),
+            ],
+            outputs=[VLMSocket.Output(display_name="vlm")],
+        )
+
+    @classmethod
+    def execute(cls, model, dtype, attention, device, keep_loaded, max_image_tokens):
+        import comfy.model_management as mm
+        import torch
+        from fmcgm.vlm.transformers_backend import TransformersBackend, resolve_dtype
+
+        from ._vlm_runtime import ManagedVLM
+
+        path = resolve_llm_folder(model)
+        load_device = mm.get_torch_device() if device == "auto" else torch.device("cpu")
+        offload_device = mm.unet_offload_device() if device == "auto" else load_device
+        # Resolve the dtype for where the model will run, not for the offload device it is loaded to.
+        backend = TransformersBackend(path, device=offload_device, dtype=resolve_dtype(dtype, load_device),
+                                      attention=attention, max_image_tokens=max_image_tokens)
+        return io.NodeOutput(ManagedVLM(backend, load_device, offload_device, keep_loaded))
+
+
+class OpenAIVLM(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="FMCGMOpenAIVLM",
+            display_name="OpenAI-compatible VLM (FM-CGM)",
+            category=f"{CATEGORY}/vlm",
+            description="Uses a VLM served over HTTP with the OpenAI /v1/chat/completions API (vLLM, Ollama, "
+                        "LM Studio, llama.cpp server). Answers are constrained to JSON schemas through "
+                        "response_format. The API key is read from an environment variable, so workflow files "
+                        "never carry secrets.",
+            inputs=[
+                io.String.Input("base_url", default="http://127.0.0.1:8000/v1",
+                                tooltip="Server address, e.g. http://127.0.0.1:8000/v1 (vLLM) or "
+                                        "http://127.0.0.1:11434/v1 (Ollama)."),
+                io.String.Input("model", default="Qwen/Qwen3-VL-8B-Instruct",
+                                tooltip="Model name as the server knows it."),
+                io.String.Input("api_key_env", default="",
+                                tooltip="NAME of the environment variable holding the API key (e.g. "
+                                        "OPENAI_API_KEY), not the key itself. Empty: no key."),
+                io.Float.Input("timeout", default=300.0, min=1.0, max=3600.0, step=1.0,
+                               tooltip="Seconds to wait for one answer."),
+                io.Int.Input("retries", default=2, min=0, max=10,
+                             tooltip="Retries after connection errors, HTTP 429 and 5xx (not after other 4xx)."),
+            ],
+            outputs=[VLMSocket.Output(display_name="vlm")],
+        )
+
+    @classmethod
+    def execute(cls, base_url, model, api_key_env, timeout, retries):
+        from fmcgm.vlm.openai_backend import OpenAIBackend
+
+        from ._vlm_runtime import RemoteVLM
+
+        backend = OpenAIBackend(base_url, model, api_key_env=api_key_env.strip() or None, timeout=timeout,
+                                retries=retries)
+        return io.NodeOutput(RemoteVLM(backend))
+
+
+NODES = [Qwen3VLLoader, OpenAIVLM]
