@@ -1,0 +1,235 @@
+"""Seeing and steering the causal graph: the Causal Graph Viewer and the Causal Graph Editor.
+
+* ``FMCGMCausalGraphViewer`` draws graphs (or counterfactuals) as pictures (``fmcgm.render``):
+  an IMAGE output and the node's preview.
+* ``FMCGMCausalGraphEditor`` holds the artist's edits. Its state lives in ordinary STRING
+  widgets, so it is saved in the workflow file, survives reloads, travels with shared files
+  and reaches the backend in API-format prompts: ``graph_json`` (the edited graph, empty =
+  take the incoming graph), ``intervene_concept`` / ``intervene_value`` (the chosen
+  intervention, for the Concept Manipulator's manual mode) and ``edit_base`` (fingerprint of
+  the incoming graph the edit started from, to notice a stale edit). The browser extension
+  ``web/js/causal_graph_editor.js`` shows the graph as an interactive diagram in the node
+  and writes these widgets; without it they are plain text widgets.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import Optional
+
+from fmcgm.graph import CausalGraph, GraphError
+
+from ._api import CATEGORY, io, schema, ui
+from ._types import CausalGraphSocket, CounterfactualSocket
+
+log = logging.getLogger(__name__)
+
+EDITOR_UI_KEY = "fmcgm_graph_editor"  # the ui payload the extension's onExecuted reads
+
+
+def graph_fingerprint(graph: CausalGraph) -> str:
+    """A short stable id of a graph's content (concepts, values, edges, description)."""
+    text = json.dumps(graph.to_dict(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _clean(text: Optional[str]) -> str:
+    return " ".join(str(text or "").split())
+
+
+def checked_intervention(graph: CausalGraph, concept: str, value: str, where: str) -> tuple[str, str]:
+    """(concept name as the graph spells it, value), or ("", "") for no intervention; GraphError otherwise."""
+    concept, value = _clean(concept), _clean(value)
+    if not concept:
+        if value:
+            raise GraphError(f"{where}: intervene_value is {value!r} but intervene_concept is empty; "
+                             "pick the concept to intervene on")
+        return "", ""
+    try:
+        target = graph.concept(concept)
+    except GraphError as error:
+        raise GraphError(f"{where}: intervene_concept {concept!r} is not in the graph: {error}") from None
+    if not value:
+        raise GraphError(f"{where}: intervene_value is empty; type the new value for {target.name!r} "
+                         f"(its current value is {target.value!r})")
+    return target.name, value
+
+
+# ==================================================================== viewer
+
+class FMCGMCausalGraphViewer(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(
+            node_id="FMCGMCausalGraphViewer",
+            display_name="Causal Graph Viewer",
+            category=f"{CATEGORY}/graph",
+            description=(
+                "Draws the causal graph as a picture: causes above effects, each concept as 'name: value'. "
+                "With a counterfactual (or a concept to intervene on) the intervened concept, its descendants "
+                "and the unchanged non-descendants get three colour-blind-safe styles and a legend, and new "
+                "values show as '-> value'. One picture per graph, or per counterfactual when one is connected."),
+            is_output_node=True,
+            inputs=[
+                io.Int.Input("width", default=1024, min=256, max=4096, step=8,
+                             tooltip="Width of the picture in pixels."),
+                io.Int.Input("height", default=1024, min=0, max=4096, step=8,
+                             tooltip="Height of the picture in pixels; 0 makes it as tall as the drawing needs "
+                                     "(best for very deep graphs). The drawing is scaled to fit and centred."),
+                io.String.Input("intervene_concept", default="",
+                                tooltip="Optional: a concept to show as intervened (with its descendants and "
+                                        "non-descendants) when no counterfactual is connected. Connect the "
+                                        "Causal Graph Editor's 'concept' output here."),
+                io.String.Input("intervene_value", default="",
+                                tooltip="Optional: the intervention's new value, shown as '-> value' on the "
+                                        "intervened concept. Connect the Causal Graph Editor's 'value' output."),
+                CausalGraphSocket.Input("graph", optional=True,
+                                        tooltip="The causal graph(s) to draw, one picture per graph."),
+                CounterfactualSocket.Input("counterfactual", optional=True,
+                                           tooltip="Counterfactual(s) from the Concept Manipulator: draws each "
+                                                   "one's graph with its intervention and new values (the "
+                                                   "'graph' input is then not needed)."),
+            ],
+            outputs=[io.Image.Output("image", tooltip="The drawings, one per graph or counterfactual.")],
+        )
+
+    @classmethod
+    def execute(cls, width: int, height: int, intervene_concept: str = "", intervene_value: str = "",
+                graph=None, counterfactual=None) -> io.NodeOutput:
+        from fmcgm.render import render_counterfactual, render_graph
+
+        if counterfactual:
+            drawings = [render_counterfactual(cf, width=width, height=height) for cf in counterfactual]
+        elif graph:
+            drawings = []
+            for number, g in enumerate(graph, 1):
+                where = "Causal Graph Viewer" + (f" (graph #{number})" if len(graph) > 1 else "")
+                concept, value = _clean(intervene_concept), _clean(intervene_value)
+                if concept:
+                    try:
+                        concept = g.concept(concept).name
+                    except GraphError as error:
+                        raise GraphError(f"{where}: intervene_concept {concept!r} is not in the graph: {error}") \
+                            from None
+                new_values = {concept: value} if concept and value else None
+                drawings.append(render_graph(g, concept or None, new_values, width=width, height=height))
+        else:
+            raise GraphError("Causal Graph Viewer: nothing to draw; connect a causal graph or a counterfactual")
+        images = _as_image_batch([d.image for d in drawings])
+        return io.NodeOutput(images, ui=ui.PreviewImage(images, cls=cls))
+
+
+def _as_image_batch(pictures):
+    """HxWx3 uint8 pictures -> a ComfyUI IMAGE batch (B,H,W,3 float); shorter ones padded with white."""
+    import numpy as np
+    import torch
+
+    height = max(p.shape[0] for p in pictures)
+    batch = np.full((len(pictures), height, pictures[0].shape[1], 3), 255, dtype=np.uint8)
+    for i, p in enumerate(pictures):
+        batch[i, :p.shape[0]] = p
+    return torch.from_numpy(batch).float().div_(255.0)
+
+
+# ==================================================================== editor
+
+class FMCGMCausalGraphEditor(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return schema(
+            node_id="FMCGMCausalGraphEditor",
+            display_name="Causal Graph Editor",
+            category=f"{CATEGORY}/graph",
+            description=(
+                "Edit the causal graph by hand and choose the intervention. In the browser the node shows the "
+                "graph as a diagram: click a concept to change its value, intervene on it, add or remove edges "
+                "(an edge that would close a cycle is refused) and concepts. Run the workflow once to bring the "
+                "incoming graph into the editor. Edits are stored in the node (saved with the workflow); with "
+                "no edits the incoming graph passes through. Outputs the edited graph and the intervention "
+                "(concept, value) for the Concept Manipulator's manual mode."),
+            is_output_node=True,
+            inputs=[
+                io.String.Input("graph_json", default="", multiline=True, socketless=True,
+                                tooltip="The edited graph as JSON (written by the diagram editor). Empty: use the "
+                                        "incoming graph unchanged."),
+                io.String.Input("intervene_concept", default="",
+                                tooltip="The concept to intervene on (empty: none chosen)."),
+                io.String.Input("intervene_value", default="",
+                                tooltip="The intervened concept's new value, do(concept = value)."),
+                io.String.Input("edit_base", default="", socketless=True,
+                                tooltip="Fingerprint of the incoming graph the edits were made on (set by the "
+                                        "editor); used to warn when the incoming graph has changed since."),
+                CausalGraphSocket.Input("graph", optional=True,
+                                        tooltip="The graph to edit, e.g. from the Causal Graph Extractor. "
+                                                "Optional: a graph can also be built by hand in the editor."),
+            ],
+            outputs=[
+                CausalGraphSocket.Output("edited_graph", display_name="graph",
+                                         tooltip="The edited graph (or the incoming one when nothing was edited)."),
+                io.String.Output("concept", display_name="concept",
+                                 tooltip="The concept to intervene on (empty when none was chosen)."),
+                io.String.Output("value", display_name="value", tooltip="Its new value."),
+                io.String.Output("report", display_name="report",
+                                 tooltip="What the editor did: edited or passed through, stale-edit warnings."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, graph_json: str, intervene_concept: str, intervene_value: str, edit_base: str,
+                graph=None) -> io.NodeOutput:
+        upstream_list = list(graph or [])
+        upstream = upstream_list[0] if upstream_list else None
+        upstream_fp = graph_fingerprint(upstream) if upstream is not None else ""
+        report: list[str] = []
+        stale = False
+        if str(graph_json or "").strip():
+            try:
+                edited = CausalGraph.from_json(graph_json)
+            except GraphError as error:
+                raise GraphError(f"Causal Graph Editor: the edited graph (widget 'graph_json') is invalid: {error}. "
+                                 "Fix it in the editor, or clear 'graph_json' to use the incoming graph.") from None
+            if len(upstream_list) > 1:
+                raise GraphError(f"Causal Graph Editor: the incoming graph input carries {len(upstream_list)} graphs "
+                                 "(one per image) but the editor edits one; edit a batch of one image, or clear "
+                                 "the edit to pass them all through")
+            base = _clean(edit_base)
+            if upstream is not None and base and base != upstream_fp:
+                stale = True
+                report.append("The incoming graph has changed since these edits were made; the edited graph was "
+                              "used, the new incoming graph was not. In the editor, choose 'Use incoming graph' "
+                              "to discard the edits, or 'Keep my edits' to keep them and silence this warning.")
+                log.warning("[FMCGM] Causal Graph Editor: %s", report[-1])
+            report.insert(0, f"Edited graph: {len(edited.concepts)} concept(s), {len(edited.edges)} edge(s).")
+            outputs = [edited]
+        elif upstream_list:
+            outputs = upstream_list
+            report.append(f"No edits: the incoming graph passes through ({len(upstream.concepts)} concept(s), "
+                          f"{len(upstream.edges)} edge(s)).")
+        else:
+            raise GraphError("Causal Graph Editor: nothing to edit; connect a causal graph (e.g. from the Causal "
+                             "Graph Extractor) or add concepts in the editor")
+        concept = value = ""
+        for number, g in enumerate(outputs, 1):
+            where = "Causal Graph Editor" + (f" (graph #{number})" if len(outputs) > 1 else "")
+            concept, value = checked_intervention(g, intervene_concept, intervene_value, where)
+        if concept:
+            report.append(f"Intervention: do({concept} = {value}).")
+        else:
+            report.append("No intervention chosen.")
+        text = "\n".join(report)
+        payload = {
+            "upstream": upstream.to_dict() if upstream is not None else None,
+            "upstream_fingerprint": upstream_fp,
+            "upstream_count": len(upstream_list),
+            "graph": outputs[0].to_dict(),
+            "edited": outputs[0] is not upstream,
+            "stale": stale,
+            "intervention": {"concept": concept, "value": value},
+            "report": text,
+        }
+        return io.NodeOutput(outputs, concept, value, text,
+                             ui={EDITOR_UI_KEY: [json.dumps(payload, ensure_ascii=False)]})
+
+
+NODES = [FMCGMCausalGraphViewer, FMCGMCausalGraphEditor]
