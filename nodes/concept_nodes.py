@@ -159,8 +159,7 @@ class ConceptManipulator(io.ComfyNode):
             raise ValueError(f"vlm: {mode} mode needs a VLM; connect one, or use graph-only mode and type the "
                              "descendants' values yourself")
         if mode in ("manual", "graph-only") and not concept.strip():
-            raise ValueError(f"concept: {mode} mode needs the concept to intervene on; known concepts: "
-                             + ", ".join(graphs[0].names))
+            return _waiting_for_intervention(graphs[0])
         sampling = dict(temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
                         on_token=progress_callback(), enable_thinking=enable_thinking)
         counterfactuals = []
@@ -182,6 +181,17 @@ class ConceptManipulator(io.ComfyNode):
                              [cf.interventional_prompt for cf in counterfactuals],
                              ["\n".join(cf.prompt_list) for cf in counterfactuals],
                              descendants, report, ui=ui.PreviewText(report))
+
+
+def _waiting_for_intervention(graph) -> io.NodeOutput:
+    """No concept chosen yet (the usual first run): block what depends on the counterfactual,
+    silently, and say what to do. The artist picks do(concept = value) and queues again."""
+    from comfy_execution.graph_utils import ExecutionBlocker
+    text = ("No intervention chosen yet: pick the concept and its new value (in the Causal Graph Editor, or this "
+            "node's concept/value) and queue again. Concepts: "
+            + ", ".join(f"{c.name} = {c.value}" for c in graph.concepts))
+    blocked = ExecutionBlocker(None)
+    return io.NodeOutput(blocked, blocked, blocked, blocked, blocked, text, ui=ui.PreviewText(text))
 
 
 NODES = [ConceptExtractor, ConceptManipulator]

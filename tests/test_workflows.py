@@ -1,0 +1,63 @@
+"""The shipped example workflows: in sync with the node schemas, and runnable end to end
+through ComfyUI's real HTTP server (tiny models, CPU-sized settings)."""
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests import workflow_runner
+from tests.comfy_harness import ComfyServer
+
+REPO = Path(__file__).resolve().parent.parent
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """ComfyUI server with tiny models, and the tiny VLM served over the OpenAI API."""
+    base = tmp_path_factory.mktemp("workflows")
+    paths = workflow_runner.prepare_models(base / "models")
+    served = workflow_runner.ServedVLM(base / "models" / "LLM" / workflow_runner.TINY_VLM)
+    server = ComfyServer(base, ["--extra-model-paths-config", str(paths)]).start()
+    from tests.conftest import test_image_png
+    image = server.upload_image("fmcgm_example.png", test_image_png(64))
+    yield server, served, image
+    served.stop()
+    assert server.stop() == 0, server.log()[-3000:]
+
+
+def test_shipped_workflows_match_their_definitions(stack):
+    server, _, _ = stack
+    sys.path.insert(0, str(REPO / "scripts"))
+    import build_workflows
+    expected = build_workflows.render_all(server.get_json("/object_info"))
+    assert sorted(expected) == [p.name for p in WORKFLOWS], "run scripts/build_workflows.py"
+    for path in WORKFLOWS:
+        assert path.read_text() == expected[path.name], f"{path.name} is stale: run scripts/build_workflows.py"
+
+
+def test_workflows_are_served_as_templates(stack):
+    server, _, _ = stack
+    templates = server.get_json("/api/workflow_templates")
+    assert sorted(templates["ComfyUI-FMCGM"]) == sorted(p.stem for p in WORKFLOWS)
+
+
+@pytest.mark.parametrize("workflow", WORKFLOWS, ids=lambda p: p.stem)
+def test_workflow_runs_on_tiny_models(stack, workflow, artifacts):
+    server, served, image = stack
+    runs = workflow_runner.run_workflow(server, workflow, image, served_url=served.url)
+    for run in runs:
+        assert run["status"]["status_str"] == "success", json.dumps(run["status"], indent=1)[-3000:]
+    final = runs[-1]
+    saved = workflow_runner.saved_images(final)
+    assert saved, f"{workflow.name} saved no image: {list(final['outputs'])}"
+    for image_info in saved:
+        pixels = np.asarray(Image.open(io.BytesIO(server.view(image_info))))
+        assert pixels.shape == (64, 64, 3)
+    (artifacts / f"{workflow.stem}.png").write_bytes(server.view(saved[0]))
