@@ -1,0 +1,572 @@
+"""The causal concept graph: the scene description, concepts and cause -> effect edges.
+
+A concept is a categorical variable of the scene ("weather") with its current value
+("rainy"). ``CausalGraph`` is immutable and always valid (a DAG whose edges name its
+concepts): the constructor checks it, and ``from_json`` reads artist-edited text strictly,
+with errors that say what is wrong and how to fix it. Model output goes through the
+lenient ``repair_*`` functions instead, which fix what they can and report each change.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Iterable, Mapping, Optional
+
+import networkx as nx
+
+from .parsing import (CONCEPT_FIELDS, EDGE_FIELDS, GRAPH_FIELDS, ModelAnswerError, as_confidence, as_text,
+                      canonical_keys, parse_model_answer)
+
+
+class GraphError(ValueError):
+    """A graph, or an operation on it, is invalid; the message says what and how to fix it."""
+
+
+def concept_key(name: str) -> str:
+    """Identity of a concept name: "Hair_Color", "hair-color" and " hair  color" are one concept."""
+    return " ".join(re.sub(r"[_\-]", " ", name).split()).casefold()
+
+
+def _quoted(names: Iterable[str]) -> str:
+    return ", ".join(repr(n) for n in names) or "none"
+
+
+def _require_text(value: Any, what: str, allow_empty: bool = False) -> str:
+    """``value`` as text with whitespace tidied; GraphError naming ``what`` otherwise."""
+    if not isinstance(value, str):
+        kind = "nothing" if value is None else type(value).__name__
+        raise GraphError(f"{what} must be text (a JSON string), got {kind}: {_short(value)}")
+    text = " ".join(value.split())
+    if not text and not allow_empty:
+        raise GraphError(f"{what} is empty; give it some text")
+    return text
+
+
+@dataclass(frozen=True)
+class Concept:
+    """A categorical variable of the scene and its current value."""
+
+    name: str
+    value: str
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        name = _require_text(self.name, "concept name")
+        if not concept_key(name):
+            raise GraphError(f"concept name {name!r} has no letters or digits; give it a real name")
+        object.__setattr__(self, "name", name)
+        object.__setattr__(self, "value", _require_text(self.value, f"value of concept {name!r}"))
+        object.__setattr__(self, "description",
+                           _require_text(self.description, f"description of concept {name!r}", allow_empty=True))
+
+    @property
+    def key(self) -> str:
+        return concept_key(self.name)
+
+
+@dataclass(frozen=True)
+class Edge:
+    """``cause`` directly causes ``effect`` (both concept names)."""
+
+    cause: str
+    effect: str
+
+
+@dataclass(frozen=True)
+class CausalGraph:
+    """Concepts, directed acyclic cause -> effect edges, and the scene description.
+
+    Edge endpoints are matched to concepts by ``concept_key`` and stored with the
+    concept's own spelling. Order is kept: concepts as given (it breaks ties in the
+    topological order), edges as given.
+    """
+
+    concepts: tuple[Concept, ...]
+    edges: tuple[Edge, ...] = ()
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        concepts = self._checked_concepts(self.concepts)
+        names_by_key = {c.key: c.name for c in concepts}
+        edges = self._checked_edges(self.edges, names_by_key)
+        object.__setattr__(self, "concepts", concepts)
+        object.__setattr__(self, "edges", edges)
+        object.__setattr__(self, "description",
+                           _require_text(self.description, "the scene description", allow_empty=True))
+        cycle = _find_cycle(self._nx)
+        if cycle:
+            raise GraphError(f"the edges form a cycle: {' -> '.join(repr(n) for n in cycle)}; "
+                             "a causal graph must be acyclic, so remove one of these edges")
+
+    @staticmethod
+    def _checked_concepts(concepts: Any) -> tuple[Concept, ...]:
+        if isinstance(concepts, (str, bytes, Mapping)) or not isinstance(concepts, Iterable):
+            raise GraphError("concepts must be a list of Concept")
+        concepts = tuple(concepts)
+        if not concepts:
+            raise GraphError("the graph has no concepts; add at least one, e.g. "
+                             '{"name": "weather", "value": "rainy"}')
+        seen: dict[str, int] = {}
+        for number, concept in enumerate(concepts, 1):
+            if not isinstance(concept, Concept):
+                raise GraphError(f"concept #{number} is a {type(concept).__name__}, not a Concept")
+            if concept.key in seen:
+                first = seen[concept.key]
+                raise GraphError(
+                    f"concept #{number} {concept.name!r} is the same concept as #{first} "
+                    f"{concepts[first - 1].name!r} (names are compared ignoring case, spaces, '_' and '-'); "
+                    "rename or remove one of them")
+            seen[concept.key] = number
+        return concepts
+
+    @staticmethod
+    def _checked_edges(edges: Any, names_by_key: Mapping[str, str]) -> tuple[Edge, ...]:
+        if isinstance(edges, (str, bytes, Mapping)) or not isinstance(edges, Iterable):
+            raise GraphError("edges must be a list of Edge")
+        checked: list[Edge] = []
+        seen: dict[tuple[str, str], int] = {}
+        for number, edge in enumerate(edges, 1):
+            if not isinstance(edge, Edge):
+                raise GraphError(f"edge #{number} is a {type(edge).__name__}, not an Edge")
+            ends = []
+            for role in ("cause", "effect"):
+                name = getattr(edge, role)
+                key = concept_key(name) if isinstance(name, str) else None
+                if key not in names_by_key:
+                    raise GraphError(f"edge #{number} names unknown concept {name!r} as its {role}; "
+                                     f"known concepts: {_quoted(names_by_key.values())}")
+                ends.append(names_by_key[key])
+            cause, effect = ends
+            if cause == effect:
+                raise GraphError(f"edge #{number} goes from {cause!r} to itself; a concept cannot cause itself, "
+                                 "remove this edge")
+            if (cause, effect) in seen:
+                raise GraphError(f"edge #{number} {cause!r} -> {effect!r} repeats edge #{seen[cause, effect]}; "
+                                 "remove one of them")
+            seen[cause, effect] = number
+            checked.append(Edge(cause, effect))
+        return tuple(checked)
+
+    # ------------------------------------------------------------ queries
+
+    @cached_property
+    def _nx(self) -> nx.DiGraph:
+        graph = nx.DiGraph()
+        graph.add_nodes_from(c.name for c in self.concepts)
+        graph.add_edges_from((e.cause, e.effect) for e in self.edges)
+        return graph
+
+    @cached_property
+    def _by_key(self) -> dict[str, Concept]:
+        return {c.key: c for c in self.concepts}
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.concepts)
+
+    @property
+    def values(self) -> dict[str, str]:
+        """Current value of each concept, in concept order."""
+        return {c.name: c.value for c in self.concepts}
+
+    def find(self, name: str) -> Optional[Concept]:
+        """The concept called ``name`` (compared by ``concept_key``), or None."""
+        return self._by_key.get(concept_key(name)) if isinstance(name, str) else None
+
+    def concept(self, name: str) -> Concept:
+        """The concept called ``name``; GraphError listing the known concepts otherwise."""
+        found = self.find(name)
+        if found is None:
+            close = difflib.get_close_matches(concept_key(name) if isinstance(name, str) else "",
+                                              list(self._by_key), n=1)
+            hint = f" Did you mean {self._by_key[close[0]].name!r}?" if close else ""
+            raise GraphError(f"unknown concept {name!r}; known concepts: {_quoted(self.names)}.{hint}")
+        return found
+
+    @cached_property
+    def _topological_order(self) -> tuple[str, ...]:
+        position = {name: i for i, name in enumerate(self.names)}
+        return tuple(nx.lexicographical_topological_sort(self._nx, key=position.__getitem__))
+
+    def topological_order(self) -> tuple[str, ...]:
+        """All concept names, causes before effects; ties keep concept order (deterministic)."""
+        return self._topological_order
+
+    def parents(self, name: str) -> tuple[str, ...]:
+        target = self.concept(name).name
+        return tuple(e.cause for e in self.edges if e.effect == target)
+
+    def children(self, name: str) -> tuple[str, ...]:
+        source = self.concept(name).name
+        return tuple(e.effect for e in self.edges if e.cause == source)
+
+    def descendants(self, name: str) -> tuple[str, ...]:
+        """Concepts caused, directly or not, by ``name``, in topological order."""
+        below = nx.descendants(self._nx, self.concept(name).name)
+        return tuple(n for n in self.topological_order() if n in below)
+
+    def ancestors(self, name: str) -> tuple[str, ...]:
+        above = nx.ancestors(self._nx, self.concept(name).name)
+        return tuple(n for n in self.topological_order() if n in above)
+
+    def non_descendants(self, name: str) -> tuple[str, ...]:
+        """Concepts an intervention on ``name`` must leave unchanged (concept order, ``name`` excluded)."""
+        own = self.concept(name).name
+        below = set(self.descendants(own))
+        return tuple(n for n in self.names if n != own and n not in below)
+
+    def to_networkx(self) -> nx.DiGraph:
+        """A fresh networkx copy, with ``value`` and ``description`` node attributes."""
+        graph = self._nx.copy()
+        for c in self.concepts:
+            graph.nodes[c.name].update(value=c.value, description=c.description)
+        return graph
+
+    # ------------------------------------------------------------ derived graphs
+
+    def with_values(self, values: Mapping[str, str]) -> "CausalGraph":
+        """The same graph with some concepts set to new values (keys are concept names)."""
+        new_values = {self.concept(name).name: value for name, value in values.items()}
+        concepts = tuple(Concept(c.name, new_values.get(c.name, c.value), c.description) for c in self.concepts)
+        return CausalGraph(concepts, self.edges, self.description)
+
+    # ------------------------------------------------------------ text forms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "description": self.description,
+            "concepts": [{"name": c.name, "value": c.value, "description": c.description} for c in self.concepts],
+            "edges": [{"cause": e.cause, "effect": e.effect} for e in self.edges],
+        }
+
+    def to_json(self, indent: Optional[int] = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+    def to_text(self) -> str:
+        """A short human-readable summary (for logs and node outputs)."""
+        lines = [f"Scene: {self.description}" if self.description else "Scene: (no description)", "Concepts:"]
+        lines += [f"  {c.name} = {c.value}" + (f"  ({c.description})" if c.description else "") for c in self.concepts]
+        lines.append("Edges:" if self.edges else "Edges: none")
+        lines += [f"  {e.cause} -> {e.effect}" for e in self.edges]
+        return "\n".join(lines)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "CausalGraph":
+        """Strictly read the ``to_dict`` form; GraphError says what to fix."""
+        if not isinstance(data, Mapping):
+            raise GraphError(f"a causal graph must be a JSON object with 'description', 'concepts' and 'edges', "
+                             f"got {type(data).__name__}")
+        _reject_unknown_keys(data, ("description", "concepts", "edges"), "the graph")
+        if "concepts" not in data:
+            raise GraphError("the graph has no 'concepts' list; add "
+                             '"concepts": [{"name": "weather", "value": "rainy"}, ...]')
+        concepts = [_concept_from_dict(item, number)
+                    for number, item in enumerate(_require_list(data["concepts"], "'concepts'"), 1)]
+        edges = [_edge_from_dict(item, number)
+                 for number, item in enumerate(_require_list(data.get("edges", []), "'edges'"), 1)]
+        return cls(tuple(concepts), tuple(edges), _require_text(data.get("description", ""), "'description'",
+                                                                 allow_empty=True))
+
+    @classmethod
+    def from_json(cls, text: str) -> "CausalGraph":
+        """Strictly read graph JSON (e.g. edited by an artist); GraphError says what to fix."""
+        if not isinstance(text, str):
+            raise GraphError(f"graph JSON must be text, got {type(text).__name__}")
+        if not text.strip():
+            raise GraphError("the graph JSON is empty; paste a graph or connect an extractor")
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            line = text.splitlines()[error.lineno - 1] if error.lineno <= len(text.splitlines()) else ""
+            raise GraphError(f"the graph is not valid JSON: {error.msg} at line {error.lineno} column {error.colno} "
+                             f"(look for a missing comma, quote or bracket near: {line.strip()[:80]!r})") from None
+        except (ValueError, RecursionError) as error:
+            raise GraphError(f"the graph is not valid JSON: {error}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_model_answer(cls, text: str, description: Optional[str] = None) -> "RepairResult":
+        """Leniently read a whole graph a model answered, repairing it (see ``repair_graph``).
+
+        Raises ModelAnswerError if no JSON object can be read, GraphError if no usable concept is left.
+        """
+        answer = parse_model_answer(text, GRAPH_FIELDS, list_field="concepts")
+        return repair_graph(answer, description=description)
+
+
+def _find_cycle(graph: nx.DiGraph) -> list[str]:
+    try:
+        edges = nx.find_cycle(graph)
+    except nx.NetworkXNoCycle:
+        return []
+    return [u for u, _ in edges] + [edges[0][0]]
+
+
+def _require_list(value: Any, what: str) -> list:
+    if not isinstance(value, list):
+        raise GraphError(f"{what} must be a JSON list [...], got {type(value).__name__}")
+    return value
+
+
+def _reject_unknown_keys(record: Mapping, allowed: tuple[str, ...], what: str) -> None:
+    for key in record:
+        if key not in allowed:
+            close = difflib.get_close_matches(str(key), allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; allowed keys: {_quoted(allowed)}"
+            raise GraphError(f"{what} has an unknown key {key!r}{hint}")
+
+
+def _concept_from_dict(item: Any, number: int) -> Concept:
+    what = f"concept #{number}"
+    if not isinstance(item, Mapping):
+        raise GraphError(f"{what} must be an object like {{\"name\": \"weather\", \"value\": \"rainy\"}}, "
+                         f"got {type(item).__name__}: {_short(item)}")
+    _reject_unknown_keys(item, ("name", "value", "description"), what)
+    for field in ("name", "value"):
+        if field not in item:
+            label = f" ({item['name']!r})" if field == "value" and isinstance(item.get("name"), str) else ""
+            raise GraphError(f"{what}{label} has no {field!r}; add \"{field}\": \"...\"")
+    name = _require_text(item["name"], f"{what} 'name'")
+    return Concept(name, _require_text(item["value"], f"{what} ({name!r}) 'value'"),
+                   _require_text(item.get("description", ""), f"{what} ({name!r}) 'description'", allow_empty=True))
+
+
+def _edge_from_dict(item: Any, number: int) -> Edge:
+    what = f"edge #{number}"
+    if not isinstance(item, Mapping):
+        raise GraphError(f"{what} must be an object like {{\"cause\": \"weather\", \"effect\": \"hair\"}}, "
+                         f"got {type(item).__name__}: {_short(item)}")
+    _reject_unknown_keys(item, ("cause", "effect"), what)
+    for field in ("cause", "effect"):
+        if field not in item:
+            raise GraphError(f"{what} has no {field!r}; add \"{field}\": \"<concept name>\"")
+    return Edge(_require_text(item["cause"], f"{what} 'cause'"), _require_text(item["effect"], f"{what} 'effect'"))
+
+
+# ================================================================ lenient repair of model output
+
+# Confidence of an edge the model gave none for: between "low" and "high", so stated
+# confidences decide first.
+DEFAULT_CONFIDENCE = 0.5
+
+
+@dataclass(frozen=True)
+class RepairResult:
+    """A valid graph made from a model's answer, and one line per change made to it."""
+
+    graph: CausalGraph
+    repairs: tuple[str, ...]
+
+
+def repair_graph(answer: Any, description: Optional[str] = None) -> RepairResult:
+    """Make a valid graph of a decoded model answer ``{"description", "concepts", "edges"}``.
+
+    Key aliases are accepted (see ``parsing.GRAPH_FIELDS``). ``description``, when given,
+    replaces the answer's own. Raises GraphError when no usable concept remains.
+    """
+    fields = canonical_keys(answer, GRAPH_FIELDS) if isinstance(answer, Mapping) else {}
+    repairs: list[str] = []
+    concepts, concept_repairs = repair_concepts(fields.get("concepts"))
+    edges, edge_repairs = repair_edges(concepts, fields.get("edges", []))
+    if description is None:
+        description = as_text(fields.get("description")) or ""
+        if not description:
+            repairs.append("the answer has no scene description; left it empty")
+    graph = CausalGraph(concepts, edges, description)
+    return RepairResult(graph, tuple(concept_repairs + edge_repairs + repairs))
+
+
+def repair_concepts(raw: Any) -> tuple[tuple[Concept, ...], list[str]]:
+    """Usable concepts from a model's concept list, and a report line per dropped or changed item.
+
+    Items may be objects (with aliases), ``"name: value"`` strings or ``[name, value]`` pairs;
+    the list may also be a ``{name: value}`` object. Unnamed and valueless items and repeats
+    of a name (case/space-insensitive) are dropped. Raises GraphError if none is left.
+    """
+    repairs: list[str] = []
+    concepts: list[Concept] = []
+    first_number: dict[str, int] = {}
+    items = _concept_items(raw)
+    for number, item in enumerate(items, 1):
+        name, value, description = _read_concept(item)
+        if name is None or not concept_key(name):
+            repairs.append(f"concept #{number} has no usable name ({_short(item)}); dropped it")
+            continue
+        if value is None:
+            repairs.append(f"concept #{number} {name!r} has no usable value ({_short(item)}); dropped it")
+            continue
+        key = concept_key(name)
+        if key in first_number:
+            kept = concepts[[c.key for c in concepts].index(key)]
+            repairs.append(f"concept #{number} {name!r} = {value!r} repeats concept #{first_number[key]} "
+                           f"{kept.name!r} = {kept.value!r}; dropped the repeat")
+            continue
+        first_number[key] = number
+        concepts.append(Concept(name, value, description or ""))
+    if not concepts:
+        found = f"{len(items)} unusable item(s)" if items else f"no concept list ({_short(raw)})"
+        raise GraphError(f"the model gave no usable concepts ({found}); each concept needs a name and a value")
+    return tuple(concepts), repairs
+
+
+def _concept_items(raw: Any) -> list:
+    if isinstance(raw, list):
+        return raw
+    if isinstance(raw, Mapping):
+        if canonical_keys(raw, CONCEPT_FIELDS).keys() >= {"name", "value"}:
+            return [raw]  # a single concept object instead of a list
+        return [{**value, "name": key} if isinstance(value, Mapping) else [key, value] for key, value in raw.items()]
+    return []
+
+
+def _read_concept(item: Any) -> tuple[Optional[str], Optional[str], Optional[str]]:
+    if isinstance(item, Mapping):
+        fields = canonical_keys(item, CONCEPT_FIELDS)
+        if not fields and len(item) == 1:  # {"weather": "rainy"}
+            ((name, value),) = item.items()
+            return as_text(name), as_text(value), None
+        return as_text(fields.get("name")), as_text(fields.get("value")), as_text(fields.get("description"))
+    if isinstance(item, list) and len(item) >= 2:
+        return as_text(item[0]), as_text(item[1]), as_text(item[2]) if len(item) > 2 else None
+    if isinstance(item, str):
+        match = re.match(r"([^:=]+?) ?[:=] ?(.+)", " ".join(item.split()))
+        if match:
+            return as_text(match.group(1)), as_text(match.group(2)), None
+        return as_text(item), None, None
+    return None, None, None
+
+
+def repair_edges(concepts: tuple[Concept, ...], raw: Any) -> tuple[tuple[Edge, ...], list[str]]:
+    """Edges of a DAG over ``concepts`` from a model's edge list, and a report line per dropped edge.
+
+    Items may be objects (with aliases and a confidence), ``[cause, effect, confidence]``
+    lists or ``"cause -> effect"`` strings; the list may be a ``{cause: [effects]}`` object.
+    Endpoints are matched by name (case/space-insensitive), then by a unique concept value.
+    Self-loops, unknown concepts and repeats are dropped. Cycles are broken greedily: edges
+    are added by descending confidence (ties: list order) and one that would close a
+    cycle is dropped. Every report line starts with ``edge #<number in the model's list>``.
+    """
+    resolver = _NameResolver(concepts)
+    repairs: list[str] = []
+    candidates: list[tuple[float, int, str, str]] = []
+    best_for_pair: dict[tuple[str, str], int] = {}
+    for number, item in enumerate(_edge_items(raw), 1):
+        cause_raw, effect_raw, confidence = _read_edge(item)
+        if cause_raw is None or effect_raw is None:
+            repairs.append(f"edge #{number} does not name a cause and an effect ({_short(item)}); dropped it")
+            continue
+        ends = []
+        for role, raw_name in (("cause", cause_raw), ("effect", effect_raw)):
+            name, note = resolver.resolve(raw_name)
+            if name is None:
+                repairs.append(f"edge #{number} names unknown concept {raw_name!r} as its {role}; dropped it "
+                               f"(known concepts: {_quoted(c.name for c in concepts)})")
+                break
+            if note:
+                repairs.append(f"edge #{number}: {note}")
+            ends.append(name)
+        if len(ends) < 2:
+            continue
+        cause, effect = ends
+        if cause == effect:
+            repairs.append(f"edge #{number} goes from {cause!r} to itself; dropped it")
+            continue
+        weight = DEFAULT_CONFIDENCE if confidence is None else confidence
+        earlier = best_for_pair.get((cause, effect))
+        if earlier is not None:
+            repairs.append(f"edge #{number} {cause!r} -> {effect!r} repeats edge #{candidates[earlier][1]}; "
+                           "dropped the repeat")
+            previous = candidates[earlier]
+            candidates[earlier] = (max(previous[0], weight), *previous[1:])
+            continue
+        best_for_pair[cause, effect] = len(candidates)
+        candidates.append((weight, number, cause, effect))
+    kept = _acyclic_subset(candidates, concepts, repairs)
+    return tuple(Edge(cause, effect) for _, _, cause, effect in kept), repairs
+
+
+def _acyclic_subset(candidates: list[tuple[float, int, str, str]], concepts: tuple[Concept, ...],
+                    repairs: list[str]) -> list[tuple[float, int, str, str]]:
+    """Greedy maximum acyclic subgraph by confidence (exact minimum feedback arc set is NP-hard)."""
+    graph = nx.DiGraph()
+    graph.add_nodes_from(c.name for c in concepts)
+    kept = []
+    for candidate in sorted(candidates, key=lambda c: (-c[0], c[1])):
+        weight, number, cause, effect = candidate
+        if nx.has_path(graph, effect, cause):
+            path = nx.shortest_path(graph, effect, cause)
+            cycle = " -> ".join(repr(n) for n in [cause, *path])
+            repairs.append(f"edge #{number} {cause!r} -> {effect!r} (confidence {weight:.2f}) would close the cycle "
+                           f"{cycle}; dropped it, keeping the more confident edges")
+            continue
+        graph.add_edge(cause, effect)
+        kept.append(candidate)
+    return sorted(kept, key=lambda c: c[1])  # back to the model's order
+
+
+def _edge_items(raw: Any) -> list:
+    if isinstance(raw, list):
+        return raw
+    if isinstance(raw, Mapping):
+        if {"cause", "effect"} <= canonical_keys(raw, EDGE_FIELDS).keys():
+            return [raw]  # a single edge object instead of a list
+        items: list = []
+        for cause, effects in raw.items():  # adjacency form {cause: [effects]}
+            for effect in effects if isinstance(effects, list) else [effects]:
+                items.append([cause, effect])
+        return items
+    return []
+
+
+_ARROW = re.compile(r" ?(?:->|=>|→|⟶|\bcauses\b|\bcause\b) ?", re.IGNORECASE)
+
+
+def _read_edge(item: Any) -> tuple[Optional[str], Optional[str], Optional[float]]:
+    if isinstance(item, Mapping):
+        fields = canonical_keys(item, EDGE_FIELDS)
+        return as_text(fields.get("cause")), as_text(fields.get("effect")), as_confidence(fields.get("confidence"))
+    if isinstance(item, list) and len(item) >= 2:
+        confidence = next((as_confidence(x) for x in item[2:] if as_confidence(x) is not None), None)
+        return as_text(item[0]), as_text(item[1]), confidence
+    if isinstance(item, str):
+        parts = _ARROW.split(" ".join(item.split()), maxsplit=1)
+        if len(parts) == 2:
+            return as_text(parts[0]), as_text(parts[1]), None
+    return None, None, None
+
+
+class _NameResolver:
+    """Matches a model's name for a concept: its name, "name: value", or a unique value."""
+
+    def __init__(self, concepts: tuple[Concept, ...]):
+        self._by_name = {c.key: c.name for c in concepts}
+        by_value: dict[str, list[str]] = {}
+        for c in concepts:
+            by_value.setdefault(concept_key(c.value), []).append(c.name)
+        self._by_value = {value: names[0] for value, names in by_value.items() if value and len(names) == 1}
+
+    def resolve(self, raw: str) -> tuple[Optional[str], Optional[str]]:
+        """(concept name or None, a report note if the match was not by name)."""
+        key = concept_key(raw)
+        if key in self._by_name:
+            return self._by_name[key], None
+        head = re.split(r"\s*[:=(]\s*", raw, maxsplit=1)[0]
+        if concept_key(head) in self._by_name:
+            name = self._by_name[concept_key(head)]
+            return name, f"read {raw!r} as concept {name!r}"
+        if key in self._by_value:
+            name = self._by_value[key]
+            return name, f"{raw!r} is not a concept name but the value of {name!r}; used {name!r}"
+        return None, None
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+__all__ = ["GraphError", "ModelAnswerError", "Concept", "Edge", "CausalGraph", "RepairResult", "concept_key",
+           "repair_graph", "repair_concepts", "repair_edges", "DEFAULT_CONFIDENCE"]
