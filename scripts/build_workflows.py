@@ -71,18 +71,25 @@ def _csg(graph: dict, counterfactual: list, first_id: int, label: str) -> None:
     graph[masks] = _node("PreviewImage", "Where each concept acted", images=[sampler, 2])
 
 
+def _manipulate_and_render(graph: dict, causal_graph: list, label: str, *, mode: str, concept="", value="",
+                           descendant_values: str = "", with_vlm: bool = True) -> None:
+    """Node 8 the Concept Manipulator, node 9 the counterfactual drawing, then CSG (nodes 10-15)."""
+    vlm = {"vlm": ["4", 0], "image": ["2", 0]} if with_vlm else {}
+    graph["8"] = _node("FMCGMConceptManipulator", causal_graph=causal_graph, mode=mode, concept=concept,
+                       value=value, descendant_values=descendant_values, num_interventions=3, temperature=0.2,
+                       max_new_tokens=3072, seed=0, enable_thinking=False, **vlm)
+    graph["9"] = _node("FMCGMCausalGraphViewer", "Counterfactual graph", counterfactual=["8", 0], width=1024,
+                       height=1024, intervene_concept="", intervene_value="")
+    _csg(graph, ["8", 0], 10, label)
+
+
 def causal_edit(vlm: str = "local") -> dict:
     """The main job: extract, pick an intervention in the editor, propagate, render with CSG."""
     graph = _picture_and_models(vlm)
     _extract(graph)
     graph["7"] = _node("FMCGMCausalGraphEditor", "Edit the graph, pick do(concept = value)", graph=["5", 0],
                        graph_json="", intervene_concept="weather", intervene_value="sunny", edit_base="")
-    graph["8"] = _node("FMCGMConceptManipulator", causal_graph=["7", 0], mode="manual", concept=["7", 1],
-                       value=["7", 2], descendant_values="", num_interventions=3, temperature=0.2,
-                       max_new_tokens=3072, seed=0, enable_thinking=False, vlm=["4", 0], image=["2", 0])
-    graph["9"] = _node("FMCGMCausalGraphViewer", "Counterfactual graph", counterfactual=["8", 0], width=1024,
-                       height=1024, intervene_concept="", intervene_value="")
-    _csg(graph, ["8", 0], 10, "csg")
+    _manipulate_and_render(graph, ["7", 0], "csg", mode="manual", concept=["7", 1], value=["7", 2])
     return graph
 
 
@@ -90,12 +97,7 @@ def automatic_interventions() -> dict:
     """The VLM proposes three interventions on different concepts; CSG edits all three as a batch."""
     graph = _picture_and_models()
     _extract(graph)
-    graph["8"] = _node("FMCGMConceptManipulator", causal_graph=["5", 0], mode="automatic", concept="", value="",
-                       descendant_values="", num_interventions=3, temperature=0.2, max_new_tokens=3072, seed=0,
-                       enable_thinking=False, vlm=["4", 0], image=["2", 0])
-    graph["9"] = _node("FMCGMCausalGraphViewer", "Counterfactual graphs", counterfactual=["8", 0], width=1024,
-                       height=1024, intervene_concept="", intervene_value="")
-    _csg(graph, ["8", 0], 10, "auto")
+    _manipulate_and_render(graph, ["5", 0], "auto", mode="automatic")
     return graph
 
 
@@ -126,12 +128,8 @@ def graph_only() -> dict:
     graph = {k: v for k, v in _picture_and_models().items() if k != "4"}
     graph["7"] = _node("FMCGMCausalGraphEditor", "Type or edit the causal graph", graph_json=json.dumps(example, indent=2),
                        intervene_concept="weather", intervene_value="sunny", edit_base="")
-    graph["8"] = _node("FMCGMConceptManipulator", causal_graph=["7", 0], mode="graph-only", concept=["7", 1],
-                       value=["7", 2], descendant_values="hair: dry\numbrella: closed", num_interventions=3,
-                       temperature=0.2, max_new_tokens=3072, seed=0, enable_thinking=False)
-    graph["9"] = _node("FMCGMCausalGraphViewer", "Counterfactual graph", counterfactual=["8", 0], width=1024,
-                       height=1024, intervene_concept="", intervene_value="")
-    _csg(graph, ["8", 0], 10, "graph_only")
+    _manipulate_and_render(graph, ["7", 0], "graph_only", mode="graph-only", concept=["7", 1], value=["7", 2],
+                           descendant_values="hair: dry\numbrella: closed", with_vlm=False)
     return graph
 
 
