@@ -92,6 +92,14 @@ class Page:
                 .map(n => n.type);
         }""", workflow)
 
+    def serialize(self) -> dict:
+        """The workflow as the frontend saves it (JSON text, so undefined fields are left out)."""
+        return json.loads(self.page.evaluate("() => JSON.stringify(app.graph.serialize())"))
+
+    def warnings_shown(self) -> list[str]:
+        """Texts of the frontend's toasts (e.g. "Invalid workflow against zod schema")."""
+        return self.page.locator(".p-toast-message").all_inner_texts()
+
     def queue(self, timeout_ms: int = 120_000) -> tuple[str, dict]:
         """Queue the loaded workflow from the page; return (prompt id, /history entry)."""
         before = self.page.evaluate("window.__events.length")

@@ -1,0 +1,236 @@
+"""The Causal Graph Editor in a real browser: real ComfyUI server, its real frontend
+(comfyui-frontend-package 1.32.9), Debian's Chromium driven by Playwright.
+
+One scenario, in the order an artist works: load a shared workflow, run it so the incoming
+graph appears in the editor, edit the graph by clicking and typing in the node, queue it,
+and check what the backend received (the prompt in /history and the node's outputs). The
+graph holds a concept named ``<img src=x onerror=alert(1)>``: it must show as those
+characters and never run. Screenshots go to test-artifacts/.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from fmcgm.graph import CausalGraph, Concept, Edge
+from tests import browser_support as bs
+
+WORKFLOW = Path(__file__).parent / "data" / "graph_editor_workflow.json"
+XSS = "<img src=x onerror=alert(1)>"
+
+if not bs.chromium_available():
+    if os.environ.get("CI"):
+        raise RuntimeError(f"Chromium missing at {bs.CHROMIUM} in CI; .ci/run should have installed it")
+    pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = bs.start_server(tmp_path_factory.mktemp("browser"))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=bs.CHROMIUM, headless=True, args=bs.ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    p = bs.Page(browser, server).open()
+    yield p
+    p.close()
+
+
+def editor(p: bs.Page, node_id: int):
+    return p.page.locator(f'.fmcgm-editor[data-node-id="{node_id}"]')
+
+
+def chip(p: bs.Page, node_id: int, concept: str):
+    """The concept's box in the diagram, found by its data attribute (set as text, like all else)."""
+    quoted = '"' + concept.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return editor(p, node_id).locator(f".fmcgm-chip[data-concept={quoted}]")
+
+
+def widget_values(p: bs.Page, node_id: int) -> dict:
+    return p.page.evaluate("""(id) => Object.fromEntries(app.graph.getNodeById(id).widgets
+        .filter(w => w.name !== 'graph_editor').map(w => [w.name, w.value]))""", node_id)
+
+
+def test_edit_the_graph_in_the_browser_and_the_backend_gets_it(page, artifacts):
+    from playwright.sync_api import expect
+
+    p = page
+    original = CausalGraph.from_json(json.loads(WORKFLOW.read_text())["nodes"][0]["widgets_values"][0])
+    assert XSS in original.names
+    assert p.load_workflow(json.loads(WORKFLOW.read_text())) == []
+    ed = editor(p, 2)
+    expect(ed.locator(".fmcgm-empty").first).to_contain_text("No graph yet")
+
+    # 1. Run once: the incoming graph reaches the editor (onExecuted), shown as text.
+    _, entry = p.queue()
+    assert entry["status"]["status_str"] == "success"
+    expect(ed.locator(".fmcgm-chip")).to_have_count(len(original.concepts))
+    xss_chip = chip(p, 2, XSS)
+    expect(xss_chip).to_have_text(f"{XSS}: $x$ and a \\n backslash")
+    p.page.screenshot(path=str(artifacts / "browser_editor_incoming.png"))
+
+    # 2. Edit like an artist: click a concept, type its new value.
+    chip(p, 2, "weather").click()
+    value = ed.locator(".fmcgm-panel .fmcgm-value")
+    expect(value).to_have_value("rainy")
+    value.fill("stormy")
+    value.press("Enter")
+    expect(chip(p, 2, "weather")).to_have_text("weather: stormy")
+
+    # An edge that would close a cycle is refused with a message: mood -> weather.
+    chip(p, 2, "mood").click()
+    ed.locator(".fmcgm-panel select.fmcgm-other").select_option("weather")
+    ed.locator(".fmcgm-panel .fmcgm-edge-out").click()
+    message = ed.locator(".fmcgm-message")
+    expect(message).to_contain_text('Edge "mood" \u2192 "weather" refused')
+    expect(message).to_contain_text("cycle")
+    p.page.screenshot(path=str(artifacts / "browser_editor_cycle_refused.png"))
+
+    # Add an edge ground -> mood; remove the edge sky -> lighting.
+    chip(p, 2, "ground").click()
+    ed.locator(".fmcgm-panel select.fmcgm-other").select_option("mood")
+    ed.locator(".fmcgm-panel .fmcgm-edge-out").click()
+    expect(message).to_contain_text('Added the edge "ground" \u2192 "mood"')
+    chip(p, 2, "sky").click()
+    ed.locator(".fmcgm-panel .fmcgm-edge").filter(has_text="sky \u2192 lighting").locator(".fmcgm-remove-edge").click()
+    expect(message).to_contain_text('Removed the edge "sky" \u2192 "lighting"')
+
+    # Add a concept, remove one.
+    ed.locator(".fmcgm-new-name").fill("season")
+    ed.locator(".fmcgm-new-value").fill("late autumn")
+    ed.get_by_role("button", name="Add concept").click()
+    expect(chip(p, 2, "season")).to_have_text("season: late autumn")
+    chip(p, 2, "umbrella").click()
+    ed.locator(".fmcgm-panel .fmcgm-remove-concept").click()
+    expect(chip(p, 2, "umbrella")).to_have_count(0)
+
+    # Choose the intervention: do(weather = sunny), from the concept's panel.
+    chip(p, 2, "weather").click()
+    ed.locator(".fmcgm-panel .fmcgm-intervene").click()
+    ed.locator(".fmcgm-do-value").fill("sunny")
+    ed.locator(".fmcgm-do-value").press("Enter")
+    expect(chip(p, 2, "weather")).to_have_text("weather: stormy\n-> sunny")
+    expect(chip(p, 2, "weather")).to_have_class(re.compile(r"\bintervened\b"))
+    expect(chip(p, 2, "ground")).to_have_class(re.compile(r"\bdescendant\b"))
+    expect(chip(p, 2, "mood")).to_have_class(re.compile(r"\bdescendant\b"))  # via ground now
+    expect(chip(p, 2, "lighting")).to_have_class(re.compile(r"\binvariant\b"))  # sky -> lighting was removed
+    expect(chip(p, 2, XSS)).to_have_class(re.compile(r"\binvariant\b"))
+
+    expected = CausalGraph(
+        tuple(Concept("weather", "stormy") if c.name == "weather" else c
+              for c in original.concepts if c.name != "umbrella") + (Concept("season", "late autumn"),),
+        tuple(e for e in original.edges if (e.cause, e.effect) not in {("sky", "lighting"), ("umbrella", "mood")}
+              and "umbrella" not in (e.cause, e.effect)) + (Edge("ground", "mood"),),
+        original.description)
+    values = widget_values(p, 2)
+    assert CausalGraph.from_json(values["graph_json"]) == expected
+    assert (values["intervene_concept"], values["intervene_value"]) == ("weather", "sunny")
+    assert values["edit_base"], "the edit records which incoming graph it was made on"
+
+    # 3. Queue: the backend receives the edited graph and the intervention.
+    prompt_id, entry = p.queue()
+    sent = entry["prompt"][2]["2"]["inputs"]
+    assert CausalGraph.from_json(sent["graph_json"]) == expected
+    assert (sent["intervene_concept"], sent["intervene_value"]) == ("weather", "sunny")
+    payload = json.loads(entry["outputs"]["2"]["fmcgm_graph_editor"][0])
+    assert payload["edited"] and not payload["stale"]
+    assert CausalGraph.from_dict(payload["graph"]) == expected
+    assert payload["intervention"] == {"concept": "weather", "value": "sunny"}
+    images = entry["outputs"]["3"]["images"]  # the viewer drew the edited graph
+    assert len(images) == 1
+    p.page.wait_for_function("() => app.graph.getNodeById(3).imgs?.[0]?.complete", timeout=15_000)
+    p.page.screenshot(path=str(artifacts / "browser_editor_edited_and_run.png"))
+
+    # The viewer's picture is the edited graph with the intervention (exactly what render gives).
+    import io
+    import numpy as np
+    from PIL import Image
+    from fmcgm.render import render_graph
+    served = np.asarray(Image.open(io.BytesIO(p.server.view(images[0]))).convert("RGB"))
+    assert np.array_equal(served, render_graph(expected, "weather", {"weather": "sunny"}, width=768, height=576).image)
+
+    # 4. Markup stayed text: no element was created, nothing ran, no dialog opened.
+    p.page.wait_for_timeout(500)
+    assert p.page.locator(".fmcgm-editor img").count() == 0
+    assert p.dialogs == []
+    assert p.page.evaluate("window.__xss") is None
+    assert p.page_errors == [] and p.console_errors == [], (p.page_errors, p.console_errors)
+    assert p.warnings_shown() == []
+    # Positive control: the same text as HTML does open the dialog, so the detector works.
+    p.page.evaluate("""(html) => { const d = document.createElement('div'); d.innerHTML = html;
+                                   document.body.appendChild(d); }""", XSS)
+    p.page.wait_for_timeout(1000)
+    assert p.dialogs == ["alert: 1"]
+
+
+def test_edits_survive_save_and_reload_and_reach_api_format(page, browser, server, artifacts):
+    from playwright.sync_api import expect
+
+    p = page
+    workflow = json.loads(WORKFLOW.read_text())
+    assert p.load_workflow(workflow) == []
+    # Build an edit by hand in the node (no run: a graph authored in the editor), then save.
+    ed = editor(p, 2)
+    ed.locator(".fmcgm-new-name").fill(XSS)
+    ed.locator(".fmcgm-new-value").fill("<b>bold?</b>")
+    ed.get_by_role("button", name="Add concept").click()
+    ed.locator(".fmcgm-new-name").fill("light")
+    ed.locator(".fmcgm-new-value").fill("warm")
+    ed.get_by_role("button", name="Add concept").click()
+    chip(p, 2, XSS).click()
+    ed.locator(".fmcgm-panel select.fmcgm-other").select_option("light")
+    ed.locator(".fmcgm-panel .fmcgm-edge-out").click()
+    ed.locator(".fmcgm-do-concept").select_option(XSS)
+    ed.locator(".fmcgm-do-value").fill("<script>window.__xss=1</script>")
+    ed.locator(".fmcgm-do-value").press("Enter")
+    saved = p.serialize()
+    # The state is in the saved file (positional widgets_values of node 2); the diagram adds no slot.
+    node = next(n for n in saved["nodes"] if n["id"] == 2)
+    assert len(node["widgets_values"]) == 4
+    graph = CausalGraph.from_json(node["widgets_values"][0])
+    assert graph.names == (XSS, "light") and [(e.cause, e.effect) for e in graph.edges] == [(XSS, "light")]
+    assert node["widgets_values"][1:3] == [XSS, "<script>window.__xss=1</script>"]
+
+    # A fresh page (another person opening the shared file) shows the same edit, as text.
+    other = bs.Page(browser, server).open()
+    try:
+        assert other.load_workflow(saved) == []
+        expect(chip(other, 2, XSS)).to_have_text(f"{XSS}: <b>bold?</b>\n-> <script>window.__xss=1</script>")
+        expect(chip(other, 2, XSS)).to_have_class(re.compile(r"\bintervened\b"))
+        expect(chip(other, 2, "light")).to_have_class(re.compile(r"\bdescendant\b"))
+        assert other.page.locator(".fmcgm-editor img, .fmcgm-editor b, .fmcgm-editor script").count() == 0
+        other.page.screenshot(path=str(artifacts / "browser_editor_reloaded.png"))
+        # API format (what Export (API) writes and scripts POST): the edit is in the inputs.
+        api = other.page.evaluate("async () => (await app.graphToPrompt()).output")
+        inputs = api["2"]["inputs"]
+        assert CausalGraph.from_json(inputs["graph_json"]) == graph
+        assert inputs["intervene_concept"] == XSS and "graph_editor" not in inputs
+        # Run it from that file, without the browser: the backend takes the edit.
+        entry = server.wait(server.queue(api))
+        assert entry["status"]["status_str"] == "success", entry["status"]
+        payload = json.loads(entry["outputs"]["2"]["fmcgm_graph_editor"][0])
+        assert CausalGraph.from_dict(payload["graph"]) == graph and payload["edited"]
+        assert payload["stale"] is False
+        other.page.wait_for_timeout(300)
+        assert other.dialogs == [] and other.page.evaluate("window.__xss") is None
+        assert other.page_errors == [] and other.console_errors == [], (other.page_errors, other.console_errors)
+        assert other.warnings_shown() == [] and p.warnings_shown() == []
+    finally:
+        other.close()
