@@ -1,0 +1,77 @@
+"""The VLM inside ComfyUI: memory management, progress and cancellation (nodes/_vlm_runtime.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module")
+def loader(comfy, comfy_dirs):
+    import nodes
+    from tests.fixtures.tiny_qwen3vl import build_tiny_qwen3vl
+    folder = comfy_dirs["models"] / "LLM" / "tiny-qwen3vl-dense"
+    if not (folder / "config.json").exists():
+        build_tiny_qwen3vl(folder, variant="dense", seed=0)
+    node = nodes.NODE_CLASS_MAPPINGS["FMCGMQwen3VLLoader"]
+
+    def load(keep_loaded: bool):
+        with torch.inference_mode():
+            return node.execute(model="tiny-qwen3vl-dense", dtype="fp32", attention="sdpa", device="cpu",
+                                keep_loaded=keep_loaded, max_image_tokens=64).args[0]
+    return load
+
+
+def picture():
+    from PIL import Image
+    return Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype("uint8"))
+
+
+def loaded(vlm) -> bool:
+    import comfy.model_management as mm
+    return any(entry.model is vlm.patcher for entry in mm.current_loaded_models)
+
+
+@pytest.mark.parametrize("keep_loaded", [False, True])
+def test_comfy_memory_manager_loads_the_vlm_and_offloads_it_unless_kept(loader, keep_loaded):
+    from fmcgm.extractor import extract_graph
+    vlm = loader(keep_loaded)
+    assert not loaded(vlm)
+    with torch.inference_mode():
+        result = extract_graph(vlm, picture(), temperature=0.0, max_new_tokens=64, max_concepts=3)
+    assert result.graph.concepts
+    assert loaded(vlm) is keep_loaded
+    if keep_loaded:
+        vlm.offload()
+        assert not loaded(vlm)
+
+
+def runtime_module():
+    """nodes/_vlm_runtime.py as ComfyUI loaded it (the pack is imported under its folder path)."""
+    import importlib
+
+    import nodes
+    package = nodes.NODE_CLASS_MAPPINGS["FMCGMQwen3VLLoader"].__module__.rsplit(".", 1)[0]
+    return importlib.import_module(package + "._vlm_runtime")
+
+
+def test_cancel_stops_generation_within_a_token(loader):
+    import comfy.model_management as mm
+    from fmcgm.extractor import extract_graph
+    vlm = loader(False)
+    progress = runtime_module().progress_callback()
+    seen = []
+
+    def on_token(done, total):
+        seen.append(done)
+        if len(seen) == 5:  # the user presses Cancel while the VLM is generating
+            mm.interrupt_current_processing(True)
+        progress(done, total)
+
+    try:
+        with pytest.raises(mm.InterruptProcessingException), torch.inference_mode():
+            extract_graph(vlm, picture(), temperature=0.0, max_new_tokens=64, max_concepts=3, on_token=on_token)
+    finally:
+        mm.interrupt_current_processing(False)
+    assert len(seen) == 5  # not one token more
+    assert not loaded(vlm)  # and the model was offloaded on the way out
