@@ -98,3 +98,25 @@ def test_bad_inputs_are_clear_errors_and_comfy_keeps_running(comfy, tiny_vlms):
     # And afterwards a good prompt still runs.
     _, outputs = comfy.run_prompt(extraction_prompt("tiny-qwen3vl-dense"))
     assert captured(outputs, "4")[0]
+
+
+def test_an_image_batch_gives_one_graph_per_image(comfy, tiny_vlms):
+    prompt = extraction_prompt("tiny-qwen3vl-dense")
+    prompt["10"] = {"class_type": "ImageFlip", "inputs": {"image": ["1", 0], "flip_method": "x-axis: vertically"}}
+    prompt["11"] = {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["10", 0]}}
+    prompt["3"]["inputs"]["image"] = ["11", 0]
+    _, outputs = comfy.run_prompt(prompt)
+    graphs = captured(outputs, "4")[0]
+    assert len(graphs) == 2
+    from fmcgm.graph import CausalGraph
+    for graph in graphs:
+        assert CausalGraph.from_dict(graph).concepts
+
+
+def test_empty_image_batch_is_a_clear_error(comfy, tiny_vlms):
+    import nodes
+    import torch
+    extractor = nodes.NODE_CLASS_MAPPINGS["FMCGMConceptExtractor"]
+    with pytest.raises(ValueError, match="image: the image batch is empty"):
+        extractor.execute(vlm=None, image=torch.zeros((0, 64, 64, 3)), temperature=0.1, max_new_tokens=16,
+                          max_concepts=2, seed=0, enable_thinking=False)
