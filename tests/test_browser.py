@@ -166,6 +166,22 @@ def test_edit_the_graph_in_the_browser_and_the_backend_gets_it(page, artifacts):
     served = np.asarray(Image.open(io.BytesIO(p.server.view(images[0]))).convert("RGB"))
     assert np.array_equal(served, render_graph(expected, "weather", {"weather": "sunny"}, width=768, height=576).image)
 
+    # A stale edit is shown, not dropped: the incoming graph changes under the edit.
+    changed = original.with_values({"sky": "pink sunset"})
+    p.page.evaluate("""(text) => { const w = app.graph.getNodeById(1).widgets.find(w => w.name === 'graph_json');
+                                   w.value = text; w.callback?.(text); }""", changed.to_json())
+    _, entry = p.queue()
+    assert CausalGraph.from_json(entry["prompt"][2]["2"]["inputs"]["graph_json"]) == expected  # edits kept
+    banner = ed.locator(".fmcgm-stale")
+    expect(banner).to_be_visible()
+    expect(banner).to_contain_text("The incoming graph has changed since you edited it")
+    expect(chip(p, 2, "season")).to_have_count(1)  # the diagram still shows the edited graph
+    p.page.screenshot(path=str(artifacts / "browser_editor_stale_edit.png"))
+    ed.get_by_role("button", name="Keep my edits").click()
+    expect(banner).to_be_hidden()
+    fingerprint = json.loads(entry["outputs"]["2"]["fmcgm_graph_editor"][0])["upstream_fingerprint"]
+    assert widget_values(p, 2)["edit_base"] == fingerprint
+
     # 4. Markup stayed text: no element was created, nothing ran, no dialog opened.
     p.page.wait_for_timeout(500)
     assert p.page.locator(".fmcgm-editor img").count() == 0
