@@ -77,6 +77,7 @@ class AttentionCapture:
         self.token_weights: dict[int, torch.Tensor] = {}
         self.sums: dict[int, torch.Tensor] = {}
         self.counts: dict[int, int] = {}
+        self._wcache: dict = {}
         self.hw = None
 
     def begin(self, slot_of_cond: dict[int, int], token_weights: dict[int, torch.Tensor], latent_hw: tuple):
@@ -113,37 +114,53 @@ class AttentionCapture:
             return False
         return any(c in self.slot_of_cond for c in extra_options.get("cond_or_uncond", []))
 
+    def _weights(self, slot: int, rows: int, L: int, device) -> torch.Tensor:
+        """Token weights of ``slot`` as [rows, L] on ``device`` (cached for the step)."""
+        key = (slot, rows, L, str(device))
+        w = self._wcache.get(key)
+        if w is None:
+            w = self.token_weights[slot].to(device=device, dtype=torch.float32)
+            if w.shape[-1] < L:  # context repeated to a longer batch (cond_cat): only the first copy counts
+                w = torch.nn.functional.pad(w, (0, L - w.shape[-1]))
+            w = w[:, :L]
+            if w.shape[0] != rows:
+                w = w[:1].expand(rows, -1) if w.shape[0] == 1 else \
+                    w.repeat((rows + w.shape[0] - 1) // w.shape[0], 1)[:rows]
+            self._wcache[key] = w
+        return w
+
     def record(self, q: torch.Tensor, k: torch.Tensor, extra_options: dict):
         heads = extra_options["n_heads"]
         chunks = extra_options["cond_or_uncond"]
         rows = q.shape[0] // len(chunks)
         nq, d = q.shape[1], q.shape[2] // heads
         L = k.shape[1]
-        transient = 0
-        for ci, cond_index in enumerate(chunks):
-            slot = self.slot_of_cond.get(cond_index)
-            if slot is None:
-                continue
-            qs = q[ci * rows:(ci + 1) * rows].float().reshape(rows, nq, heads, d).transpose(1, 2)
-            ks = k[ci * rows:(ci + 1) * rows].float().reshape(rows, L, heads, d).transpose(1, 2)
-            probs = torch.softmax(torch.matmul(qs, ks.transpose(-1, -2)) * (d ** -0.5), dim=-1)  # [r, H, nq, L]
-            w = self.token_weights[slot].to(probs.device)
-            if w.shape[-1] < L:  # context repeated to a longer batch (cond_cat): only the first copy counts
-                w = torch.nn.functional.pad(w, (0, L - w.shape[-1]))
-            w = w[:, :L]
-            if w.shape[0] != rows:
-                w = w[:1].expand(rows, -1) if w.shape[0] == 1 else w.repeat((rows + w.shape[0] - 1) // w.shape[0], 1)[:rows]
-            s = torch.einsum("rhnl,rl->rn", probs, w)  # sum over heads and weighted tokens
-            transient = max(transient, probs.numel() * 4)
+        picked = [(ci, self.slot_of_cond[c]) for ci, c in enumerate(chunks) if c in self.slot_of_cond]
+        if not picked:
+            return
+        # all captured chunks in one go: [n*rows, H, nq, L] probabilities, reduced at once
+        if len(picked) == len(chunks):
+            qs, ks = q, k
+        else:
+            idx = torch.cat([torch.arange(ci * rows, (ci + 1) * rows) for ci, _ in picked]).to(q.device)
+            qs, ks = q.index_select(0, idx), k.index_select(0, idx)
+        n = qs.shape[0]
+        qs = qs.float().reshape(n, nq, heads, d).transpose(1, 2)
+        ks = ks.float().reshape(n, L, heads, d).transpose(1, 2)
+        probs = torch.softmax(torch.matmul(qs * (d ** -0.5), ks.transpose(-1, -2)), dim=-1)  # [n, H, nq, L]
+        w = torch.cat([self._weights(slot, rows, L, q.device) for _, slot in picked])
+        s = torch.matmul(probs.sum(1), w.unsqueeze(-1)).squeeze(-1)  # heads summed, tokens weighted: [n, nq]
+        for j, (_, slot) in enumerate(picked):
+            part = s[j * rows:(j + 1) * rows]
             if slot in self.sums:
-                self.sums[slot] += s
+                self.sums[slot] += part
                 self.counts[slot] += heads
             else:
-                self.sums[slot] = s
+                self.sums[slot] = part.clone()
                 self.counts[slot] = heads
         self.calls += 1
         acc_bytes = sum(t.numel() * 4 for t in self.sums.values())
-        self.peak_bytes = max(self.peak_bytes, acc_bytes + transient)
+        self.peak_bytes = max(self.peak_bytes, acc_bytes + probs.numel() * 4)
 
     def make_replacement(self, existing=None):
         """An ``attn2`` replacement function: output from ``existing`` (or standard attention),
