@@ -5,9 +5,21 @@ PY := $(VENV)/bin/python
 COMFY := .cache/ComfyUI
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup demo test bench clean
+.PHONY: setup system-deps demo test bench clean
 
-setup: $(VENV)/.fmcgm-installed $(COMFY)/.fmcgm-setup
+setup: system-deps $(VENV)/.fmcgm-installed $(COMFY)/.fmcgm-setup
+
+# System programs: Graphviz (the graph viewer's layout; without it a simpler layout is used)
+# and Debian's Chromium (the browser tests drive it with Playwright, whose own browser
+# download is not available here). apt runs only when one is missing, and only as root.
+system-deps:
+	@if ! command -v dot >/dev/null || ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq graphviz chromium >/dev/null; \
+	  else \
+	    echo "note: install graphviz and chromium (e.g. apt-get install graphviz chromium) for the full test suite" >&2; \
+	  fi; \
+	fi
 
 $(VENV)/.fmcgm-installed: requirements.txt requirements-test.txt
 	$(PYTHON) -m venv $(VENV)
