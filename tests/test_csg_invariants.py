@@ -344,3 +344,73 @@ def test_errors_name_the_input(tiny, inv):
         assert n == "model" and ("v-prediction" in msg or "flow" in msg)
     # empty concept text
     assert name_of(lambda: guidance.encode_concept(tiny["clip"], "  "))[0] == "text"
+
+
+# ---------------------------------------------------------------- progress, region, other layouts
+
+def test_progress_bar_counts_every_step(tiny, inv):
+    import comfy.utils
+    seen = []
+    old = comfy.utils.PROGRESS_BAR_HOOK
+    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: seen.append((value, total)))
+    try:
+        run_edit(tiny["model"], inv, one_cf(concept(tiny, "a blue ball", warmup=2)))
+    finally:
+        comfy.utils.set_progress_bar_global_hook(old)
+    assert seen == [(i, N) for i in range(1, N + 1)]
+
+
+def test_user_region_limits_guidance(tiny, inv):
+    region = torch.zeros(1, 1, 16, 16)
+    region[..., :, :8] = 1.0  # left half of the latent
+    res = run_edit(tiny["model"], inv, one_cf(concept(tiny, "a blue ball", warmup=2, threshold=0.5)),
+                   user_mask=region, record_steps=True)
+    guided = [r for r in res.record.steps if 0 in r["mu"]]
+    assert guided and all(float(r["gamma"][..., 8:].abs().max()) == 0.0 for r in guided)
+    assert any(float(r["gamma"][..., :8].abs().max()) > 0 for r in guided)
+    nothing = run_edit(tiny["model"], inv, one_cf(concept(tiny, "a blue ball", warmup=2)),
+                       user_mask=torch.zeros(1, 1, 16, 16), record_steps=True)
+    assert all(float(r["gamma"].abs().max()) == 0.0 for r in nothing.record.steps)
+
+
+def _tiny_sd15(seed=0):
+    """An SD1.5-shaped UNet (no pooled/ADM conditioning, conv proj_in, 4 levels), seeded weights."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+    cfg = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+           "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 32,
+           "num_res_blocks": [1, 1, 1, 1], "transformer_depth": [1, 1, 1, 0], "channel_mult": [1, 2, 2, 2],
+           "transformer_depth_middle": 1, "use_linear_in_transformer": False, "context_dim": 64,
+           "num_head_channels": 16, "num_heads": -1, "transformer_depth_output": [1, 1, 1, 1, 1, 1, 0, 0],
+           "use_temporal_attention": False, "use_temporal_resblock": False, "dtype": torch.float32}
+    mc = comfy.supported_models.SD15(dict(cfg))
+    mc.unet_config.update(num_head_channels=16, num_heads=-1)
+    mc.set_inference_dtype(torch.float32, None)
+    model = mc.get_model({}, "", device=torch.device("cpu"))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.diffusion_model.named_parameters():
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
+            else:
+                p.copy_((1.0 if name.endswith("weight") else 0.0) + 0.05 * torch.randn(p.shape, generator=g))
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+def test_sd15_shaped_model_inverts_and_edits(comfy_dirs):
+    from fmcgm.csg import guidance, inversion, models
+    model = _tiny_sd15()
+    uncond = models.zero_conditioning(model)
+    assert uncond[0][0].shape == (1, 77, 64) and "pooled_output" not in uncond[0][1]
+    latent = {"samples": torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1))}
+    with torch.inference_mode():
+        inv = inversion.invert(model, latent, steps=12, skip=0.15, seed=0, zero_noise_steps=0, keep_trajectory=True)
+    zero = run_edit(model, inv, guidance.EditSet(), allow_empty=True, record_steps=True)
+    assert torch.equal(torch.stack([r["x"] for r in zero.record.steps]), inv.trajectory[:12])
+    cond = [[torch.randn(1, 77, 64, generator=torch.Generator().manual_seed(2)), {}]]
+    edit = guidance.EditConcept(conditioning=cond, n_tokens=4, text="x", warmup=2)
+    res = run_edit(model, inv, one_cf(edit), record_steps=True)
+    assert float(res.masks.sum()) > 0 and torch.isfinite(res.latent).all()
+    assert res.record.steps[5]["attn"][0].shape == (1, 4, 4)  # 1/4-level maps were captured
