@@ -13,12 +13,10 @@
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-from typing import Optional
 
-from fmcgm.graph import CausalGraph, GraphError
+from fmcgm.graph import GraphError
 
 from ._api import CATEGORY, io, schema, ui
 from ._types import CausalGraphSocket, CounterfactualSocket
@@ -26,34 +24,6 @@ from ._types import CausalGraphSocket, CounterfactualSocket
 log = logging.getLogger(__name__)
 
 EDITOR_UI_KEY = "fmcgm_graph_editor"  # the ui payload the extension's onExecuted reads
-
-
-def graph_fingerprint(graph: CausalGraph) -> str:
-    """A short stable id of a graph's content (concepts, values, edges, description)."""
-    text = json.dumps(graph.to_dict(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def _clean(text: Optional[str]) -> str:
-    return " ".join(str(text or "").split())
-
-
-def checked_intervention(graph: CausalGraph, concept: str, value: str, where: str) -> tuple[str, str]:
-    """(concept name as the graph spells it, value), or ("", "") for no intervention; GraphError otherwise."""
-    concept, value = _clean(concept), _clean(value)
-    if not concept:
-        if value:
-            raise GraphError(f"{where}: intervene_value is {value!r} but intervene_concept is empty; "
-                             "pick the concept to intervene on")
-        return "", ""
-    try:
-        target = graph.concept(concept)
-    except GraphError as error:
-        raise GraphError(f"{where}: intervene_concept {concept!r} is not in the graph: {error}") from None
-    if not value:
-        raise GraphError(f"{where}: intervene_value is empty; type the new value for {target.name!r} "
-                         f"(its current value is {target.value!r})")
-    return target.name, value
 
 
 # ==================================================================== viewer
@@ -102,18 +72,12 @@ class FMCGMCausalGraphViewer(io.ComfyNode):
         if counterfactual:
             drawings = [render_counterfactual(cf, width=width, height=height) for cf in counterfactual]
         elif graph:
+            from fmcgm.editing import drawing_intervention
             drawings = []
             for number, g in enumerate(graph, 1):
                 where = "Causal Graph Viewer" + (f" (graph #{number})" if len(graph) > 1 else "")
-                concept, value = _clean(intervene_concept), _clean(intervene_value)
-                if concept:
-                    try:
-                        concept = g.concept(concept).name
-                    except GraphError as error:
-                        raise GraphError(f"{where}: intervene_concept {concept!r} is not in the graph: {error}") \
-                            from None
-                new_values = {concept: value} if concept and value else None
-                drawings.append(render_graph(g, concept or None, new_values, width=width, height=height))
+                concept, new_values = drawing_intervention(g, intervene_concept, intervene_value, where)
+                drawings.append(render_graph(g, concept, new_values, width=width, height=height))
         else:
             raise GraphError("Causal Graph Viewer: nothing to draw; connect a causal graph or a counterfactual")
         images = _as_image_batch([d.image for d in drawings])
@@ -178,57 +142,22 @@ class FMCGMCausalGraphEditor(io.ComfyNode):
     @classmethod
     def execute(cls, graph_json: str, intervene_concept: str, intervene_value: str, edit_base: str,
                 graph=None) -> io.NodeOutput:
-        upstream_list = list(graph or [])
-        upstream = upstream_list[0] if upstream_list else None
-        upstream_fp = graph_fingerprint(upstream) if upstream is not None else ""
-        report: list[str] = []
-        stale = False
-        if str(graph_json or "").strip():
-            try:
-                edited = CausalGraph.from_json(graph_json)
-            except GraphError as error:
-                raise GraphError(f"Causal Graph Editor: the edited graph (widget 'graph_json') is invalid: {error}. "
-                                 "Fix it in the editor, or clear 'graph_json' to use the incoming graph.") from None
-            if len(upstream_list) > 1:
-                raise GraphError(f"Causal Graph Editor: the incoming graph input carries {len(upstream_list)} graphs "
-                                 "(one per image) but the editor edits one; edit a batch of one image, or clear "
-                                 "the edit to pass them all through")
-            base = _clean(edit_base)
-            if upstream is not None and base and base != upstream_fp:
-                stale = True
-                report.append("The incoming graph has changed since these edits were made; the edited graph was "
-                              "used, the new incoming graph was not. In the editor, choose 'Use incoming graph' "
-                              "to discard the edits, or 'Keep my edits' to keep them and silence this warning.")
-                log.warning("[FMCGM] Causal Graph Editor: %s", report[-1])
-            report.insert(0, f"Edited graph: {len(edited.concepts)} concept(s), {len(edited.edges)} edge(s).")
-            outputs = [edited]
-        elif upstream_list:
-            outputs = upstream_list
-            report.append(f"No edits: the incoming graph passes through ({len(upstream.concepts)} concept(s), "
-                          f"{len(upstream.edges)} edge(s)).")
-        else:
-            raise GraphError("Causal Graph Editor: nothing to edit; connect a causal graph (e.g. from the Causal "
-                             "Graph Extractor) or add concepts in the editor")
-        concept = value = ""
-        for number, g in enumerate(outputs, 1):
-            where = "Causal Graph Editor" + (f" (graph #{number})" if len(outputs) > 1 else "")
-            concept, value = checked_intervention(g, intervene_concept, intervene_value, where)
-        if concept:
-            report.append(f"Intervention: do({concept} = {value}).")
-        else:
-            report.append("No intervention chosen.")
-        text = "\n".join(report)
+        from fmcgm.editing import resolve_editor
+        upstream = list(graph or [])
+        result = resolve_editor(graph_json, intervene_concept, intervene_value, edit_base, upstream)
+        if result.stale:
+            log.warning("[FMCGM] Causal Graph Editor: %s", result.report)
         payload = {
-            "upstream": upstream.to_dict() if upstream is not None else None,
-            "upstream_fingerprint": upstream_fp,
-            "upstream_count": len(upstream_list),
-            "graph": outputs[0].to_dict(),
-            "edited": outputs[0] is not upstream,
-            "stale": stale,
-            "intervention": {"concept": concept, "value": value},
-            "report": text,
+            "upstream": upstream[0].to_dict() if upstream else None,
+            "upstream_fingerprint": result.upstream_fingerprint,
+            "upstream_count": len(upstream),
+            "graph": result.graphs[0].to_dict(),
+            "edited": result.edited,
+            "stale": result.stale,
+            "intervention": {"concept": result.concept, "value": result.value},
+            "report": result.report,
         }
-        return io.NodeOutput(outputs, concept, value, text,
+        return io.NodeOutput(result.graphs, result.concept, result.value, result.report,
                              ui={EDITOR_UI_KEY: [json.dumps(payload, ensure_ascii=False)]})
 
 
