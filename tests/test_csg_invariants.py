@@ -414,3 +414,28 @@ def test_sd15_shaped_model_inverts_and_edits(comfy_dirs):
     res = run_edit(model, inv, one_cf(edit), record_steps=True)
     assert float(res.masks.sum()) > 0 and torch.isfinite(res.latent).all()
     assert res.record.steps[5]["attn"][0].shape == (1, 4, 4)  # 1/4-level maps were captured
+
+
+def test_model_identity_follows_weights_not_objects(tiny, inv):
+    """Re-adding the same LoRA-style patch (new patcher, new uuid) matches; another patcher that has
+    patched the shared weights in place does not change the base model's identity."""
+    import comfy.model_management as mm
+    from fmcgm.csg import models
+    base = tiny["model"]
+    key = "diffusion_model." + next(iter(base.model.diffusion_model.state_dict()))
+    delta = torch.full_like(base.model.state_dict()[key], 0.01)
+
+    def lora():
+        m = base.clone()
+        m.add_patches({key: (delta.clone(),)}, 0.8)
+        return m
+    a, b = lora(), lora()
+    assert a.patches_uuid != b.patches_uuid
+    assert models.identity(a)["digest"] == models.identity(b)["digest"] != inv.model_id["digest"]
+    mm.load_models_gpu([a])  # patches the shared weights in place
+    try:
+        assert base.model.current_weight_patches_uuid == a.patches_uuid
+        models.check_same_model(inv.model_id, base)  # still the inversion's model
+    finally:
+        mm.unload_all_models()
+    models.check_same_model(inv.model_id, base)

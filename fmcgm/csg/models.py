@@ -78,31 +78,57 @@ def zero_out(conditioning: list) -> list:
     return out
 
 
+def _digest_value(h, value, depth: int = 0) -> None:
+    """Feed a patch payload (tensors, nested tuples, adapter objects with ``weights``) into ``h``."""
+    if depth > 6:
+        return
+    if torch.is_tensor(value):
+        t = value.detach()
+        h.update(repr((tuple(t.shape), str(t.dtype), float(t.double().sum()) if t.numel() else 0.0)).encode())
+    elif isinstance(value, (tuple, list)):
+        for v in value:
+            _digest_value(h, v, depth + 1)
+    elif hasattr(value, "weights"):
+        h.update(type(value).__name__.encode())
+        _digest_value(h, value.weights, depth + 1)
+    else:
+        h.update(repr(type(value).__name__ if not isinstance(value, (int, float, str, bool, type(None))) else value).encode())
+
+
 def identity(model) -> dict:
-    """A cheap fingerprint of the weights a MODEL computes with (base weights, weight patches such
-    as LoRAs, the noise schedule). Noise maps from an inversion are only valid for that model."""
+    """A fingerprint of the weights a MODEL computes with: base weights (read from ComfyUI's backup
+    when another patcher has patched them in place), weight patches such as LoRAs (content, not
+    object identity, so re-loading the same LoRA still matches) and the noise schedule. Noise maps
+    from an inversion are only valid for that model."""
     mb = model.model
     h = hashlib.sha256()
     h.update(type(mb).__name__.encode())
     h.update(repr(sorted((k, repr(v)) for k, v in mb.model_config.unet_config.items())).encode())
     params = list(mb.diffusion_model.state_dict().items())
     picks = params[:3] + params[len(params) // 2: len(params) // 2 + 2] + params[-3:]
+    backup = getattr(model, "backup", {}) or {}
     with torch.no_grad():
         for k, v in picks:
+            saved = backup.get("diffusion_model." + k)
+            if saved is not None and getattr(mb, "current_weight_patches_uuid", None) is not None:
+                v = saved.weight  # weights are patched in place right now: use the originals
             flat = v.detach().flatten()
             h.update(k.encode())
             h.update(repr((tuple(v.shape), float(flat.double().sum()), float(flat[:64].double().abs().sum()))).encode())
         ms = model_sampling(model)
         h.update(repr(float(ms.sigmas.double().sum())).encode())
-    patches = sorted((k, tuple((float(p[0]), float(p[2])) for p in v)) for k, v in model.patches.items())
-    h.update(repr(patches).encode())
-    return {"weights": h.hexdigest(), "patches_uuid": str(model.patches_uuid) if model.patches else None,
-            "model_class": type(mb).__name__}
+        h.update(type(ms).__name__.encode())
+        for key in sorted(model.patches):
+            h.update(repr(key).encode())
+            for p in model.patches[key]:
+                h.update(repr((float(p[0]), float(p[2]))).encode())
+                _digest_value(h, p[1])
+    return {"digest": h.hexdigest(), "model_class": type(mb).__name__, "weight_patches": len(model.patches)}
 
 
 def check_same_model(stored: dict, model, input_name: str = "model") -> None:
     cur = identity(model)
-    if cur["weights"] != stored["weights"] or cur["patches_uuid"] != stored["patches_uuid"]:
+    if cur["digest"] != stored["digest"]:
         raise CSGInputError(input_name, "the inversion was made with a different model (other weights, LoRA "
                                         "patches or noise schedule); noise maps only reproduce the image with "
                                         "the model that computed them. Re-run the inversion with this MODEL.")
