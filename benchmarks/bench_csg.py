@@ -207,7 +207,7 @@ def main() -> None:
     g2 = sampler.make_guider(model, inv, plan)
     with torch.inference_mode():
         raw = sampler.start_latent(model, inv)
-        g2.sample(torch.zeros_like(raw), raw, sampler.stored_noise_sampler(inv), inv.sigmas.clone())
+        g2.sample(torch.zeros_like(raw), raw, sampler.stored_noise_sampler(inv), inv.sigmas.clone(), disable_pbar=True)
     C = len(CONCEPTS)
     sdxl_ours = C * 1 * 1024 * 4 + C * 1 * 20 * 1024 * 77 * 4         # accumulators + one transient P (fp32)
     sdxl_diffusers = C * 50 * 20 * 1024 * 77 * 2 * 2                    # step store + averaged store (fp16)
