@@ -31,18 +31,20 @@ def latent_rgb(latent: torch.Tensor, factors, bias=None) -> torch.Tensor:
 
 
 def preview(latent_model: torch.Tensor, masks: torch.Tensor, factors=None, bias=None, scale: int = 8) -> torch.Tensor:
-    """IMAGE [R, H, W, 3]: the edited latent's RGB approximation with each concept's mean mask
-    overlaid in its own colour."""
+    """IMAGE [R, H, W, 3]: the edited latent's RGB approximation, dimmed and greyed, with each
+    concept's mean mask (scaled to its own maximum) overlaid in its own colour."""
     R, C, h, w = masks.shape
     base = latent_rgb(latent_model, factors, bias)                       # [R, h, w, 3]
+    base = 0.15 + 0.35 * base.mean(dim=-1, keepdim=True).expand(-1, -1, -1, 3)
     colour = torch.zeros(R, h, w, 3)
     weight = torch.zeros(R, h, w, 1)
     for c in range(C):
-        m = masks[:, c].float().cpu().unsqueeze(-1)
+        m = masks[:, c].float().cpu()
+        m = (m / m.flatten(1).amax(dim=1).clamp(min=1e-6).view(-1, 1, 1)).unsqueeze(-1)
         colour += m * PALETTE[c % len(PALETTE)]
         weight += m
     overlay = torch.where(weight > 0, colour / weight.clamp(min=1e-6), base)
-    alpha = (weight.clamp(max=1) * 0.6)
+    alpha = weight.clamp(max=1) * 0.85
     img = base * (1 - alpha) + overlay * alpha
     img = F.interpolate(img.permute(0, 3, 1, 2), scale_factor=scale, mode="nearest").permute(0, 2, 3, 1)
     return img.clamp(0, 1).contiguous()
