@@ -439,3 +439,22 @@ def test_model_identity_follows_weights_not_objects(tiny, inv):
     finally:
         mm.unload_all_models()
     models.check_same_model(inv.model_id, base)
+
+
+def test_two_pictures_two_counterfactuals_in_one_batch(tiny):
+    """Rows are counterfactual-major: row k * B + b is counterfactual k of picture b."""
+    from fmcgm.csg import guidance, inversion
+    imgs = torch.rand(2, 128, 128, 3, generator=torch.Generator().manual_seed(9))
+    with torch.inference_mode():
+        lat = {"samples": tiny["vae"].encode(imgs)}
+        inv2 = inversion.invert(tiny["model"], lat, steps=12, skip=SKIP, seed=1, batch=4)
+    assert inv2.noise.shape == (12, 2, 4, 16, 16)
+    cf1 = guidance.Counterfactual((concept(tiny, "a blue ball", warmup=2),))
+    cf2 = guidance.Counterfactual((concept(tiny, "a green cube", warmup=2),
+                                   concept(tiny, "snow", warmup=3, role="descendant")))
+    both = run_edit(tiny["model"], inv2, guidance.EditSet((cf1, cf2)))
+    assert both.latent.shape[0] == 4 and both.masks.shape[:2] == (4, 2)
+    for k, cf in enumerate((cf1, cf2)):
+        alone = run_edit(tiny["model"], inv2, guidance.EditSet((cf,)))
+        scale = float(alone.latent.abs().max())
+        assert float((both.latent[2 * k:2 * k + 2] - alone.latent).abs().max()) < 1e-4 * scale + 1e-3, k
