@@ -125,7 +125,7 @@ class FMCGMCausalGraphEditor(io.ComfyNode):
                                 tooltip="Fingerprint of the incoming graph the edits were made on (set by the "
                                         "editor); used to warn when the incoming graph has changed since."),
                 CausalGraphSocket.Input("graph", optional=True,
-                                        tooltip="The graph to edit, e.g. from the Causal Graph Extractor. "
+                                        tooltip="The graph to edit, e.g. from the Concept Extractor. "
                                                 "Optional: a graph can also be built by hand in the editor."),
             ],
             outputs=[
