@@ -5,7 +5,8 @@ What travels on each socket (plain Python objects from ``fmcgm``):
 - CAUSAL_COUNTERFACTUAL: ``list[fmcgm.manipulator.Counterfactual]``, one per edit (the
   automatic mode gives several for one image).
 - FMCGM_VLM: a ``fmcgm.vlm.base.VLMBackend`` (wrapped for ComfyUI memory management).
-- FMCGM_INVERSION: the stored result of an edit-friendly inversion (``fmcgm.csg``).
+- FMCGM_INVERSION: the stored result of an inversion (``fmcgm.csg.inversion.Inversion``).
+- FMCGM_EDITS: CSG edit concepts grouped by counterfactual (``fmcgm.csg.guidance.EditSet``).
 """
 from ._api import io
 
@@ -13,3 +14,4 @@ CausalGraphSocket = io.Custom("CAUSAL_GRAPH")
 CounterfactualSocket = io.Custom("CAUSAL_COUNTERFACTUAL")
 VLMSocket = io.Custom("FMCGM_VLM")
 InversionSocket = io.Custom("FMCGM_INVERSION")
+EditsSocket = io.Custom("FMCGM_EDITS")

@@ -8,9 +8,8 @@ The inversion runs once; ComfyUI's cache reuses it for every edit of the same pi
 from __future__ import annotations
 
 from ._api import CATEGORY, io, schema
-from ._types import CounterfactualSocket, InversionSocket
+from ._types import CounterfactualSocket, EditsSocket, InversionSocket
 
-EditsSocket = io.Custom("FMCGM_EDITS")
 
 CSG_CATEGORY = f"{CATEGORY}/csg"
 BASELINE_CATEGORY = f"{CATEGORY}/csg/baselines"

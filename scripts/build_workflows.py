@@ -107,9 +107,9 @@ def baselines() -> dict:
     graph["20"] = _node("CLIPTextEncode", "Full counterfactual prompt", clip=["1", 1], text=["8", 1])
     for first, kind, label in ((21, "FMCGMDDIMInversion", "ddim"), (25, "FMCGMDDPMInversion", "ddpm")):
         inv, regen, decode, save = (str(first + i) for i in range(4))
-        params = dict(steps=100, skip=0.15, seed=0, source_scale=1.0 if label == "ddim" else 3.5)
-        if label == "ddpm":
-            params["zero_noise_steps"] = 0
+        params = dict(steps=100, skip=0.15, source_scale=1.0)
+        if label == "ddpm":  # DDIM inversion is deterministic: no seed, no noise maps
+            params.update(seed=0, source_scale=3.5, zero_noise_steps=0)
         graph[inv] = _node(kind, model=["1", 0], latent=["3", 0], **params)
         graph[regen] = _node("FMCGMRegenerateFromInversion", model=["1", 0], inversion=[inv, 0],
                              positive=["20", 0], cfg=7.5)
