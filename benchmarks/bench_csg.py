@@ -116,10 +116,7 @@ def main() -> None:
         t_with.append(best(lambda: ours_edit(inv, one, mask_mode="intersect"), 1)[0])
     t_with, t_noise = min(t_with), min(t_noise)
     plan = guidance.build_plan(one, 1)
-    guider = sampler.make_guider(model, inv, plan)
     cap = attention.AttentionCapture()
-    x = inv.x_T.clone()
-    sig = inv.sigmas[W:W + 1].expand(1)
 
     def unet_calls(with_capture):
         g = comfy.samplers.CFGGuider(model)

@@ -57,6 +57,17 @@ def comfy(comfy_dirs, tiny_sdxl_ckpt):
     return comfy_harness
 
 
+def tiny_sdxl_picture(seed: int, size: int = 128) -> dict:
+    """The tiny SDXL (MODEL, CLIP, VAE) from seed 0 and a random picture (seeded) encoded by its VAE."""
+    import torch
+    from tests.fixtures import tiny_sdxl
+    model, clip, vae = tiny_sdxl.build(0)
+    img = torch.rand(1, size, size, 3, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        latent = {"samples": vae.encode(img)}
+    return {"model": model, "clip": clip, "vae": vae, "img": img, "latent": latent}
+
+
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)

@@ -14,12 +14,8 @@ SKIP = 0.15
 
 @pytest.fixture(scope="module")
 def tiny(comfy_dirs):
-    from tests.fixtures import tiny_sdxl
-    model, clip, vae = tiny_sdxl.build(0)
-    img = torch.rand(1, 128, 128, 3, generator=torch.Generator().manual_seed(3))
-    with torch.inference_mode():
-        latent = {"samples": vae.encode(img)}
-    return {"model": model, "clip": clip, "vae": vae, "latent": latent}
+    from tests.conftest import tiny_sdxl_picture
+    return tiny_sdxl_picture(seed=3)
 
 
 @pytest.fixture(scope="module")

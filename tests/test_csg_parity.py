@@ -6,7 +6,6 @@ Masked edits are compared teacher-forced: our guider evaluated at diffusers' own
 """
 from __future__ import annotations
 
-import dataclasses
 
 import pytest
 import torch
@@ -19,13 +18,11 @@ PROMPTS = ["a red ball", "green grass"]
 
 @pytest.fixture(scope="module")
 def setup(comfy_dirs):
-    from tests.fixtures import diffusers_ref, tiny_sdxl
-    model, clip, vae = tiny_sdxl.build(0)
-    img = torch.rand(1, 128, 128, 3, generator=torch.Generator().manual_seed(1))
-    with torch.inference_mode():
-        latent = {"samples": vae.encode(img)}
-    return {"model": model, "clip": clip, "vae": vae, "img": img, "latent": latent,
-            "pipe": diffusers_ref.ledits_pipeline(model, clip, vae),
+    from tests.conftest import tiny_sdxl_picture
+    from tests.fixtures import diffusers_ref
+    objects = tiny_sdxl_picture(seed=1)
+    model, clip, vae = objects["model"], objects["clip"], objects["vae"]
+    return {**objects, "pipe": diffusers_ref.ledits_pipeline(model, clip, vae),
             "pipe_real": diffusers_ref.ledits_pipeline(model, clip, vae, real_token_lengths=True)}
 
 

@@ -38,3 +38,10 @@ def test_importing_the_library_is_cheap():
             "print(sorted(heavy))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_no_undefined_names_unused_imports_or_syntax_errors():
+    """pyflakes-level checks (ruff F, E9) over the pack, tests, scripts and benchmarks."""
+    out = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "F,E9", "--exclude", ".cache,.venv",
+                          "--output-format", "concise", "."], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -161,7 +161,6 @@ def build_plan(edits: EditSet, batch: int, input_name: str = "edits", allow_empt
     slots = []
     for j in range(n_slots):
         entries = [cf.concepts[j] if j < len(cf.concepts) else None for cf in cfs]
-        R = K * B
         rep = lambda vals, dtype: torch.tensor([v for v in vals for _ in range(B)], dtype=dtype)  # noqa: E731
         present = rep([e is not None for e in entries], torch.bool)
         scale = rep([0.0 if e is None else (-e.scale if e.reverse else e.scale) for e in entries], torch.float32)

@@ -15,7 +15,6 @@ Latents are in ComfyUI's VE form x = x0 + sigma * n, model space (VAE latent x s
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
