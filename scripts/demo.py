@@ -22,7 +22,7 @@ sys.path.append(str(REPO))
 
 from tests import workflow_runner  # noqa: E402
 from tests.comfy_harness import ComfyServer  # noqa: E402
-from tests.conftest import test_image_png  # noqa: E402
+from tests.conftest import sample_picture_png  # noqa: E402
 
 OUT = REPO / "demo-output"
 WORKFLOW = REPO / "workflows" / "fmcgm_causal_edit.json"
@@ -36,7 +36,7 @@ def main() -> None:
     server = ComfyServer(work, ["--extra-model-paths-config", str(paths)]).start()
     print(f"ComfyUI server up at {server.url}")
     try:
-        image = server.upload_image("demo_input.png", test_image_png(128))
+        image = server.upload_image("demo_input.png", sample_picture_png(128))
         runs = workflow_runner.run_workflow(server, WORKFLOW, image)
         for number, run in enumerate(runs, 1):
             status = run["status"]["status_str"]

@@ -18,7 +18,7 @@ from tests import comfy_harness  # noqa: E402
 ARTIFACTS = REPO / "test-artifacts"
 
 
-def test_image_png(size: int = 64) -> bytes:
+def sample_picture_png(size: int = 64) -> bytes:
     """A deterministic picture with structure (gradient, a disc, a bar), as PNG bytes."""
     import io
     import numpy as np
@@ -37,7 +37,7 @@ def test_image_png(size: int = 64) -> bytes:
 def comfy_dirs(tmp_path_factory):
     """Real ComfyUI imported in-process, its folders pointed at a scratch directory."""
     dirs = comfy_harness.set_directories(tmp_path_factory.mktemp("comfy"))
-    (dirs["input"] / "fmcgm_test.png").write_bytes(test_image_png())
+    (dirs["input"] / "fmcgm_test.png").write_bytes(sample_picture_png())
     return dirs
 
 

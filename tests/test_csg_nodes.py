@@ -13,8 +13,8 @@ STEPS = 16
 
 @pytest.fixture(scope="module")
 def csg_image(comfy_dirs):
-    from tests.conftest import test_image_png
-    (comfy_dirs["input"] / IMAGE).write_bytes(test_image_png(128))
+    from tests.conftest import sample_picture_png
+    (comfy_dirs["input"] / IMAGE).write_bytes(sample_picture_png(128))
     return IMAGE
 
 

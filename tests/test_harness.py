@@ -97,11 +97,11 @@ def comfy_harness_server(base, args):
 
 
 def test_sdxl_graph_through_the_real_http_server(server, comfy_dirs):
-    from tests.conftest import test_image_png
+    from tests.conftest import sample_picture_png
     info = server.get_json("/object_info/FMCGMTest_TinySDXLCheckpointLoader")
     spec = info["FMCGMTest_TinySDXLCheckpointLoader"]["input"]["required"]["ckpt_name"]
     assert spec[0] == "COMBO" and "tiny_sdxl.safetensors" in spec[1]["options"]
-    name = server.upload_image("upload.png", test_image_png())
+    name = server.upload_image("upload.png", sample_picture_png())
     entry = server.wait(server.queue(txt2img_roundtrip("tiny_sdxl.safetensors", name, prefix="http")))
     assert entry["status"]["status_str"] == "success", entry["status"]
     image = entry["outputs"]["8"]["images"][0]

@@ -25,8 +25,8 @@ def stack(tmp_path_factory):
     paths = workflow_runner.prepare_models(base / "models")
     served = workflow_runner.ServedVLM(base / "models" / "LLM" / workflow_runner.TINY_VLM)
     server = ComfyServer(base, ["--extra-model-paths-config", str(paths)]).start()
-    from tests.conftest import test_image_png
-    image = server.upload_image("fmcgm_example.png", test_image_png(64))
+    from tests.conftest import sample_picture_png
+    image = server.upload_image("fmcgm_example.png", sample_picture_png(64))
     yield server, served, image
     served.stop()
     assert server.stop() == 0, server.log()[-3000:]
