@@ -61,3 +61,19 @@ def test_workflow_runs_on_tiny_models(stack, workflow, artifacts):
         pixels = np.asarray(Image.open(io.BytesIO(server.view(image_info))))
         assert pixels.shape == (64, 64, 3)
     (artifacts / f"{workflow.stem}.png").write_bytes(server.view(saved[0]))
+
+
+def test_a_bad_input_is_reported_by_the_server_which_keeps_serving(stack):
+    server, served, image = stack
+    workflow = json.loads((REPO / "workflows" / "fmcgm_graph_only_no_vlm.json").read_text())
+    from fmcgm.workflow_format import ui_to_api
+    prompt = workflow_runner.tiny_prompt(ui_to_api(workflow, server.get_json("/object_info")), image)
+    editor = next(k for k, n in prompt.items() if n["class_type"] == workflow_runner.EDITOR)
+    prompt[editor]["inputs"]["intervene_concept"] = "no such concept"
+    failed = server.wait(server.queue(prompt))
+    assert failed["status"]["status_str"] == "error"
+    error = next(data for event, data in failed["status"]["messages"] if event == "execution_error")
+    assert "intervene_concept 'no such concept' is not in the graph" in error["exception_message"]
+    assert "weather" in error["exception_message"]  # the known concepts are listed
+    prompt[editor]["inputs"]["intervene_concept"] = "weather"
+    assert server.wait(server.queue(prompt))["status"]["status_str"] == "success"
