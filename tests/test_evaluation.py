@@ -269,6 +269,14 @@ def node_setup(comfy, comfy_dirs, vgg_dir):
     return comfy
 
 
+def node_module():
+    """nodes/evaluation_nodes.py as ComfyUI loaded it (the pack is imported under its folder path)."""
+    import importlib
+
+    import nodes
+    return importlib.import_module(nodes.NODE_CLASS_MAPPINGS["FMCGMEvaluateCounterfactual"].__module__)
+
+
 def _capture(outputs, node):
     return json.loads(outputs[node]["fmcgm_capture"][0])
 
@@ -333,7 +341,24 @@ def test_node_without_vlm_or_weights_and_batch_mismatch_named(node_setup):
     assert "VLM-Eff skipped" in outputs["14"]["text"][0] and "LPIPS skipped" in outputs["14"]["text"][0]
 
     prompt["9"] = {"class_type": "RepeatImageBatch", "inputs": {"image": ["2", 0], "amount": 2}}
-    prompt["14"] = _evaluate(["9", 0])
+    prompt["14"] = _evaluate(["9", 0], lpips_weights=node_module().AUTO_LPIPS)  # auto finds the file in models/lpips
     with pytest.raises(PromptError) as error:
         node_setup.run_prompt(prompt)
     assert "edited: 2 edited image(s) for 1 counterfactual(s)" in str(error.value.details)
+
+
+def test_weights_combo_never_fails_and_auto_explains_a_missing_file(node_setup, monkeypatch, tmp_path):
+    import folder_paths
+    ev = node_module()
+
+    def unreadable(name):
+        raise OSError("no such folder")
+
+    monkeypatch.setattr(folder_paths, "get_filename_list", unreadable)
+    assert ev.lpips_weight_options() == [ev.AUTO_LPIPS, ev.NO_LPIPS]
+    monkeypatch.setattr(folder_paths, "get_folder_paths", lambda name: [str(tmp_path / "lpips")])
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(LPIPSWeightsError) as error:
+        ev._lpips_weights_path(ev.AUTO_LPIPS)
+    assert VGG16_URL in str(error.value) and str(tmp_path / "lpips") in str(error.value)
+    assert str(tmp_path / "hub" / "checkpoints") in str(error.value)
