@@ -351,7 +351,11 @@ class LPIPSMetric:
 
     def __init__(self, weights_path: os.PathLike | str, device: Any = "cpu"):
         import torch
-        import lpips
+        try:
+            import lpips
+        except ImportError:
+            raise ImportError("LPIPS needs the 'lpips' package (pip install lpips, in ComfyUI's Python); or choose "
+                              "'(none: skip LPIPS)'") from None
 
         self.weights_path = Path(weights_path)
         features = load_vgg16_features(self.weights_path)
