@@ -102,7 +102,8 @@ def automatic_interventions() -> dict:
 
 
 def baselines() -> dict:
-    """CSG beside the paper's baselines: DDIM and DDPM inversion regenerated with the full prompt."""
+    """CSG beside the paper's baselines (DDIM and DDPM inversion regenerated with the full prompt),
+    each scored with VLM-Eff and LPIPS."""
     graph = causal_edit()
     graph["20"] = _node("CLIPTextEncode", "Full counterfactual prompt", clip=["1", 1], text=["8", 1])
     for first, kind, label in ((21, "FMCGMDDIMInversion", "ddim"), (25, "FMCGMDDPMInversion", "ddpm")):
@@ -116,6 +117,12 @@ def baselines() -> dict:
         graph[decode] = _node("VAEDecode", samples=[regen, 0], vae=["1", 2])
         graph[save] = _node("SaveImage", f"Baseline ({label.upper()} inversion)", images=[decode, 0],
                             filename_prefix=f"fmcgm/{label}")
+    # The paper's Table 1 metrics for each method: VLM-Eff (effectiveness) and LPIPS (minimality).
+    for evaluator, (decoded, label) in zip(("30", "31", "32"), (("13", "CSG"), ("23", "DDIM"), ("27", "DDPM"))):
+        graph[evaluator] = _node("FMCGMEvaluateCounterfactual", f"Evaluate {label}", original=["2", 0],
+                                 edited=[decoded, 0], counterfactual=["8", 0],
+                                 lpips_weights="auto: vgg16-397923af.pth (models/lpips or torch hub cache)",
+                                 check_invariance=True, temperature=0.1, max_new_tokens=1024, seed=0, vlm=["4", 0])
     return graph
 
 

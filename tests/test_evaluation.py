@@ -13,6 +13,7 @@ from fmcgm.evaluation import (INVARIANT, VGG16_FILE, VGG16_URL, LPIPSMetric, LPI
 from fmcgm.graph import CausalGraph
 from fmcgm.manipulator import apply_intervention
 from tests.comfy_harness import PromptError
+from tests.fixtures.tiny_vgg16 import save_random_vgg16
 
 GRAPH = {"description": "a woman with wet hair standing in the rain",
          "concepts": [{"name": "weather", "value": "rainy"}, {"name": "hair", "value": "wet"},
@@ -167,16 +168,6 @@ def test_schema_covers_exactly_the_given_names():
 
 
 # ---------------------------------------------------------------- LPIPS
-
-def save_random_vgg16(path, seed=0):
-    """A torchvision vgg16 state_dict file (its ``features.*`` part) with seeded random weights."""
-    import torchvision
-    torch.manual_seed(seed)
-    features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({f"features.{k}": v for k, v in features.state_dict().items()}, path)
-    return path
-
 
 @pytest.fixture(scope="module")
 def vgg_dir(tmp_path_factory):

@@ -61,6 +61,12 @@ def test_workflow_runs_on_tiny_models(stack, workflow, artifacts):
         pixels = np.asarray(Image.open(io.BytesIO(server.view(image_info))))
         assert pixels.shape == (64, 64, 3)
     (artifacts / f"{workflow.stem}.png").write_bytes(server.view(saved[0]))
+    if workflow.stem == "fmcgm_csg_vs_baselines":  # each method scored with the paper's two metrics
+        for evaluator in ("30", "31", "32"):
+            report = final["outputs"][evaluator]["text"][0]
+            mean = next(line.split() for line in report.splitlines() if line.startswith("mean "))
+            vlm_eff, lpips = float(mean[1]), float(mean[2])  # the table's mean row: VLM-Eff, LPIPS
+            assert 0.0 <= vlm_eff <= 1.0 and 0.0 < lpips < 2.0, report
 
 
 def test_a_bad_input_is_reported_by_the_server_which_keeps_serving(stack):

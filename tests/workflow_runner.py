@@ -27,20 +27,25 @@ EDITOR = "FMCGMCausalGraphEditor"
 
 
 def prepare_models(models_dir: Path) -> Path:
-    """Tiny SDXL checkpoint and tiny Qwen3-VL folder under models_dir; returns an
-    extra_model_paths.yaml pointing ComfyUI at them."""
+    """Tiny SDXL checkpoint, tiny Qwen3-VL folder and random LPIPS backbone under models_dir;
+    returns an extra_model_paths.yaml pointing ComfyUI at them."""
     from tests.comfy_harness import bootstrap
     bootstrap()
     from tests.fixtures import tiny_sdxl
     from tests.fixtures.tiny_qwen3vl import build_tiny_qwen3vl
+    from tests.fixtures.tiny_vgg16 import VGG16_FILE, save_random_vgg16
     ckpt = models_dir / "checkpoints" / TINY_SDXL
     if not ckpt.exists():
         tiny_sdxl.save(ckpt, seed=0)
     vlm = models_dir / "LLM" / TINY_VLM
     if not (vlm / "config.json").exists():
         build_tiny_qwen3vl(vlm, variant="dense", seed=0)
+    vgg = models_dir / "lpips" / VGG16_FILE
+    if not vgg.exists():
+        save_random_vgg16(vgg, seed=0)
     paths = models_dir / "extra_model_paths.yaml"
-    paths.write_text(f"fmcgm_tiny:\n    base_path: {models_dir}\n    checkpoints: checkpoints\n    LLM: LLM\n")
+    paths.write_text(f"fmcgm_tiny:\n    base_path: {models_dir}\n    checkpoints: checkpoints\n    LLM: LLM\n"
+                     "    lpips: lpips\n")
     return paths
 
 
