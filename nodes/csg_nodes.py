@@ -268,7 +268,8 @@ class CSGEditsFromCounterfactual(io.ComfyNode):
             category=CSG_CATEGORY,
             description="Turns the Concept Manipulator's counterfactuals into CSG edit concepts: per counterfactual "
                         "the intervened concept's phrase, then one phrase per changed descendant (falls back to the "
-                        "intervened concept alone when nothing downstream changes).",
+                        "intervened concept alone when nothing downstream changes). Optionally protects the "
+                        "concepts the intervention must leave unchanged (protect_invariants, off by default).",
             inputs=[
                 io.Clip.Input("clip", tooltip="The text encoder of the model being edited."),
                 CounterfactualSocket.Input("counterfactual", tooltip="From the Concept Manipulator."),
@@ -278,17 +279,29 @@ class CSGEditsFromCounterfactual(io.ComfyNode):
                                          "reading); off = descendants only."),
                 io.Combo.Input("attention_tokens", options=ATTENTION_TOKENS, default="prompt",
                                tooltip="prompt: masks from each phrase's own tokens (LEDITS++); all: every column."),
+                io.Float.Input("protect_invariants", default=0.0, min=0.0, max=1.0, step=0.05, optional=True,
+                               tooltip="Invariant protection (extension, off at 0): the factual phrases of the "
+                                       "concepts the intervention must NOT change (its non-descendants) are "
+                                       "added, and edits are suppressed where they attend: each edit mask is "
+                                       "multiplied by 1 - strength x (union of their attention masks). 1 = no "
+                                       "edit there. Costs one extra batch row per protected concept and step. "
+                                       "Risk: overlapping concepts (hair vs face) also block legitimate edits."),
+                io.Float.Input("protect_threshold", default=0.7, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip="Quantile of each protected concept's attention map above which it is "
+                                       "protected; 0.7 protects about the top 30 % of its attention (only used "
+                                       "when protect_invariants > 0)."),
             ],
             outputs=[EditsSocket.Output(display_name="edits")],
         )
 
     @classmethod
     def execute(cls, clip, counterfactual, edit_guidance, threshold, warmup, cooldown, include_intervened,
-                attention_tokens):
+                attention_tokens, protect_invariants=0.0, protect_threshold=0.7):
         from fmcgm.csg import guidance
         items = counterfactual if isinstance(counterfactual, (list, tuple)) else [counterfactual]
         return io.NodeOutput(guidance.edits_from_counterfactuals(
             clip, items, include_intervened=include_intervened, attention_tokens=attention_tokens,
+            protect_strength=protect_invariants, protect_threshold=protect_threshold,
             scale=edit_guidance, threshold=threshold, warmup=warmup, cooldown=None if cooldown < 0 else cooldown))
 
 

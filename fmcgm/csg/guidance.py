@@ -11,6 +11,12 @@ per concept j (eqs. 9-12, LEDITS++ eq. 12):
 
 With a single concept this is exactly single-concept LEDITS++.
 
+Optional invariant protection (spec 2.5, off by default): a counterfactual may carry "protect"
+concepts, the factual phrases of the intervened concept's non-descendants. They add batch rows
+whose only use is their cross-attention mask M1_k (threshold lambda_p); with P = max_k M1_k every
+edited concept's mask becomes mu_j * (1 - strength * P). Without protect concepts, or with
+strength 0, nothing is added and the results are unchanged.
+
 Several counterfactuals of one image are edited *as one batch*: concept j of every counterfactual
 shares "slot" j, a CONDITIONING whose rows are the counterfactuals' j-th concepts, so one UNet
 call per step evaluates [uncond, slot 0, slot 1, ...] for all counterfactuals at once (rows of a
@@ -26,6 +32,7 @@ from . import masks as masks_mod
 from .errors import CSGInputError
 
 ROLES = ("intervened", "descendant")
+PROTECT = "protect"
 NEVER = 1 << 30
 
 
@@ -53,6 +60,11 @@ class EditConcept:
 class Counterfactual:
     concepts: tuple
     label: str = ""
+    protect: tuple = ()                # EditConcepts (role "protect") whose M1 masks suppress the edits
+    protect_strength: float = 0.0      # 0 = off (no extra rows), 1 = no edit where a protect mask is on
+
+    def with_protection(self, protect, strength: float) -> "Counterfactual":
+        return Counterfactual(self.concepts, self.label, tuple(protect), float(strength))
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,7 +78,8 @@ class EditSet:
             cfs.append(Counterfactual((concept,), label))
         else:
             last = cfs[-1]
-            cfs[-1] = Counterfactual(last.concepts + (concept,), last.label or label)
+            cfs[-1] = Counterfactual(last.concepts + (concept,), last.label or label, last.protect,
+                                     last.protect_strength)
         return EditSet(tuple(cfs))
 
     def extend(self, other: "EditSet") -> "EditSet":
@@ -76,7 +89,10 @@ class EditSet:
         parts = []
         for k, cf in enumerate(self.counterfactuals):
             names = [c.text if c.text is not None else f"<cond {i}>" for i, c in enumerate(cf.concepts)]
-            parts.append(f"{cf.label or k}: " + ", ".join(names))
+            text = f"{cf.label or k}: " + ", ".join(names)
+            if cf.protect and cf.protect_strength > 0:
+                text += f" (protecting {', '.join(c.text or '?' for c in cf.protect)} at {cf.protect_strength:g})"
+            parts.append(text)
         return "; ".join(parts)
 
 
@@ -114,6 +130,8 @@ class Plan:
     counterfactuals: int
     batch: int                 # images in the inversion
     context_length: int = 77
+    protect: list = field(default_factory=list)   # Slots of protect concepts (empty: protection off)
+    protect_strength: torch.Tensor | None = None  # [R] strength per row (only with protect slots)
 
     @property
     def rows(self) -> int:
@@ -138,10 +156,66 @@ def _rows(t: torch.Tensor, B: int, name: str) -> torch.Tensor:
     raise CSGInputError(name, f"has batch {t.shape[0]}, but the inversion holds {B} image(s)")
 
 
+def _stack_slot(entries, j: int, K: int, B: int, input_name: str, protect: bool = False) -> Slot:
+    """Slot ``j``: the j-th concept of every counterfactual (None = padding) stacked into one
+    CONDITIONING of K * B rows. Protect slots carry no guidance (scale 0) and are always on."""
+    rep = lambda vals, dtype: torch.tensor([v for v in vals for _ in range(B)], dtype=dtype)  # noqa: E731
+    present = rep([e is not None for e in entries], torch.bool)
+    if protect:
+        scale = rep([0.0 for _ in entries], torch.float32)
+        warm = rep([NEVER if e is None else 0 for e in entries], torch.long)
+        cool = rep([NEVER for _ in entries], torch.long)
+    else:
+        scale = rep([0.0 if e is None else (-e.scale if e.reverse else e.scale) for e in entries], torch.float32)
+        warm = rep([NEVER if e is None else e.warmup for e in entries], torch.long)
+        cool = rep([NEVER if e is None or e.cooldown is None else e.cooldown for e in entries], torch.long)
+    thr = rep([0.0 if e is None else e.threshold for e in entries], torch.float32)
+    ntok = rep([0 if e is None else (e.n_tokens if e.n_tokens is not None else 75) for e in entries], torch.long)
+    labels = [None if e is None else (e.text or f"concept {j + 1}") for e in entries]
+    what = "protect concept" if protect else "concept"
+    if K == 1:
+        cond = entries[0].conditioning  # unchanged: area, hooks, several entries all keep working
+        for tensor, _ in cond:
+            if tensor.shape[0] not in (1, B):
+                raise CSGInputError(input_name, f"{what} {j + 1} has batch {tensor.shape[0]}, but the "
+                                                f"inversion holds {B} image(s)")
+    else:
+        ref = next(e for e in entries if e is not None)
+        ref_t, ref_x = _single_entry(ref.conditioning, f"{input_name}: {what} {j + 1}")
+        tensors, pooled = [], []
+        has_pooled = ref_x.get("pooled_output") is not None
+        for e in entries:
+            if e is None:
+                t = torch.zeros((B, *ref_t.shape[1:]), dtype=ref_t.dtype)
+                p = torch.zeros((B, *ref_x["pooled_output"].shape[1:])) if has_pooled else None
+            else:
+                t, x = _single_entry(e.conditioning, f"{input_name}: {what} {j + 1}")
+                if t.shape[1:] != ref_t.shape[1:]:
+                    raise CSGInputError(input_name, f"{what} {j + 1} of the counterfactuals have different "
+                                                    f"token lengths {tuple(t.shape)} vs {tuple(ref_t.shape)}; "
+                                                    "keep each phrase within 75 tokens")
+                t = _rows(t, B, f"{input_name}: {what} {j + 1}")
+                p = x.get("pooled_output")
+                if (p is not None) != has_pooled:
+                    raise CSGInputError(input_name, "concepts mix conditionings with and without pooled output")
+                p = _rows(p, B, f"{input_name}: {what} {j + 1}") if p is not None else None
+            tensors.append(t)
+            pooled.append(p)
+        extra = {k: v for k, v in ref_x.items() if k not in ("pooled_output", "hooks", "control", "area",
+                                                               "mask", "strength", "start_percent",
+                                                               "end_percent")}
+        if has_pooled:
+            extra["pooled_output"] = torch.cat(pooled)
+        cond = [[torch.cat(tensors), extra]]
+    assert present.shape[0] == K * B
+    return Slot(cond, present, scale, thr, warm, cool, ntok, labels)
+
+
 def build_plan(edits: EditSet, batch: int, input_name: str = "edits", allow_empty: bool = False) -> Plan:
     """Stack the counterfactuals' concepts into slots (see module doc). ``allow_empty`` gives the
     zero edit (no concepts: the inversion's reconstruction dynamics)."""
-    cfs = [Counterfactual(dedupe(cf.concepts), cf.label) for cf in edits.counterfactuals]
+    cfs = [Counterfactual(dedupe(cf.concepts), cf.label, cf.protect, cf.protect_strength)
+           for cf in edits.counterfactuals]
     cfs = [cf for cf in cfs if cf.concepts]
     if not cfs and allow_empty:
         return Plan([], 1, batch)
@@ -158,54 +232,24 @@ def build_plan(edits: EditSet, batch: int, input_name: str = "edits", allow_empt
                 raise CSGInputError(input_name, f"threshold must be in [0, 1], got {c.threshold}")
     K, B = len(cfs), batch
     n_slots = max(len(cf.concepts) for cf in cfs)
-    slots = []
-    for j in range(n_slots):
-        entries = [cf.concepts[j] if j < len(cf.concepts) else None for cf in cfs]
-        rep = lambda vals, dtype: torch.tensor([v for v in vals for _ in range(B)], dtype=dtype)  # noqa: E731
-        present = rep([e is not None for e in entries], torch.bool)
-        scale = rep([0.0 if e is None else (-e.scale if e.reverse else e.scale) for e in entries], torch.float32)
-        thr = rep([0.0 if e is None else e.threshold for e in entries], torch.float32)
-        warm = rep([NEVER if e is None else e.warmup for e in entries], torch.long)
-        cool = rep([NEVER if e is None or e.cooldown is None else e.cooldown for e in entries], torch.long)
-        ntok = rep([0 if e is None else (e.n_tokens if e.n_tokens is not None else 75) for e in entries], torch.long)
-        labels = [None if e is None else (e.text or f"concept {j + 1}") for e in entries]
-        if K == 1:
-            cond = entries[0].conditioning  # unchanged: area, hooks, several entries all keep working
-            for tensor, _ in cond:
-                if tensor.shape[0] not in (1, B):
-                    raise CSGInputError(input_name, f"concept {j + 1} has batch {tensor.shape[0]}, but the "
-                                                    f"inversion holds {B} image(s)")
-        else:
-            ref = next(e for e in entries if e is not None)
-            ref_t, ref_x = _single_entry(ref.conditioning, f"{input_name}: concept {j + 1}")
-            tensors, pooled = [], []
-            has_pooled = ref_x.get("pooled_output") is not None
-            for e in entries:
-                if e is None:
-                    t = torch.zeros((B, *ref_t.shape[1:]), dtype=ref_t.dtype)
-                    p = torch.zeros((B, *ref_x["pooled_output"].shape[1:])) if has_pooled else None
-                else:
-                    t, x = _single_entry(e.conditioning, f"{input_name}: concept {j + 1}")
-                    if t.shape[1:] != ref_t.shape[1:]:
-                        raise CSGInputError(input_name, f"concept {j + 1} of the counterfactuals have different "
-                                                        f"token lengths {tuple(t.shape)} vs {tuple(ref_t.shape)}; "
-                                                        "keep each phrase within 75 tokens")
-                    t = _rows(t, B, f"{input_name}: concept {j + 1}")
-                    p = x.get("pooled_output")
-                    if (p is not None) != has_pooled:
-                        raise CSGInputError(input_name, "concepts mix conditionings with and without pooled output")
-                    p = _rows(p, B, f"{input_name}: concept {j + 1}") if p is not None else None
-                tensors.append(t)
-                pooled.append(p)
-            extra = {k: v for k, v in ref_x.items() if k not in ("pooled_output", "hooks", "control", "area",
-                                                                   "mask", "strength", "start_percent",
-                                                                   "end_percent")}
-            if has_pooled:
-                extra["pooled_output"] = torch.cat(pooled)
-            cond = [[torch.cat(tensors), extra]]
-        slots.append(Slot(cond, present, scale, thr, warm, cool, ntok, labels))
-        assert present.shape[0] == K * B
-    return Plan(slots, K, B)
+    slots = [_stack_slot([cf.concepts[j] if j < len(cf.concepts) else None for cf in cfs], j, K, B, input_name)
+             for j in range(n_slots)]
+    plan = Plan(slots, K, B)
+    for cf in cfs:
+        if not (0.0 <= cf.protect_strength <= 1.0):
+            raise CSGInputError("protect_strength", f"must be in [0, 1], got {cf.protect_strength}")
+    protected = [dedupe(cf.protect) if cf.protect_strength > 0 else () for cf in cfs]
+    if any(protected):
+        for k, cf in enumerate(cfs):
+            for c in protected[k]:
+                if not (0.0 <= c.threshold <= 1.0):
+                    raise CSGInputError("protect_threshold", f"must be in [0, 1], got {c.threshold}")
+        n_protect = max(len(p) for p in protected)
+        plan.protect = [_stack_slot([p[m] if m < len(p) else None for p in protected], m, K, B,
+                                    f"{input_name} (protect)", protect=True) for m in range(n_protect)]
+        plan.protect_strength = torch.tensor([cf.protect_strength for cf in cfs for _ in range(B)],
+                                             dtype=torch.float32)
+    return plan
 
 
 @dataclass(eq=False)
@@ -215,6 +259,29 @@ class StepResult:
     active: dict                      # slot -> [R] bool
     m1: dict
     m2: dict
+    protect: torch.Tensor | None = None   # P = max_k M1_k [R, 1, h, w] (None: protection off or unused)
+    protect_m1: dict = field(default_factory=dict)   # protect slot -> M1_k [R, 1, h, w] (0 on padded rows)
+
+
+def protect_key(m: int) -> tuple:
+    """Key of protect slot ``m`` in the attention maps (edit slots use their index)."""
+    return (PROTECT, m)
+
+
+def protection(plan: Plan, attn_maps: dict, latent_hw: tuple) -> tuple:
+    """(P, {m: M1_m}): the union (max) of the protect concepts' cross-attention masks (spec 2.5);
+    rows without a protect concept in slot m get zeros there."""
+    P, m1s = None, {}
+    for m, slot in enumerate(plan.protect):
+        S = attn_maps.get(protect_key(m))
+        if S is None:
+            raise RuntimeError("no cross-attention maps were captured for a protect concept; is the model's "
+                               "attention replaced by another node that bypasses attn2 replacements?")
+        m1 = masks_mod.attention_mask(S, slot.threshold.to(S.device), latent_hw)
+        m1 = m1 * slot.present.to(m1.device).view(-1, 1, 1, 1).float()
+        m1s[m] = m1
+        P = m1 if P is None else torch.maximum(P, m1)
+    return P, m1s
 
 
 def combine(D_u: torch.Tensor, D_slots: dict, sigma: torch.Tensor, step: int, plan: Plan, attn_maps: dict,
@@ -222,11 +289,15 @@ def combine(D_u: torch.Tensor, D_slots: dict, sigma: torch.Tensor, step: int, pl
     """CSG guidance for one step from x0-predictions (ComfyUI's D = x - sigma * eps).
 
     ``D_slots`` maps slot index -> D of that slot's conditioning; ``attn_maps`` slot -> S
-    [R, h/4, w/4]. Returns gamma in eps space; the guided prediction is D_u - sigma * gamma.
-    eps_c - eps_u is formed as (D_u - D_c) / sigma (no cancellation against x)."""
+    [R, h/4, w/4] (protect slot m: ``protect_key(m)``). Returns gamma in eps space; the guided
+    prediction is D_u - sigma * gamma. eps_c - eps_u is formed as (D_u - D_c) / sigma (no
+    cancellation against x). With protect slots in the plan, each mu_j is multiplied by
+    (1 - strength * P) (spec 2.5); without, this factor is not even formed."""
     sig = sigma.reshape(-1, *([1] * (D_u.ndim - 1))).float()
     gamma = torch.zeros_like(D_u, dtype=torch.float32)
     mus, acts, m1s, m2s = {}, {}, {}, {}
+    keep = P = None
+    pm1s = {}
     for j, D_c in D_slots.items():
         slot = plan.slots[j]
         a = slot.active(step).to(D_u.device)
@@ -239,9 +310,14 @@ def combine(D_u: torch.Tensor, D_slots: dict, sigma: torch.Tensor, step: int, pl
             g = g * user_mask.to(g.device, g.dtype)
         mu, m1, m2 = masks_mod.combine(mask_mode, g, attn_maps.get(j), slot.threshold.to(g.device))
         mu = mu * a.view(-1, 1, 1, 1).float()
+        if plan.protect:
+            if keep is None:
+                P, pm1s = protection(plan, attn_maps, tuple(g.shape[-2:]))
+                keep = 1.0 - plan.protect_strength.to(g.device).view(-1, 1, 1, 1) * P
+            mu = mu * keep
         gamma = gamma + mu * g
         mus[j], m1s[j], m2s[j] = mu, m1, m2
-    return StepResult(gamma, mus, acts, m1s, m2s)
+    return StepResult(gamma, mus, acts, m1s, m2s, P, pm1s)
 
 
 START_TOKEN, END_TOKEN = 49406, 49407
@@ -306,10 +382,39 @@ def edits_from_conditionings(conditionings, input_names=None, **params) -> EditS
     return EditSet((Counterfactual(tuple(concepts), "conditioning inputs"),))
 
 
+def protect_concepts(clip, phrases, threshold: float = 0.7, attention_tokens: str = "prompt",
+                     input_name: str = "protect") -> tuple:
+    """Protect concepts (spec 2.5) for ``phrases``: only their cross-attention mask is used."""
+    return tuple(encode_concept(clip, p, input_name=f"{input_name}: {p}", attention_tokens=attention_tokens,
+                                role=PROTECT, scale=0.0, threshold=threshold, warmup=0) for p in phrases)
+
+
+def invariant_phrases(cf) -> list:
+    """Factual phrases of the intervened concept's non-descendants (what the intervention must leave
+    unchanged), in the manipulator's phrase format; concepts without a value are left out."""
+    from fmcgm.manipulator import edit_phrase
+    graph = cf.graph
+    out = []
+    for name in graph.non_descendants(cf.concept):
+        value = graph.concept(name).value
+        if isinstance(value, str) and value.strip():
+            out.append(edit_phrase(name, value))
+    return out
+
+
 def edits_from_counterfactuals(clip, counterfactuals, include_intervened: bool = True,
-                               attention_tokens: str = "prompt", **params) -> EditSet:
+                               attention_tokens: str = "prompt", protect_strength: float = 0.0,
+                               protect_threshold: float = 0.7, **params) -> EditSet:
     """FM-CGM manipulator output (``fmcgm.manipulator.Counterfactual`` items: ``edit_prompts`` with the
-    intervened concept first, then every changed descendant) -> one counterfactual each (spec D1)."""
+    intervened concept first, then every changed descendant) -> one counterfactual each (spec D1).
+
+    ``protect_strength`` > 0 adds each counterfactual's non-descendants as protect concepts (spec 2.5):
+    their factual phrases' cross-attention masks (quantile ``protect_threshold``) suppress the edits
+    there, mu_j * (1 - strength * P). 0 (default) adds nothing."""
+    if not (0.0 <= float(protect_strength) <= 1.0):
+        raise CSGInputError("protect_invariants", f"must be in [0, 1], got {protect_strength}")
+    if not (0.0 <= float(protect_threshold) <= 1.0):
+        raise CSGInputError("protect_threshold", f"must be in [0, 1], got {protect_threshold}")
     cfs = []
     for k, cf in enumerate(counterfactuals):
         prompts = list(getattr(cf, "edit_prompts", ()) or ())
@@ -322,5 +427,11 @@ def edits_from_counterfactuals(clip, counterfactuals, include_intervened: bool =
             raise CSGInputError("counterfactual", f"counterfactual {k + 1} has no edit prompts"
                                 + ("" if include_intervened else " once the intervened concept is left out"))
         label = f"do({getattr(cf, 'concept', '?')} = {getattr(cf, 'value', '?')})"
-        cfs.append(Counterfactual(concepts, label))
+        out = Counterfactual(concepts, label)
+        if protect_strength > 0 and getattr(cf, "graph", None) is not None:
+            protect = protect_concepts(clip, invariant_phrases(cf), protect_threshold, attention_tokens,
+                                       f"counterfactual {k + 1}: protect")
+            if protect:
+                out = out.with_protection(protect, protect_strength)
+        cfs.append(out)
     return EditSet(tuple(cfs))

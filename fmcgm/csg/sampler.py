@@ -116,6 +116,8 @@ class Record:
     mask_sum: dict = field(default_factory=dict)       # slot -> [R, 1, h, w] sum of mu over active steps
     mask_steps: dict = field(default_factory=dict)     # slot -> [R] number of active steps
     steps: list = field(default_factory=list)          # per-step details when record_steps
+    protect_sum: dict = field(default_factory=dict)    # protect slot -> [R, 1, h, w] sum of M1 over guided steps
+    protect_steps: int = 0                             # steps at which the protect masks were applied
     unet_rows: int = 0                                 # sample-evaluations (rows through the UNet)
     predict_calls: int = 0
 
@@ -154,6 +156,8 @@ def _guider_class():
                 conds["csg_source"] = inv.source
             for j, slot in enumerate(plan.slots):
                 conds[f"csg_slot_{j}"] = slot.conditioning
+            for m, slot in enumerate(plan.protect):
+                conds[f"csg_protect_{m}"] = slot.conditioning
             self.inner_set_conds(conds)
             self.record = Record()
             for name in ("sampler_pre_cfg_function", "sampler_post_cfg_function", "sampler_cfg_function"):
@@ -179,7 +183,7 @@ def _guider_class():
             if denoise_mask is not None:
                 raise CSGInputError("latent_image", "latents with a noise mask (inpainting) are not supported by CSG")
             saved = self.model_options
-            needs_attn = self.mask_mode in ("intersect", "cross_attn")
+            needs_attn = self.mask_mode in ("intersect", "cross_attn") or bool(self.plan.protect)
             self.record = Record()
             self.capture.close()
             try:
@@ -206,6 +210,13 @@ def _guider_class():
             conds += [self.conds[f"csg_slot_{j}"] for j in active]
             slot_of_cond = {first + k: j for k, j in enumerate(active)}
             tw = {j: attention.token_weights(self.plan.slots[j].n_tokens, self.plan.context_length) for j in active}
+            # protect rows (spec 2.5) only where some concept is guided: their M1 is all they are for
+            if self.plan.protect and any(bool(slot.active(i).any()) for slot in self.plan.slots):
+                for m, slot in enumerate(self.plan.protect):
+                    key = guidance.protect_key(m)
+                    slot_of_cond[len(conds)] = key
+                    tw[key] = attention.token_weights(slot.n_tokens, self.plan.context_length)
+                    conds.append(self.conds[f"csg_protect_{m}"])
             self.capture.begin(slot_of_cond, tw, tuple(x.shape[-2:]))
             try:
                 out = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, model_options)
@@ -227,6 +238,13 @@ def _guider_class():
                 else:
                     self.record.mask_sum[j] = mu_cpu.clone()
                     self.record.mask_steps[j] = a.long().clone()
+            if res.protect is not None:
+                self.record.protect_steps += 1
+                for m, m1 in res.protect_m1.items():
+                    if m in self.record.protect_sum:
+                        self.record.protect_sum[m] += m1.detach()
+                    else:
+                        self.record.protect_sum[m] = m1.detach().clone()
             if self.record_steps:
                 self.record.steps.append({"step": i, "gamma": res.gamma.detach().cpu(),
                                           "mu": {j: v.detach().cpu() for j, v in res.mu.items()},
@@ -234,17 +252,25 @@ def _guider_class():
                                           "m2": {j: v.detach().cpu() for j, v in res.m2.items() if v is not None},
                                           "attn": {j: v.detach().cpu() for j, v in maps.items()},
                                           "D_u": D_u.detach().cpu(), "x": x.detach().cpu()})
+                if res.protect is not None:
+                    self.record.steps[-1]["protect"] = res.protect.detach().cpu()
+                    self.record.steps[-1]["protect_m1"] = {m: v.detach().cpu() for m, v in res.protect_m1.items()}
             sig = timestep.reshape(-1, *([1] * (x.ndim - 1)))
             return D_u - sig * res.gamma.to(D_u.dtype)
 
         def masks(self) -> torch.Tensor:
-            """[R, slots, h, w]: mean of mu over each concept's active steps (0 where never active)."""
+            """[R, slots + protect slots, h, w]: mean of mu over each concept's active steps (0 where
+            never active), then (only with protection on) each protect concept's mean M1 over the
+            steps it was applied (0 on rows without that protect concept)."""
             R = self.plan.rows
             h, w = self.inv.latent_shape[-2:]
-            out = torch.zeros(R, len(self.plan.slots), h, w)
+            C = len(self.plan.slots)
+            out = torch.zeros(R, C + len(self.plan.protect), h, w)
             for j, s in self.record.mask_sum.items():
                 n = self.record.mask_steps[j].clamp(min=1).float().view(-1, 1, 1).cpu()
                 out[:, j] = s[:, 0].float().cpu() / n
+            for m, s in self.record.protect_sum.items():
+                out[:, C + m] = s[:, 0].float().cpu() / max(self.record.protect_steps, 1)
             return out
 
     return _CSGGuider
