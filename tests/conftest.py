@@ -68,6 +68,16 @@ def tiny_sdxl_picture(seed: int, size: int = 128) -> dict:
     return {"model": model, "clip": clip, "vae": vae, "img": img, "latent": latent}
 
 
+def tiny_inversion(picture: dict, steps: int, skip: float = 0.15, seed: int = 5):
+    """Edit-friendly DPM-Solver++ inversion of ``tiny_sdxl_picture``'s latent, keeping the trajectory
+    and adding noise to every step (zero_noise_steps 0), as the CSG invariant tests need."""
+    import torch
+    from fmcgm.csg import inversion
+    with torch.inference_mode():
+        return inversion.invert(picture["model"], picture["latent"], steps=steps, skip=skip, seed=seed,
+                                zero_noise_steps=0, keep_trajectory=True)
+
+
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)

@@ -20,10 +20,8 @@ def tiny(comfy_dirs):
 
 @pytest.fixture(scope="module")
 def inv(tiny):
-    from fmcgm.csg import inversion
-    with torch.inference_mode():
-        return inversion.invert(tiny["model"], tiny["latent"], steps=N, skip=SKIP, seed=5, zero_noise_steps=0,
-                                keep_trajectory=True)
+    from tests.conftest import tiny_inversion
+    return tiny_inversion(tiny, steps=N, skip=SKIP)
 
 
 def concept(tiny, text, **kw):
