@@ -31,8 +31,9 @@ BENIGN_CONSOLE = re.compile(r"Failed to load resource|ERR_NAME_NOT_RESOLVED|ERR_
 
 
 def frontend_root() -> Path:
-    import comfyui_frontend_package
-    return Path(comfyui_frontend_package.__file__).parent / "static"
+    """The frontend this lane tests with (1.32.9 for ComfyUI 0.3.75, 1.58.1 for 0.33.0)."""
+    from tests.comfy_harness import lane_info
+    return Path(lane_info()["frontend_root"])
 
 
 def chromium_available() -> bool:

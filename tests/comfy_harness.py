@@ -1,4 +1,9 @@
-"""Run the pack inside a real ComfyUI 0.3.75 (fetched by scripts/setup_comfyui.py).
+"""Run the pack inside a real ComfyUI (fetched by scripts/setup_comfyui.py).
+
+The lane is chosen by ``FMCGM_COMFYUI_LANE`` (``0.3.75``, the default, or ``0.33.0``;
+``make test`` runs both) or a folder given as ``FMCGM_COMFYUI_ROOT``. Where tests must touch
+ComfyUI internals that moved between versions (executor cache arguments, the cache read, the
+progress hook), they go through the functions here, and nowhere else.
 
 Two ways, both the real thing:
 - in-process: ``bootstrap()`` makes ComfyUI importable, ``load_packs()`` loads ComfyUI's
@@ -24,7 +29,11 @@ import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-COMFY_ROOT = Path(os.environ.get("FMCGM_COMFYUI_ROOT", REPO / ".cache" / "ComfyUI")).resolve()
+LANE_FOLDERS = {"0.3.75": "ComfyUI", "0.33.0": "ComfyUI-0.33.0"}  # as scripts/setup_comfyui.py makes them
+LANE = os.environ.get("FMCGM_COMFYUI_LANE", "0.3.75")
+if LANE not in LANE_FOLDERS:
+    raise RuntimeError(f"FMCGM_COMFYUI_LANE={LANE!r}: choose one of {', '.join(LANE_FOLDERS)}")
+COMFY_ROOT = Path(os.environ.get("FMCGM_COMFYUI_ROOT", REPO / ".cache" / LANE_FOLDERS[LANE])).resolve()
 PACK_DIRS = {"ComfyUI-FMCGM": COMFY_ROOT / "custom_nodes" / "ComfyUI-FMCGM",
              "fmcgm_testing": COMFY_ROOT / "custom_nodes" / "fmcgm_testing"}
 
@@ -71,6 +80,18 @@ def set_directories(base: Path) -> dict[str, Path]:
     return dirs
 
 
+def lane_info() -> dict:
+    """{"comfyui": version, "frontend": version, "frontend_root": folder} of the ComfyUI under test."""
+    path = COMFY_ROOT / "fmcgm-lane.json"
+    if not path.exists():
+        raise RuntimeError(f"{path} missing; run `python scripts/setup_comfyui.py`")
+    return json.loads(path.read_text())
+
+
+def comfy_version() -> tuple[int, ...]:
+    return tuple(int(part) for part in lane_info()["comfyui"].split("."))
+
+
 def load_packs() -> dict[str, bool]:
     """Load built-in extra nodes and our packs once; return {pack: loaded_ok}."""
     global _load_results
@@ -113,14 +134,27 @@ def run_prompt(prompt: dict, executor=None):
     if not valid[0]:
         raise PromptError(f"prompt invalid: {valid[1]}", {"error": valid[1], "node_errors": valid[3]})
     if executor is None:
-        executor = execution.PromptExecutor(_StubServer(), cache_type=execution.CacheType.CLASSIC,
-                                            cache_args={"lru": 0, "ram": 0})
+        executor = new_executor()
     executor.execute(prompt, prompt_id, {}, valid[2])
     if not executor.success:
         errors = [m for m in executor.status_messages if m[0] == "execution_error"]
         raise PromptError(f"execution failed: {errors[-1][1].get('exception_message') if errors else '?'}",
                           executor.status_messages)
     return executor, executor.history_result["outputs"]
+
+
+def new_executor():
+    """A PromptExecutor with the classic cache and no HTTP server ("ram_inactive" is 0.33's)."""
+    import execution
+    return execution.PromptExecutor(_StubServer(), cache_type=execution.CacheType.CLASSIC,
+                                    cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+
+
+def cached_output(executor, node_id: str):
+    """A node's cached outputs after a run (the cache read became a coroutine after 0.3.75)."""
+    import inspect
+    entry = executor.caches.outputs.get(node_id)
+    return asyncio.run(entry) if inspect.isawaitable(entry) else entry
 
 
 def free_port() -> int:
@@ -151,6 +185,7 @@ class ComfyServer:
             (front / "index.html").write_text("<html><body>FM-CGM test server</body></html>")
         cmd = [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
                "--front-end-root", str(front), "--disable-api-nodes", "--use-pytorch-cross-attention",
+               "--database-url", "sqlite:///:memory:",  # nothing written beside ComfyUI's code
                "--input-directory", str(self.base / "input"), "--output-directory", str(self.base / "output"),
                "--temp-directory", str(self.base / "temp"), "--user-directory", str(self.base / "user"),
                *self.extra_args]

@@ -58,7 +58,8 @@ def _csg_graph(image):
 
 
 def _outputs(executor, node_id):
-    entry = executor.caches.outputs.get(node_id)
+    from tests.comfy_harness import cached_output
+    entry = cached_output(executor, node_id)
     assert entry is not None, f"node {node_id} has no cached outputs"
     return [o[0] for o in entry.outputs]
 

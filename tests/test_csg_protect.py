@@ -164,10 +164,10 @@ def test_node_runs_with_protection_in_the_executor(comfy, comfy_dirs):
     }
     ex, out = comfy.run_prompt(g)
     assert out["10"]["images"]
-    es = ex.caches.outputs.get("7").outputs[0][0]
+    es = comfy.cached_output(ex, "7").outputs[0][0]
     c = es.counterfactuals[0]
     assert [p.text for p in c.protect] == ["blue sky"] and c.protect_strength == 1.0
-    latent, masks, preview = [o[0] for o in ex.caches.outputs.get("8").outputs]
+    latent, masks, preview = [o[0] for o in comfy.cached_output(ex, "8").outputs]
     assert latent["samples"].shape == (1, 4, 16, 16) and torch.isfinite(latent["samples"]).all()
     assert masks.shape == (3, 128, 128)                      # ball, grass, then the protected sky
     assert 0 < float(masks[2].mean()) < 1 and preview.shape == (1, 128, 128, 3)
