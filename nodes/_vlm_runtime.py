@@ -4,7 +4,9 @@ A transformers model loaded outside a ModelPatcher is invisible to ComfyUI's mem
 which then cannot evict it when SDXL needs the VRAM. So the local backend's torch module is
 wrapped in a ModelPatcher: ``load_models_gpu`` brings it onto the GPU for generation (evicting
 what must go), and after generation it is offloaded again unless the user keeps it loaded;
-even then ComfyUI may evict it under memory pressure, like any other model.
+even then ComfyUI may evict it under memory pressure, like any other model. The HTTP backend
+needs none of this: its node hands it ComfyUI's interrupt check as ``cancel_check``, polled in
+every wait.
 """
 from __future__ import annotations
 
@@ -57,20 +59,6 @@ class ManagedVLM:
                 mm.current_loaded_models.pop(index).model_unload()
                 break
         mm.soft_empty_cache()
-
-
-class RemoteVLM:
-    """An HTTP backend needs no memory management; this only gives both the same shape."""
-
-    def __init__(self, backend):
-        self.backend = backend
-        self.name = backend.name
-
-    def describe(self) -> str:
-        return self.backend.describe()
-
-    def generate(self, request: GenerationRequest, on_token: Optional[TokenCallback] = None) -> str:
-        return self.backend.generate(request, on_token)
 
 
 def progress_callback() -> TokenCallback:

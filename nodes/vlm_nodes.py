@@ -123,7 +123,7 @@ class OpenAIVLM(io.ComfyNode):
             description="Uses a VLM served over HTTP with the OpenAI /v1/chat/completions API (vLLM, Ollama, "
                         "LM Studio, llama.cpp server). Answers are constrained to JSON schemas through "
                         "response_format. The API key is read from an environment variable, so workflow files "
-                        "never carry secrets.",
+                        "never carry secrets, and is removed from anything the server sends back.",
             inputs=[
                 io.String.Input("base_url", default="http://127.0.0.1:8000/v1",
                                 tooltip="Server address, e.g. http://127.0.0.1:8000/v1 (vLLM) or "
@@ -132,24 +132,43 @@ class OpenAIVLM(io.ComfyNode):
                                 tooltip="Model name as the server knows it."),
                 io.String.Input("api_key_env", default="",
                                 tooltip="NAME of the environment variable holding the API key (e.g. "
-                                        "OPENAI_API_KEY), not the key itself. Empty: no key."),
+                                        "OPENAI_API_KEY), not the key itself: a key typed here is refused. "
+                                        "Empty: no key."),
                 io.Float.Input("timeout", default=300.0, min=1.0, max=3600.0, step=1.0,
-                               tooltip="Seconds to wait for one answer."),
+                               tooltip="Deadline in seconds for one answer (one request of the extractor or "
+                                       "manipulator), from sending it to the last token, retries and waits "
+                                       "included. Cancel stops a waiting request within a fraction of a second."),
                 io.Int.Input("retries", default=2, min=0, max=10,
-                             tooltip="Retries after connection errors, HTTP 429 and 5xx (not after other 4xx)."),
+                             tooltip="Retries after connection errors, HTTP 429 and 5xx (not after other 4xx), "
+                                     "within the deadline."),
             ],
             outputs=[VLMSocket.Output(display_name="vlm")],
         )
 
     @classmethod
+    def validate_inputs(cls, base_url=None, api_key_env=None):
+        """Refuse a key typed into api_key_env before the prompt is queued: it never reaches /history
+        or the log (linked values arrive as None here and are checked when the node runs)."""
+        from fmcgm.vlm.api_keys import check_env_name
+        from fmcgm.vlm.base import VLMError
+        from fmcgm.vlm.openai_backend import chat_completions_url
+        try:
+            if isinstance(api_key_env, str):
+                check_env_name(api_key_env)
+            if isinstance(base_url, str):
+                chat_completions_url(base_url)
+        except VLMError as error:
+            return str(error)
+        return True
+
+    @classmethod
     def execute(cls, base_url, model, api_key_env, timeout, retries):
+        import comfy.model_management as mm
         from fmcgm.vlm.openai_backend import OpenAIBackend
 
-        from ._vlm_runtime import RemoteVLM
-
-        backend = OpenAIBackend(base_url, model, api_key_env=api_key_env.strip() or None, timeout=timeout,
-                                retries=retries)
-        return io.NodeOutput(RemoteVLM(backend))
+        backend = OpenAIBackend(base_url, model, api_key_env=api_key_env, timeout=timeout, retries=retries,
+                                cancel_check=mm.throw_exception_if_processing_interrupted)
+        return io.NodeOutput(backend)
 
 
 NODES = [Qwen3VLLoader, OpenAIVLM]

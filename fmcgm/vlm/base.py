@@ -13,6 +13,11 @@ from typing import Any, Callable, Optional, Protocol, Sequence
 # on_token(tokens_so_far, max_new_tokens) -> None; may raise to stop generation.
 TokenCallback = Callable[[int, int], None]
 
+# The longest answer (reasoning included) a backend returns, in characters: 32,768 tokens of
+# ordinary text are ~130,000. A longer answer is a runaway generation (or a server ignoring
+# max_tokens) and is refused with a message saying so, never handed on to be cut and misread.
+MAX_ANSWER_CHARS = 200_000
+
 
 class VLMError(RuntimeError):
     """A backend failed in a way the user can act on (message says what to fix)."""

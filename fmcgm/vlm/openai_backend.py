@@ -2,28 +2,36 @@
 hosted APIs) behind the ``VLMBackend`` interface, with the standard library only.
 
 The JSON schema goes out as ``response_format: json_schema`` (strict); servers differ in how
-faithfully they enforce it, so callers still run the tolerant parser on the answer. The
-API key is read from an environment variable whose *name* is configured, so keys never
-end up in workflow files.
+faithfully they enforce it, so the answer text is handed back as it came and callers run the
+same tolerant parser and repairs as for the local backend.
+
+``timeout`` is a deadline for the whole answer (connect, waiting, streaming, retries and
+Retry-After waits together), and ``cancel_check`` (ComfyUI's interrupt check) is polled in
+every wait, so Cancel takes effect within a tick (``http_exchange.TICK_S``). The API key is
+read from an environment variable whose *name* is configured and is removed from everything
+a server sends back (``api_keys``).
 """
 from __future__ import annotations
 
+import email.utils
 import http.client
 import json
-import os
+import logging
 import re
-import socket
 import time
-import urllib.error
-import urllib.request
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
-from .base import GenerationRequest, TokenCallback, VLMError
+from .api_keys import Redactor, check_base_url, check_env_name, read_key
+from .base import MAX_ANSWER_CHARS, GenerationRequest, TokenCallback, VLMError
+from .http_exchange import Deadline, DeadlineExceeded, Exchange, Head, TransportError
 from .images import limit_pixels, png_data_uri
 
+log = logging.getLogger(__name__)
+
 RETRY_STATUSES = (429, 500, 502, 503, 504)
-MAX_RETRY_AFTER_S = 30.0
 EXCERPT_CHARS = 300
+# Bytes a non-streamed body (or one streamed event) may take: the longest answer, JSON-escaped.
+MAX_BODY_BYTES = 8 * MAX_ANSWER_CHARS + 65536
 
 
 def chat_completions_url(base_url: str) -> str:
@@ -32,6 +40,7 @@ def chat_completions_url(base_url: str) -> str:
     if not re.match(r"^https?://", url):
         raise VLMError(f"Base URL {base_url!r} must start with http:// or https:// "
                        "(e.g. http://127.0.0.1:8000/v1).")
+    check_base_url(url)
     if url.endswith("/chat/completions"):
         return url
     return url + ("/chat/completions" if url.endswith("/v1") else "/v1/chat/completions")
@@ -39,8 +48,8 @@ def chat_completions_url(base_url: str) -> str:
 
 def excerpt(text: str | bytes, limit: int = EXCERPT_CHARS) -> str:
     if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="replace")
-    text = " ".join(text.split())
+        text = text[:4 * limit + 4096].decode("utf-8", errors="replace")
+    text = " ".join(text[:64 * limit].split())
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -51,16 +60,20 @@ class OpenAIBackend:
 
     def __init__(self, base_url: str, model: str, *, api_key_env: Optional[str] = None, timeout: float = 300.0,
                  retries: int = 2, backoff: float = 1.0, stream: bool = True,
-                 max_image_pixels: int = 1280 * 32 * 32, schema_name: str = "causal_graph"):
+                 max_image_pixels: int = 1280 * 32 * 32, schema_name: str = "causal_graph",
+                 cancel_check: Optional[Callable[[], None]] = None):
         self.url = chat_completions_url(base_url)
         self.model = model
-        self.api_key_env = (api_key_env or "").strip() or None
-        self.timeout = timeout
+        self.api_key_env = check_env_name(api_key_env)
+        if not timeout > 0:
+            raise VLMError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.timeout = float(timeout)
         self.retries = max(0, retries)
         self.backoff = backoff
         self.stream = stream
         self.max_image_pixels = max_image_pixels
         self.schema_name = schema_name
+        self.cancel_check = cancel_check
 
     def describe(self) -> str:
         auth = f", key from ${self.api_key_env}" if self.api_key_env else ""
@@ -89,79 +102,182 @@ class OpenAIBackend:
             return {"role": role, "content": text}
         return {"role": role, "content": parts + [{"type": "text", "text": text}]}
 
-    def _headers(self) -> dict[str, str]:
+    def _key(self) -> Optional[str]:
+        return read_key(self.api_key_env) if self.api_key_env else None
+
+    @staticmethod
+    def _headers(key: Optional[str]) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream, application/json"}
-        if self.api_key_env:
-            key = os.environ.get(self.api_key_env, "").strip()
-            if not key:
-                raise VLMError(f"The API key environment variable {self.api_key_env} is not set (or empty). "
-                               f"Set {self.api_key_env} to your key before starting ComfyUI, or leave the "
-                               "API-key variable empty for servers that need no key.")
+        if key:
             headers["Authorization"] = f"Bearer {key}"
         return headers
 
     # -- transport -------------------------------------------------------------------------
 
     def generate(self, request: GenerationRequest, on_token: Optional[TokenCallback] = None) -> str:
+        deadline = Deadline(self.timeout, self.cancel_check)
+        key = self._key()
         payload = json.dumps(self.build_request(request)).encode("utf-8")
-        http_request = urllib.request.Request(self.url, data=payload, headers=self._headers(), method="POST")
-        report = on_token or (lambda n, total: None)
-        with self._open(http_request) as response:
-            try:
-                if "event-stream" in response.headers.get("Content-Type", ""):
-                    content, reasoning = self._read_stream(response, report, request.max_new_tokens)
-                else:  # the server ignored stream=true (or we did not ask): one JSON body
-                    content, reasoning = self._read_body(response.read(), report, request.max_new_tokens)
-            except (TimeoutError, socket.timeout) as exc:
-                raise self._timeout_error() from exc
-            except (http.client.HTTPException, ConnectionError) as exc:
-                raise VLMError(f"The connection to {self.url} broke while reading the answer: {exc}") from exc
-        if request.json_schema is not None and "{" not in content:
-            raise VLMError(f"{self.model} at {self.url} answered with text holding no JSON object although a "
-                           f"JSON schema was requested: {excerpt(content)!r}. The server may not support "
-                           "response_format json_schema; use one that does (vLLM, Ollama >= 0.5, LM Studio, "
-                           "llama-server) or a model that follows JSON instructions.")
-        # Servers with a reasoning parser split the thinking off; keep it in the usual inline form.
-        return f"<think>\n{reasoning}\n</think>\n\n{content}" if reasoning else content
+        reader = _AnswerReader(self, Redactor(key), on_token, request.max_new_tokens)
+        try:
+            text = self._exchange(payload, self._headers(key), deadline, reader)
+        except DeadlineExceeded:
+            raise VLMError(self._deadline_message(reader)) from None
+        if request.json_schema is not None and "{" not in text:
+            # Handed back all the same: the caller's repairs (e.g. a plain-text description) apply.
+            log.warning("%s at %s answered without a JSON object although a JSON schema was requested; the "
+                        "server may not support response_format json_schema: %r", self.model, self.url,
+                        excerpt(text))
+        return text
 
-    def _open(self, http_request: urllib.request.Request) -> Any:
-        """urlopen with retries on connection failures, 429 and 5xx (never on other 4xx)."""
+    def _exchange(self, payload: bytes, headers: dict[str, str], deadline: Deadline, reader: "_AnswerReader") -> str:
+        """One answer, with retries on connection failures, 429 and 5xx (never on other 4xx)."""
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
+            reader.waiting_for = "an answer"
             try:
-                return urllib.request.urlopen(http_request, timeout=self.timeout)
-            except urllib.error.HTTPError as exc:
-                body = exc.read(4096) if exc.fp is not None else b""
-                if exc.code in RETRY_STATUSES and not last:
-                    time.sleep(self._delay(attempt, exc.headers.get("Retry-After") if exc.headers else None))
-                    continue
-                raise VLMError(self._http_error_message(exc.code, exc.reason, body, attempt + 1)) from exc
-            except (TimeoutError, socket.timeout) as exc:
-                raise self._timeout_error() from exc
-            except (urllib.error.URLError, ConnectionError, http.client.HTTPException) as exc:
-                reason = getattr(exc, "reason", exc)
-                if isinstance(reason, (TimeoutError, socket.timeout)):
-                    raise self._timeout_error() from exc
-                if isinstance(exc, http.client.HTTPException) and not isinstance(exc, ConnectionError):
-                    raise VLMError(f"{self.url} did not answer with valid HTTP ({type(exc).__name__}: {exc}); "
-                                   "is the base URL pointing at an OpenAI-compatible server?") from exc
-                if not last:
-                    time.sleep(self._delay(attempt, None))
-                    continue
-                raise VLMError(self._connection_error_message(reason, attempt + 1)) from exc
+                with Exchange(self.url, payload, headers, deadline) as exchange:
+                    head = exchange.head()
+                    if 200 <= head.status < 300:
+                        return reader.read(exchange, head)
+                    body = b"".join(exchange.chunks())
+                message = self._http_error_message(head, body, attempt + 1, reader.redact)
+                if head.status not in RETRY_STATUSES or last:
+                    raise VLMError(message)
+                retry_after = head.header("Retry-After")
+                delay = self._delay(attempt, retry_after)
+                self._wait_to_retry(delay, deadline, message, asked=bool(retry_after), reader=reader)
+            except TransportError as error:
+                if error.answered:
+                    raise VLMError(f"The connection to {self.url} broke while reading the answer "
+                                   f"({self._cause(error, reader.redact)}).") from None
+                if not _retryable(error.cause) or last:
+                    raise VLMError(self._connection_error_message(error, attempt + 1, reader.redact)) from None
+                message = self._connection_error_message(error, attempt + 1, reader.redact)
+                self._wait_to_retry(self._delay(attempt, None), deadline, message, asked=False, reader=reader)
         raise AssertionError("unreachable")
+
+    def _wait_to_retry(self, delay: float, deadline: Deadline, failure: str, asked: bool,
+                       reader: "_AnswerReader") -> None:
+        left = deadline.remaining()
+        if delay > left:  # waiting could only end in a timeout: say so now
+            who = "the server asked to retry after" if asked else "the next retry was due in"
+            raise VLMError(f"{failure.rstrip('.')}; {who} {delay:g} s, beyond the {self.timeout:g} s deadline "
+                           f"({max(left, 0):.1f} s left), so no retry was made. Try again later, or raise the "
+                           "timeout (it covers the whole answer, retries and waits included).")
+        reader.waiting_for = f"the retry after {delay:g} s"
+        deadline.sleep(delay)
 
     def _delay(self, attempt: int, retry_after: Optional[str]) -> float:
         if retry_after:
             try:
-                return min(MAX_RETRY_AFTER_S, max(0.0, float(retry_after)))
+                return max(0.0, float(retry_after))
             except ValueError:
-                pass  # an HTTP date: fall back to our own backoff
+                pass
+            try:  # the HTTP-date form
+                return max(0.0, email.utils.parsedate_to_datetime(retry_after).timestamp() - time.time())
+            except (TypeError, ValueError):
+                pass  # unreadable: fall back to our own backoff
         return self.backoff * (2 ** attempt)
 
-    # -- answers ---------------------------------------------------------------------------
+    # -- messages --------------------------------------------------------------------------
 
-    def _read_stream(self, lines: Iterable[bytes], report: TokenCallback, max_tokens: int) -> tuple[str, str]:
+    def _deadline_message(self, reader: "_AnswerReader") -> str:
+        got = (f"{reader.chars:,} characters of the answer had arrived" if reader.chars else
+               f"still waiting for {reader.waiting_for}")
+        return (f"{self.url} did not finish its answer within the {self.timeout:g} s deadline ({got}). The deadline "
+                "covers the whole answer, retries included. The server may be overloaded or the generation too "
+                "long: raise the timeout or lower max tokens.")
+
+    @staticmethod
+    def _cause(error: TransportError, redact: Redactor) -> str:
+        text = redact(str(error.cause))
+        return f"{type(error.cause).__name__}: {excerpt(text)}" if text else type(error.cause).__name__
+
+    def _connection_error_message(self, error: TransportError, attempts: int, redact: Redactor) -> str:
+        if isinstance(error.cause, ConnectionRefusedError):
+            cause = "connection refused"
+        elif _retryable(error.cause):
+            cause = self._cause(error, redact)
+        else:
+            return (f"{self.url} did not answer with valid HTTP ({self._cause(error, redact)}); is the base URL "
+                    "pointing at an OpenAI-compatible server?")
+        return (f"Could not connect to {self.url} ({cause}; {attempts} attempt{'s' * (attempts > 1)}). The "
+                "OpenAI-compatible server must be running and reachable at that address: start it "
+                "(vLLM, Ollama, LM Studio, llama-server...) or fix the base URL.")
+
+    def _http_error_message(self, head: Head, body: bytes, attempts: int, redact: Redactor) -> str:
+        detail: Any = body
+        try:
+            error = json.loads(body).get("error")
+            detail = (error.get("message") if isinstance(error, dict) else error) or body
+        except (ValueError, AttributeError, UnicodeDecodeError):
+            pass
+        key_hint = f"check the API key (environment variable {self.api_key_env or 'not configured'})"
+        hint = {401: key_hint, 403: key_hint,
+                404: f"check the base URL (usually ends in /v1) and the model name {self.model!r}"}.get(
+                    head.status, "the server rejected the request" if head.status < 500 else "the server failed")
+        tries = f" after {attempts} attempts" if attempts > 1 else ""
+        text = detail if isinstance(detail, (str, bytes)) else json.dumps(detail)
+        reason = redact(excerpt(head.reason, 80))
+        return f"{self.url} answered HTTP {head.status} {reason}{tries}: {redact(excerpt(text))!r} ({hint})."
+
+
+def _retryable(cause: BaseException) -> bool:
+    """Failures before any answer that another attempt may not meet (not: a server speaking no HTTP)."""
+    if isinstance(cause, ConnectionError):  # refused, reset, RemoteDisconnected
+        return True
+    return isinstance(cause, OSError) and not isinstance(cause, http.client.HTTPException)
+
+
+class _AnswerReader:
+    """Reads one answer (server-sent events or one JSON body) into ``(reasoning, content)`` text,
+    counting what arrived for the deadline message and refusing answers over ``MAX_ANSWER_CHARS``."""
+
+    def __init__(self, backend: OpenAIBackend, redact: Redactor, on_token: Optional[TokenCallback],
+                 max_tokens: int):
+        self.url, self.model = backend.url, backend.model
+        self.redact = redact
+        self.report = on_token or (lambda n, total: None)
+        self.max_tokens = max_tokens
+        self.chars = 0
+        self.waiting_for = "an answer"
+
+    def read(self, exchange: Exchange, head: Head) -> str:
+        self.waiting_for = "the rest of the answer"
+        if "event-stream" in head.header("Content-Type"):
+            content, reasoning = self._read_stream(self._lines(exchange.chunks()))
+        else:  # the server ignored stream=true (or we did not ask): one JSON body
+            body = self._body(exchange.chunks())
+            if body.lstrip().startswith(b"data:"):  # SSE sent with a wrong content type
+                content, reasoning = self._read_stream(iter(body.splitlines()))
+            else:
+                content, reasoning = self._read_body(body)
+        # Servers with a reasoning parser split the thinking off; keep it in the usual inline form.
+        text = f"<think>\n{reasoning}\n</think>\n\n{content}" if reasoning else content
+        return self.redact.secrets(text)
+
+    def _body(self, chunks: Iterable[bytes]) -> bytes:
+        parts, size = [], 0
+        for chunk in chunks:
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise self._over_long(f"the body passed {MAX_BODY_BYTES:,} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    def _lines(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        pending = b""
+        for chunk in chunks:
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            yield from lines
+            if len(pending) > MAX_BODY_BYTES:
+                raise self._over_long(f"one event passed {MAX_BODY_BYTES:,} bytes")
+        if pending:
+            yield pending
+
+    def _read_stream(self, lines: Iterator[bytes]) -> tuple[str, str]:
         content, reasoning, chunks, saw_choices = [], [], 0, False
         for raw in lines:
             line = raw.decode("utf-8", errors="replace").strip()
@@ -172,74 +288,65 @@ class OpenAIBackend:
                 break
             chunk = self._parse_json(data, "a streamed chunk")
             choices = chunk.get("choices")
-            if not choices:
+            if not choices or not isinstance(choices[0], dict):
                 continue  # usage-only chunks carry no choices
             saw_choices = True
             delta = choices[0].get("delta") or {}
-            piece = delta.get("content") or ""
-            thought = delta.get("reasoning_content") or delta.get("reasoning") or ""
+            piece = _text(delta.get("content"))
+            thought = _text(delta.get("reasoning_content") or delta.get("reasoning"))
             content.append(piece)
             reasoning.append(thought)
             if piece or thought:
+                self._count(len(piece) + len(thought))
                 chunks += 1
-                report(chunks, max_tokens)
+                self.report(chunks, self.max_tokens)
         if not saw_choices:
             raise VLMError(f"The stream from {self.url} carried no 'choices'; it is not an OpenAI-compatible "
                            "chat-completions stream.")
         return "".join(content), "".join(reasoning)
 
-    def _read_body(self, body: bytes, report: TokenCallback, max_tokens: int) -> tuple[str, str]:
-        if body.lstrip().startswith(b"data:"):  # SSE sent with a wrong content type
-            return self._read_stream(body.splitlines(), report, max_tokens)
+    def _read_body(self, body: bytes) -> tuple[str, str]:
         answer = self._parse_json(body, "the answer")
         choices = answer.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            raise VLMError(f"The answer from {self.url} has no 'choices' (got keys: "
-                           f"{', '.join(answer) or 'none'}): {excerpt(body)!r}")
+            keys = ", ".join(excerpt(str(k), 40) for k in list(answer)[:20]) or "none"
+            raise VLMError(f"The answer from {self.url} has no 'choices' (got keys: {self.redact(keys)}): "
+                           f"{self.redact(excerpt(body))!r}")
         message = choices[0].get("message") or {}
-        content = message.get("content") or ""
-        reasoning = message.get("reasoning_content") or message.get("reasoning") or ""
-        usage = answer.get("usage") or {}
-        report(int(usage.get("completion_tokens") or 1), max_tokens)
+        content = _text(message.get("content"))
+        reasoning = _text(message.get("reasoning_content") or message.get("reasoning"))
+        self._count(len(content) + len(reasoning))
+        usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
+        tokens = usage.get("completion_tokens")
+        self.report(tokens if isinstance(tokens, int) and tokens > 0 else 1, self.max_tokens)
         return content, reasoning
+
+    def _count(self, chars: int) -> None:
+        self.chars += chars
+        if self.chars > MAX_ANSWER_CHARS:
+            raise self._over_long(f"more than {MAX_ANSWER_CHARS:,} characters arrived")
+
+    def _over_long(self, what: str) -> VLMError:
+        return VLMError(
+            f"The answer from {self.model} at {self.url} is over-long: {what}, past the limit of "
+            f"{MAX_ANSWER_CHARS:,} characters for one answer (max tokens was {self.max_tokens:,}). That is a runaway "
+            "generation or a server that ignores max_tokens: lower max_new_tokens, or check that the server "
+            "honours max_tokens. The answer was not parsed.")
 
     def _parse_json(self, data: str | bytes, what: str) -> dict:
         try:
             parsed = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
-            raise VLMError(f"{what.capitalize()} from {self.url} is not valid JSON ({exc}): {excerpt(data)!r}") from exc
+            raise VLMError(f"{what.capitalize()} from {self.url} is not valid JSON ({exc}): "
+                           f"{self.redact(excerpt(data))!r}") from None
         if not isinstance(parsed, dict):
-            raise VLMError(f"{what.capitalize()} from {self.url} is not a JSON object: {excerpt(data)!r}")
-        if "error" in parsed and "choices" not in parsed:
+            raise VLMError(f"{what.capitalize()} from {self.url} is not a JSON object: {self.redact(excerpt(data))!r}")
+        if "error" in parsed and "choices" not in parsed:  # also a streamed error event
             error = parsed["error"]
             detail = error.get("message", error) if isinstance(error, dict) else error
-            raise VLMError(f"{self.url} reported an error: {excerpt(str(detail))}")
+            raise VLMError(f"{self.url} reported an error: {self.redact(excerpt(str(detail)))}")
         return parsed
 
-    # -- messages --------------------------------------------------------------------------
 
-    def _timeout_error(self) -> VLMError:
-        return VLMError(f"{self.url} did not answer within the {self.timeout:g} s timeout. The server may be "
-                        "overloaded or the generation too long: raise the timeout or lower max tokens.")
-
-    def _connection_error_message(self, reason: Any, attempts: int) -> str:
-        refused = isinstance(reason, ConnectionRefusedError)
-        cause = "connection refused" if refused else str(reason)
-        return (f"Could not connect to {self.url} ({cause}; {attempts} attempt{'s' * (attempts > 1)}). The "
-                "OpenAI-compatible server must be running and reachable at that address: start it "
-                "(vLLM, Ollama, LM Studio, llama-server...) or fix the base URL.")
-
-    def _http_error_message(self, status: int, reason: str, body: bytes, attempts: int) -> str:
-        detail = body
-        try:
-            error = json.loads(body).get("error")
-            detail = (error.get("message") if isinstance(error, dict) else error) or body
-        except (ValueError, AttributeError):
-            pass
-        hint = {401: f"check the API key (environment variable {self.api_key_env or 'not configured'})",
-                403: f"check the API key (environment variable {self.api_key_env or 'not configured'})",
-                404: f"check the base URL (usually ends in /v1) and the model name {self.model!r}"}.get(
-                    status, "the server rejected the request" if status < 500 else "the server failed")
-        tries = f" after {attempts} attempts" if attempts > 1 else ""
-        text = detail if isinstance(detail, (str, bytes)) else json.dumps(detail)
-        return f"{self.url} answered HTTP {status} {reason}{tries}: {excerpt(text)!r} ({hint})."
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else ""
