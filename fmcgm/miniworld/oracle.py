@@ -1,0 +1,155 @@
+"""Reads every concept's value off a picture of the miniature world, by region (no learned judge).
+
+Each concept has probe boxes where, whatever the jitter of the layout, only that concept shows
+(the centre of the sun or cloud, sky away from the house and the sun, ground beside and under
+the house, wall between the house's windows and door, the windows' centres). Every pixel of a
+probe is given the nearest colour of the palette that can appear there; the concept's value is
+the one most pixels have, if at least ``MIN_SHARE`` of the probe agrees, else None ("cannot
+tell"), which counts as wrong. The house's side is read first (which side's wall probe is
+house-coloured), since the wall and window probes, and the ground probe, depend on it.
+
+Works on pictures of any size (probes are in units of the side). ``read`` takes an RGB array
+[H, W, 3] (uint8 0-255, or float 0-1).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from . import render as R
+from .world import CONCEPTS, GROUND, HOUSE, SIDE, SKY, WEATHER, WINDOWS
+
+MIN_SHARE = 0.5       # fraction of a probe's pixels that must agree on one value
+MAX_DISTANCE = 80.0   # RGB distance (0-255) beyond which a pixel matches no palette colour
+
+_LEFT, _RIGHT = "house on the left side", "house on the right side"
+
+
+def _palette(*groups) -> list[tuple[str, tuple]]:
+    """[(label, rgb)]: value colours are labelled by their value, the rest by a neutral tag."""
+    out = []
+    for g in groups:
+        if isinstance(g, dict):
+            out += list(g.items())
+        else:
+            out.append(g)
+    return out
+
+
+_SKY_BG = R.COLOURS[SKY]
+_GROUND_BG = {**R.COLOURS[GROUND], "wet ground:puddle": R.PUDDLE}
+_OTHER = [("roof", R.ROOF), ("door", R.DOOR)]
+PALETTES = {
+    WEATHER: _palette(R.COLOURS[WEATHER], {f"bg:{k}": v for k, v in _SKY_BG.items()}),
+    SKY: _palette(_SKY_BG, {f"fg:{k}": v for k, v in R.COLOURS[WEATHER].items()},
+                  {f"fg:{k}": v for k, v in R.COLOURS[HOUSE].items()}, *_OTHER),
+    GROUND: _palette(_GROUND_BG, {f"fg:{k}": v for k, v in R.COLOURS[HOUSE].items()},
+                     {f"bg:{k}": v for k, v in _SKY_BG.items()}, *_OTHER),
+    HOUSE: _palette(R.COLOURS[HOUSE], {f"bg:{k}": v for k, v in _SKY_BG.items()},
+                    {f"bg:{k}": v for k, v in _GROUND_BG.items()},
+                    {f"fg:{k}": v for k, v in R.COLOURS[WINDOWS].items()}, *_OTHER),
+    WINDOWS: _palette(R.COLOURS[WINDOWS], {f"fg:{k}": v for k, v in R.COLOURS[HOUSE].items()},
+                      {f"bg:{k}": v for k, v in _SKY_BG.items()}, {f"bg:{k}": v for k, v in _GROUND_BG.items()},
+                      *_OTHER),
+}
+
+
+def _wall_probes(cx: float) -> list[tuple]:
+    """Wall of a house centred at ``cx``: under each window beside the door, and between the windows."""
+    return [(cx - 0.15, 0.64, cx - 0.06, 0.75), (cx + 0.06, 0.64, cx + 0.15, 0.75), (cx - 0.03, 0.50, cx + 0.03, 0.62)]
+
+
+def _window_probes(cx: float) -> list[tuple]:
+    cy = R.HORIZON + R.BODY_DROP - R.BODY_H + R.WINDOW_DY
+    h = 0.022
+    return [(c - h, cy - h, c + h, cy + h) for c in (cx - R.WINDOW_DX, cx + R.WINDOW_DX)]
+
+
+def probes(side: Optional[str] = None) -> dict[str, list[tuple]]:
+    """concept -> probe boxes (x0, y0, x1, y1) in units of the side, for a house on ``side``
+    (None: the side-independent ones only)."""
+    mx, my = R.MARKER
+    out = {WEATHER: [(mx - 0.039, my - 0.039, mx + 0.039, my + 0.039)],
+           SKY: [(0.03, 0.03, 0.32, 0.27), (0.68, 0.03, 0.97, 0.27)]}
+    if side is not None:
+        cx = R.HOUSE_X[side]
+        far = (0.55, 0.62, 0.97, 0.97) if side == _LEFT else (0.03, 0.62, 0.45, 0.97)
+        near = (cx - 0.17, 0.81, cx + 0.17, 0.97)
+        out[GROUND] = [far, near]
+        out[HOUSE] = _wall_probes(cx)
+        out[WINDOWS] = _window_probes(cx)
+    return out
+
+
+def _pixels(img: np.ndarray, boxes) -> np.ndarray:
+    h, w = img.shape[:2]
+    parts = []
+    for x0, y0, x1, y1 in boxes:
+        r0, r1 = int(round(y0 * h)), max(int(round(y1 * h)), int(round(y0 * h)) + 1)
+        c0, c1 = int(round(x0 * w)), max(int(round(x1 * w)), int(round(x0 * w)) + 1)
+        parts.append(img[r0:r1, c0:c1].reshape(-1, 3))
+    return np.concatenate(parts)
+
+
+def _labels(pixels: np.ndarray, palette) -> np.ndarray:
+    """Nearest palette label per pixel ('' when farther than MAX_DISTANCE from every colour)."""
+    cols = np.array([c for _, c in palette], dtype=np.float32)
+    d = np.linalg.norm(pixels[:, None, :] - cols[None], axis=-1)
+    idx = d.argmin(1)
+    names = np.array([n for n, _ in palette], dtype=object)
+    out = names[idx]
+    out[d.min(1) > MAX_DISTANCE] = ""
+    return out
+
+
+def _value_of(label: str) -> str:
+    return label.split(":")[0]  # "wet ground:puddle" -> "wet ground"
+
+
+def _vote(pixels: np.ndarray, concept: str) -> tuple[Optional[str], float]:
+    """(value, share of the probe voting for it); value None when no value reaches MIN_SHARE."""
+    labels = [_value_of(lab) for lab in _labels(pixels, PALETTES[concept])]
+    values = R.COLOURS[concept] if concept != GROUND else R.COLOURS[GROUND]
+    counts = {v: labels.count(v) for v in values}
+    best = max(counts, key=counts.get)
+    share = counts[best] / max(len(labels), 1)
+    return (best if share >= MIN_SHARE else None), share
+
+
+def _as_rgb255(img) -> np.ndarray:
+    a = np.asarray(img)
+    if a.ndim != 3 or a.shape[-1] < 3:
+        raise ValueError(f"expected an RGB picture [H, W, 3], got shape {a.shape}")
+    a = a[..., :3].astype(np.float32)
+    return a * 255.0 if a.max() <= 1.0 + 1e-6 and np.asarray(img).dtype != np.uint8 else a
+
+
+def read(img) -> dict[str, Optional[str]]:
+    """Every concept's value as the picture shows it (None: the oracle cannot tell)."""
+    return read_with_confidence(img)[0]
+
+
+def read_with_confidence(img) -> tuple[dict[str, Optional[str]], dict[str, float]]:
+    """(values, shares): each value with the share of its probe that voted for it."""
+    a = _as_rgb255(img)
+    values: dict[str, Optional[str]] = {}
+    shares: dict[str, float] = {}
+    for concept, boxes in probes().items():
+        values[concept], shares[concept] = _vote(_pixels(a, boxes), concept)
+    # side: the side whose wall probe is most house-coloured
+    house_share = {}
+    for side in (_LEFT, _RIGHT):
+        labels = _labels(_pixels(a, _wall_probes(R.HOUSE_X[side])), PALETTES[HOUSE])
+        house_share[side] = float(np.isin(labels, list(R.COLOURS[HOUSE])).mean())
+    side = max(house_share, key=house_share.get)
+    shares[SIDE] = house_share[side]
+    values[SIDE] = side if house_share[side] >= MIN_SHARE else None
+    for concept, boxes in probes(side).items():
+        if concept in values:
+            continue
+        if values[SIDE] is None and concept in (HOUSE, WINDOWS):
+            values[concept], shares[concept] = None, 0.0
+            continue
+        values[concept], shares[concept] = _vote(_pixels(a, boxes), concept)
+    return {c: values[c] for c in CONCEPTS}, {c: shares[c] for c in CONCEPTS}
