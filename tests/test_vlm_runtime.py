@@ -34,7 +34,7 @@ def loaded(vlm) -> bool:
 
 @pytest.mark.parametrize("keep_loaded", [False, True])
 def test_comfy_memory_manager_loads_the_vlm_and_offloads_it_unless_kept(loader, keep_loaded):
-    from fmcgm.extractor import extract_graph
+    from fmcgm.extraction import extract_graph
     vlm = loader(keep_loaded)
     assert not loaded(vlm)
     with torch.inference_mode():
@@ -57,7 +57,7 @@ def runtime_module():
 
 def test_cancel_stops_generation_within_a_token(loader):
     import comfy.model_management as mm
-    from fmcgm.extractor import extract_graph
+    from fmcgm.extraction import extract_graph
     vlm = loader(False)
     progress = runtime_module().progress_callback()
     seen = []

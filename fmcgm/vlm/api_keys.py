@@ -47,14 +47,14 @@ def check_env_name(name: Optional[str]) -> Optional[str]:
     name = (name or "").strip()
     if not name:
         return None
-    if not ENV_NAME.match(name):
-        raise VLMError("api_key_env must be the NAME of an environment variable (letters, digits and _, not "
-                       "starting with a digit); the text typed there is not one, so it is not shown here in "
-                       f"case it is a key. {NAME_HELP}")
     if KEY_PREFIXES.match(name) or LONG_MIXED_RUN.search(name):
         raise VLMError("api_key_env looks like an API key, not the NAME of an environment variable holding one; "
                        f"it was not used and is not shown here. {NAME_HELP} Then clear the field: a workflow or "
                        "picture saved with a key in it carries the key.")
+    if not ENV_NAME.match(name):
+        raise VLMError("api_key_env must be the NAME of an environment variable (letters, digits and _, not "
+                       "starting with a digit); the text typed there is not one, so it is not shown here in "
+                       f"case it is a key. {NAME_HELP}")
     return name
 
 
