@@ -125,8 +125,9 @@ class PromptError(RuntimeError):
         self.details = details
 
 
-def run_prompt(prompt: dict, executor=None):
-    """Validate and execute an API-format prompt; return (executor, history outputs)."""
+def run_prompt(prompt: dict, executor=None, extra_data: dict | None = None):
+    """Validate and execute an API-format prompt; return (executor, history outputs). ``extra_data`` is
+    what a client sends beside the prompt (e.g. the frontend's {"preview_method": "latent2rgb"})."""
     import execution
     load_packs()
     prompt_id = str(uuid.uuid4())
@@ -135,7 +136,7 @@ def run_prompt(prompt: dict, executor=None):
         raise PromptError(f"prompt invalid: {valid[1]}", {"error": valid[1], "node_errors": valid[3]})
     if executor is None:
         executor = new_executor()
-    executor.execute(prompt, prompt_id, {}, valid[2])
+    executor.execute(prompt, prompt_id, dict(extra_data or {}), valid[2])
     if not executor.success:
         errors = [m for m in executor.status_messages if m[0] == "execution_error"]
         raise PromptError(f"execution failed: {errors[-1][1].get('exception_message') if errors else '?'}",
