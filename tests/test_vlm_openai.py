@@ -341,3 +341,12 @@ def test_retry_after_as_an_http_date():
     when = email.utils.formatdate(time.time() + 120, usegmt=True)
     assert 115 < backend._delay(0, when) <= 121
     assert backend._delay(1, "soon") == pytest.approx(0.02)  # unreadable: our own backoff
+
+
+def test_server_text_is_redacted_before_it_is_cut_to_an_excerpt():
+    from fmcgm.vlm.api_keys import Redactor
+    from fmcgm.vlm.openai_answers import excerpt
+    redact = Redactor(KEY)
+    for text in ("x" * 290 + KEY, " \n" * 5000 + KEY, (b"y" * 295 + KEY.encode())):
+        shown = excerpt(text, redact=redact)
+        assert KEY[:8] not in shown and len(shown) <= 303

@@ -19,19 +19,17 @@ import json
 import logging
 import re
 import time
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from .api_keys import Redactor, check_base_url, check_env_name, read_key
-from .base import MAX_ANSWER_CHARS, GenerationRequest, TokenCallback, VLMError
+from .base import GenerationRequest, TokenCallback, VLMError
 from .http_exchange import Deadline, DeadlineExceeded, Exchange, Head, TransportError
 from .images import limit_pixels, png_data_uri
+from .openai_answers import AnswerReader, excerpt
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = (429, 500, 502, 503, 504)
-EXCERPT_CHARS = 300
-# Bytes a non-streamed body (or one streamed event) may take: the longest answer, JSON-escaped.
-MAX_BODY_BYTES = 8 * MAX_ANSWER_CHARS + 65536
 
 
 def chat_completions_url(base_url: str) -> str:
@@ -44,13 +42,6 @@ def chat_completions_url(base_url: str) -> str:
     if url.endswith("/chat/completions"):
         return url
     return url + ("/chat/completions" if url.endswith("/v1") else "/v1/chat/completions")
-
-
-def excerpt(text: str | bytes, limit: int = EXCERPT_CHARS) -> str:
-    if isinstance(text, bytes):
-        text = text[:4 * limit + 4096].decode("utf-8", errors="replace")
-    text = " ".join(text[:64 * limit].split())
-    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class OpenAIBackend:
@@ -118,7 +109,7 @@ class OpenAIBackend:
         deadline = Deadline(self.timeout, self.cancel_check)
         key = self._key()
         payload = json.dumps(self.build_request(request)).encode("utf-8")
-        reader = _AnswerReader(self, Redactor(key), on_token, request.max_new_tokens)
+        reader = AnswerReader(self.url, self.model, Redactor(key), on_token, request.max_new_tokens)
         try:
             text = self._exchange(payload, self._headers(key), deadline, reader)
         except DeadlineExceeded:
@@ -130,7 +121,7 @@ class OpenAIBackend:
                         excerpt(text))
         return text
 
-    def _exchange(self, payload: bytes, headers: dict[str, str], deadline: Deadline, reader: "_AnswerReader") -> str:
+    def _exchange(self, payload: bytes, headers: dict[str, str], deadline: Deadline, reader: AnswerReader) -> str:
         """One answer, with retries on connection failures, 429 and 5xx (never on other 4xx)."""
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
@@ -158,7 +149,7 @@ class OpenAIBackend:
         raise AssertionError("unreachable")
 
     def _wait_to_retry(self, delay: float, deadline: Deadline, failure: str, asked: bool,
-                       reader: "_AnswerReader") -> None:
+                       reader: AnswerReader) -> None:
         left = deadline.remaining()
         if delay > left:  # waiting could only end in a timeout: say so now
             who = "the server asked to retry after" if asked else "the next retry was due in"
@@ -182,7 +173,7 @@ class OpenAIBackend:
 
     # -- messages --------------------------------------------------------------------------
 
-    def _deadline_message(self, reader: "_AnswerReader") -> str:
+    def _deadline_message(self, reader: AnswerReader) -> str:
         got = (f"{reader.chars:,} characters of the answer had arrived" if reader.chars else
                f"still waiting for {reader.waiting_for}")
         return (f"{self.url} did not finish its answer within the {self.timeout:g} s deadline ({got}). The deadline "
@@ -191,8 +182,8 @@ class OpenAIBackend:
 
     @staticmethod
     def _cause(error: TransportError, redact: Redactor) -> str:
-        text = redact(str(error.cause))
-        return f"{type(error.cause).__name__}: {excerpt(text)}" if text else type(error.cause).__name__
+        text = excerpt(str(error.cause), redact=redact)
+        return f"{type(error.cause).__name__}: {text}" if text else type(error.cause).__name__
 
     def _connection_error_message(self, error: TransportError, attempts: int, redact: Redactor) -> str:
         if isinstance(error.cause, ConnectionRefusedError):
@@ -219,8 +210,8 @@ class OpenAIBackend:
                     head.status, "the server rejected the request" if head.status < 500 else "the server failed")
         tries = f" after {attempts} attempts" if attempts > 1 else ""
         text = detail if isinstance(detail, (str, bytes)) else json.dumps(detail)
-        reason = redact(excerpt(head.reason, 80))
-        return f"{self.url} answered HTTP {head.status} {reason}{tries}: {redact(excerpt(text))!r} ({hint})."
+        reason = excerpt(head.reason, 80, redact)
+        return f"{self.url} answered HTTP {head.status} {reason}{tries}: {excerpt(text, redact=redact)!r} ({hint})."
 
 
 def _retryable(cause: BaseException) -> bool:
@@ -228,125 +219,3 @@ def _retryable(cause: BaseException) -> bool:
     if isinstance(cause, ConnectionError):  # refused, reset, RemoteDisconnected
         return True
     return isinstance(cause, OSError) and not isinstance(cause, http.client.HTTPException)
-
-
-class _AnswerReader:
-    """Reads one answer (server-sent events or one JSON body) into ``(reasoning, content)`` text,
-    counting what arrived for the deadline message and refusing answers over ``MAX_ANSWER_CHARS``."""
-
-    def __init__(self, backend: OpenAIBackend, redact: Redactor, on_token: Optional[TokenCallback],
-                 max_tokens: int):
-        self.url, self.model = backend.url, backend.model
-        self.redact = redact
-        self.report = on_token or (lambda n, total: None)
-        self.max_tokens = max_tokens
-        self.chars = 0
-        self.waiting_for = "an answer"
-
-    def read(self, exchange: Exchange, head: Head) -> str:
-        self.waiting_for = "the rest of the answer"
-        if "event-stream" in head.header("Content-Type"):
-            content, reasoning = self._read_stream(self._lines(exchange.chunks()))
-        else:  # the server ignored stream=true (or we did not ask): one JSON body
-            body = self._body(exchange.chunks())
-            if body.lstrip().startswith(b"data:"):  # SSE sent with a wrong content type
-                content, reasoning = self._read_stream(iter(body.splitlines()))
-            else:
-                content, reasoning = self._read_body(body)
-        # Servers with a reasoning parser split the thinking off; keep it in the usual inline form.
-        text = f"<think>\n{reasoning}\n</think>\n\n{content}" if reasoning else content
-        return self.redact.secrets(text)
-
-    def _body(self, chunks: Iterable[bytes]) -> bytes:
-        parts, size = [], 0
-        for chunk in chunks:
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise self._over_long(f"the body passed {MAX_BODY_BYTES:,} bytes")
-            parts.append(chunk)
-        return b"".join(parts)
-
-    def _lines(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
-        pending = b""
-        for chunk in chunks:
-            lines = (pending + chunk).split(b"\n")
-            pending = lines.pop()
-            yield from lines
-            if len(pending) > MAX_BODY_BYTES:
-                raise self._over_long(f"one event passed {MAX_BODY_BYTES:,} bytes")
-        if pending:
-            yield pending
-
-    def _read_stream(self, lines: Iterator[bytes]) -> tuple[str, str]:
-        content, reasoning, chunks, saw_choices = [], [], 0, False
-        for raw in lines:
-            line = raw.decode("utf-8", errors="replace").strip()
-            if not line.startswith("data:"):
-                continue  # blank separators, comments (": ping"), event: lines
-            data = line[len("data:"):].strip()
-            if data == "[DONE]":
-                break
-            chunk = self._parse_json(data, "a streamed chunk")
-            choices = chunk.get("choices")
-            if not choices or not isinstance(choices[0], dict):
-                continue  # usage-only chunks carry no choices
-            saw_choices = True
-            delta = choices[0].get("delta") or {}
-            piece = _text(delta.get("content"))
-            thought = _text(delta.get("reasoning_content") or delta.get("reasoning"))
-            content.append(piece)
-            reasoning.append(thought)
-            if piece or thought:
-                self._count(len(piece) + len(thought))
-                chunks += 1
-                self.report(chunks, self.max_tokens)
-        if not saw_choices:
-            raise VLMError(f"The stream from {self.url} carried no 'choices'; it is not an OpenAI-compatible "
-                           "chat-completions stream.")
-        return "".join(content), "".join(reasoning)
-
-    def _read_body(self, body: bytes) -> tuple[str, str]:
-        answer = self._parse_json(body, "the answer")
-        choices = answer.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            keys = ", ".join(excerpt(str(k), 40) for k in list(answer)[:20]) or "none"
-            raise VLMError(f"The answer from {self.url} has no 'choices' (got keys: {self.redact(keys)}): "
-                           f"{self.redact(excerpt(body))!r}")
-        message = choices[0].get("message") or {}
-        content = _text(message.get("content"))
-        reasoning = _text(message.get("reasoning_content") or message.get("reasoning"))
-        self._count(len(content) + len(reasoning))
-        usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
-        tokens = usage.get("completion_tokens")
-        self.report(tokens if isinstance(tokens, int) and tokens > 0 else 1, self.max_tokens)
-        return content, reasoning
-
-    def _count(self, chars: int) -> None:
-        self.chars += chars
-        if self.chars > MAX_ANSWER_CHARS:
-            raise self._over_long(f"more than {MAX_ANSWER_CHARS:,} characters arrived")
-
-    def _over_long(self, what: str) -> VLMError:
-        return VLMError(
-            f"The answer from {self.model} at {self.url} is over-long: {what}, past the limit of "
-            f"{MAX_ANSWER_CHARS:,} characters for one answer (max tokens was {self.max_tokens:,}). That is a runaway "
-            "generation or a server that ignores max_tokens: lower max_new_tokens, or check that the server "
-            "honours max_tokens. The answer was not parsed.")
-
-    def _parse_json(self, data: str | bytes, what: str) -> dict:
-        try:
-            parsed = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise VLMError(f"{what.capitalize()} from {self.url} is not valid JSON ({exc}): "
-                           f"{self.redact(excerpt(data))!r}") from None
-        if not isinstance(parsed, dict):
-            raise VLMError(f"{what.capitalize()} from {self.url} is not a JSON object: {self.redact(excerpt(data))!r}")
-        if "error" in parsed and "choices" not in parsed:  # also a streamed error event
-            error = parsed["error"]
-            detail = error.get("message", error) if isinstance(error, dict) else error
-            raise VLMError(f"{self.url} reported an error: {self.redact(excerpt(str(detail)))}")
-        return parsed
-
-
-def _text(value: Any) -> str:
-    return value if isinstance(value, str) else ""
