@@ -51,7 +51,8 @@ def main() -> None:
     import torch
     from PIL import Image
 
-    from fmcgm.extractor import extract_graph, propagate, propose_interventions
+    from fmcgm.extraction import extract_graph
+    from fmcgm.manipulator import propagate, propose_interventions
     from fmcgm.vlm.transformers_backend import TransformersBackend
     torch.set_num_threads(1)
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from .graph import CausalGraph, GraphError
+from .manipulator import Intervention, check_concept, check_intervention
+from .text import short
 
 
 def graph_fingerprint(graph: CausalGraph) -> str:
@@ -26,36 +28,28 @@ def clean_text(text: Optional[str]) -> str:
     return " ".join(str(text or "").split())
 
 
-def checked_intervention(graph: CausalGraph, concept: str, value: str, where: str) -> tuple[str, str]:
-    """(concept name as the graph spells it, value), or ("", "") for no intervention; GraphError otherwise."""
-    concept, value = clean_text(concept), clean_text(value)
-    if not concept:
-        if value:
-            raise GraphError(f"{where}: intervene_value is {value!r} but intervene_concept is empty; "
-                             "pick the concept to intervene on")
-        return "", ""
-    try:
-        target = graph.concept(concept)
-    except GraphError as error:
-        raise GraphError(f"{where}: intervene_concept {concept!r} is not in the graph: {error}") from None
-    if not value:
-        raise GraphError(f"{where}: intervene_value is empty; type the new value for {target.name!r} "
-                         f"(its current value is {target.value!r})")
-    return target.name, value
+def checked_intervention(graph: CausalGraph, concept: str, value: str, where: str) -> Intervention:
+    """The editor's do(concept = value) (``manipulator.check_intervention``), or an empty
+    Intervention when none is chosen; GraphError names the widget otherwise."""
+    if not clean_text(concept):
+        if clean_text(value):
+            raise GraphError(f"{where}: intervene_value is {short(clean_text(value))} but intervene_concept is "
+                             "empty; pick the concept to intervene on")
+        return Intervention("", "", changes=False)
+    return check_intervention(graph, concept, value, where, "intervene_concept", "intervene_value")
 
 
 def drawing_intervention(graph: CausalGraph, concept: str, value: str, where: str
-                         ) -> tuple[Optional[str], Optional[dict[str, str]]]:
-    """For drawing a graph with an optional intervention: (concept or None, new values or None).
+                         ) -> tuple[Optional[str], Optional[dict[str, str]], list[str]]:
+    """For drawing a graph with an optional intervention: (concept or None, new values or None, notes).
     Unlike the editor, a concept without a value is fine here (roles shown, no new value)."""
-    concept, value = clean_text(concept), clean_text(value)
-    if not concept:
-        return None, None
-    try:
-        name = graph.concept(concept).name
-    except GraphError as error:
-        raise GraphError(f"{where}: intervene_concept {concept!r} is not in the graph: {error}") from None
-    return name, ({name: value} if value else None)
+    if not clean_text(concept):
+        return None, None, []
+    if not clean_text(value):
+        name, notes = check_concept(graph, concept, where, "intervene_concept")
+        return name, None, notes
+    checked = check_intervention(graph, concept, value, where, "intervene_concept", "intervene_value")
+    return checked.concept, {checked.concept: checked.value}, list(checked.notes)
 
 
 @dataclass(frozen=True)
@@ -84,7 +78,7 @@ def resolve_editor(graph_json: str, intervene_concept: str, intervene_value: str
     edited_by_hand = bool(str(graph_json or "").strip())
     if edited_by_hand:
         try:
-            edited = CausalGraph.from_json(graph_json)
+            reading = CausalGraph.read_json(graph_json)
         except GraphError as error:
             raise GraphError(f"{where}: the edited graph (widget 'graph_json') is invalid: {error}. "
                              "Fix it in the editor, or clear 'graph_json' to use the incoming graph.") from None
@@ -96,7 +90,9 @@ def resolve_editor(graph_json: str, intervene_concept: str, intervene_value: str
         if upstream and base and base != upstream_fp:
             stale = True
             report.append(STALE_MESSAGE)
+        edited = reading.graph
         report.insert(0, f"Edited graph: {len(edited.concepts)} concept(s), {len(edited.edges)} edge(s).")
+        report[1:1] = [f"graph_json: {line}" for line in reading.repairs]
         graphs = [edited]
     elif upstream:
         graphs = upstream
@@ -105,10 +101,12 @@ def resolve_editor(graph_json: str, intervene_concept: str, intervene_value: str
     else:
         raise GraphError(f"{where}: nothing to edit; connect a causal graph (e.g. from the Concept Extractor) "
                          "or add concepts in the editor")
-    concept = value = ""
+    checked = Intervention("", "", changes=False)
     for number, graph in enumerate(graphs, 1):
         label = where + (f" (graph #{number})" if len(graphs) > 1 else "")
-        concept, value = checked_intervention(graph, intervene_concept, intervene_value, label)
-    report.append(f"Intervention: do({concept} = {value})." if concept else "No intervention chosen.")
-    return EditorResult(graphs, concept, value, "\n".join(report), edited=edited_by_hand, stale=stale,
-                        upstream_fingerprint=upstream_fp)
+        checked = checked_intervention(graph, intervene_concept, intervene_value, label)
+        report.extend(note for note in checked.notes if note not in report)
+    report.append(f"Intervention: do({checked.concept} = {checked.value})." if checked.concept
+                  else "No intervention chosen.")
+    return EditorResult(graphs, checked.concept, checked.value, "\n".join(report), edited=edited_by_hand,
+                        stale=stale, upstream_fingerprint=upstream_fp)

@@ -39,11 +39,10 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 from .graph import concept_key
 from .parsing import ModelAnswerError, answer_excerpt, extract_json, field_key
 from .prompts import object_schema
-from .vlm.base import ChatMessage, GenerationRequest, TokenCallback
+from .roles import Role
+from .vlm.base import TokenCallback
+from .vlm_calls import Sampling, build_request
 
-INTERVENED = "intervened"
-DESCENDANT = "descendant"
-INVARIANT = "invariant"
 
 VGG16_FILE = "vgg16-397923af.pth"
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
@@ -83,7 +82,7 @@ def effectiveness_prompt(items: Sequence[tuple[str, str]]) -> str:
 class Verdict:
     concept: str
     value: str
-    role: str  # INTERVENED, DESCENDANT (changed) or INVARIANT (non-descendant, factual value)
+    role: Role  # INTERVENED, DESCENDANT (changed) or INVARIANT (non-descendant, factual value)
     present: Optional[bool]  # None: the model gave no usable verdict
 
     @property
@@ -147,7 +146,8 @@ class EffectivenessResult:
 
     def to_dict(self) -> dict[str, Any]:
         def rows(verdicts):
-            return [{"concept": v.concept, "value": v.value, "role": v.role, "present": v.present} for v in verdicts]
+            return [{"concept": v.concept, "value": v.value, "role": str(v.role), "present": v.present}
+                    for v in verdicts]
         return {"score": self.score, "verdicts": rows(self.verdicts), "unjudged": list(self.unjudged),
                 "invariance": self.invariance, "invariance_verdicts": rows(self.invariance_verdicts),
                 "repairs": list(self.repairs)}
@@ -155,14 +155,16 @@ class EffectivenessResult:
 
 def counterfactual_targets(counterfactual) -> list[tuple[str, str, str]]:
     """(concept, value, role) the edited image should show: the intervention, then changed descendants."""
-    return [(counterfactual.concept, counterfactual.value, INTERVENED),
-            *((name, counterfactual.descendant_values[name], DESCENDANT) for name in counterfactual.changed)]
+    return [(counterfactual.concept, counterfactual.value, Role.INTERVENED),
+            *((name, counterfactual.descendant_values[name], Role.DESCENDANT)
+              for name in counterfactual.changed)]
 
 
 def invariant_targets(counterfactual) -> list[tuple[str, str, str]]:
-    """(concept, factual value, INVARIANT) for every non-descendant of the intervened concept."""
+    """(concept, factual value, Role.INVARIANT) for every non-descendant of the intervened concept."""
     graph = counterfactual.graph
-    return [(name, graph.concept(name).value, INVARIANT) for name in graph.non_descendants(counterfactual.concept)]
+    return [(name, graph.concept(name).value, Role.INVARIANT)
+            for name in graph.non_descendants(counterfactual.concept)]
 
 
 def vlm_effectiveness(backend, image, counterfactual, *, invariance: bool = True, temperature: float = 0.1,
@@ -174,11 +176,9 @@ def vlm_effectiveness(backend, image, counterfactual, *, invariance: bool = True
     targets = counterfactual_targets(counterfactual)
     if invariance:
         targets += invariant_targets(counterfactual)
-    request = GenerationRequest(
-        messages=[ChatMessage("system", EVAL_SYSTEM_PROMPT),
-                  ChatMessage("user", effectiveness_prompt([(n, v) for n, v, _ in targets]), images=[image])],
-        json_schema=effectiveness_schema([n for n, _, _ in targets]), temperature=temperature,
-        max_new_tokens=max_new_tokens, seed=seed, enable_thinking=enable_thinking)
+    request = build_request(effectiveness_prompt([(n, v) for n, v, _ in targets]), image,
+                            effectiveness_schema([n for n, _, _ in targets]),
+                            Sampling(temperature, max_new_tokens, seed, enable_thinking), system=EVAL_SYSTEM_PROMPT)
     answer = backend.generate(request, on_token)
     return effectiveness_from_answer(targets, answer)
 
@@ -190,8 +190,8 @@ def effectiveness_from_answer(targets: Sequence[tuple[str, str, str]], answer: A
     missing = [v.concept for v in verdicts if v.present is None]
     if missing and not any(r.startswith("the answer could not be read") for r in repairs):
         repairs.append(f"no verdict for {', '.join(map(repr, missing))}: reported as unjudged")
-    return EffectivenessResult(tuple(v for v in verdicts if v.role != INVARIANT),
-                               tuple(v for v in verdicts if v.role == INVARIANT), tuple(repairs),
+    return EffectivenessResult(tuple(v for v in verdicts if v.role != Role.INVARIANT),
+                               tuple(v for v in verdicts if v.role == Role.INVARIANT), tuple(repairs),
                                answer if isinstance(answer, str) else repr(answer))
 
 

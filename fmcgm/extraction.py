@@ -1,31 +1,28 @@
-"""Drive a ``VLMBackend`` through the FM-CGM calls: graph extraction, propagation, proposals.
+"""Graph extraction (paper Sec. 5.1): three VLM requests, read leniently and repaired.
 
-Each call is one self-contained request (system prompt, then the image with the stage's
-prompt) with the stage's JSON schema; later stages carry what earlier ones found in their
-prompt text. Answers go through the lenient parser and repair; whatever cannot be read
-raises ``ModelAnswerError`` naming the stage. Backend errors (``VLMError``) and exceptions
-raised by ``on_token`` (a cancelled queue) pass through unchanged.
+(1) visual description, (2) concept identification, (3) causal edges among the concepts.
+Each request is self-contained (``vlm_calls``); later stages carry what earlier ones found
+in their prompt text. Answers go through the lenient parser and repair; whatever cannot be
+read raises ``ModelAnswerError`` naming the stage. Backend errors (``VLMError``) and
+exceptions raised by ``on_token`` (a cancelled queue) pass through unchanged.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .graph import CausalGraph, Concept, GraphError, RepairResult, repair_concepts, repair_edges
-from .manipulator import Counterfactual, apply_intervention, counterfactual_from_answer, counterfactuals_from_proposals
-from .parsing import (DESCRIPTION_FIELDS, GRAPH_FIELDS, PROPAGATION_FIELDS, PROPOSALS_FIELDS, ModelAnswerError,
-                      answer_text, as_text, canonical_keys, extract_json, find_fields, parse_model_answer)
-from .prompts import (DEFAULT_MAX_CONCEPTS, SYSTEM_PROMPT, concepts_prompt, concepts_schema, description_prompt,
-                      description_schema, edges_prompt, edges_schema, propagation_prompt, propagation_schema,
-                      proposals_prompt, proposals_schema)
-from .vlm.base import ChatMessage, GenerationRequest, TokenCallback, VLMBackend
+from .graph import (CausalGraph, Concept, GraphError, RepairResult, as_clean_text, repair_concepts,
+                    repair_description, repair_edges)
+from .parsing import DESCRIPTION_FIELDS, GRAPH_FIELDS, ModelAnswerError, answer_text, parse_model_answer
+from .prompts import (DEFAULT_MAX_CONCEPTS, concepts_prompt, concepts_schema, description_prompt, description_schema,
+                      edges_prompt, edges_schema)
+from .text import MAX_CONCEPTS, MAX_SCENE_CHARS, clean, length_message
+from .vlm.base import TokenCallback, VLMBackend
+from .vlm_calls import Sampling, StageRunner
 
 STAGE_DESCRIPTION = "stage 1 (visual description)"
 STAGE_CONCEPTS = "stage 2 (concept identification)"
 STAGE_EDGES = "stage 3 (causal graph)"
-STAGE_PROPAGATION = "manipulator (propagation)"
-STAGE_PROPOSALS = "manipulator (automatic interventions)"
 
 # A plain-text stage-1 answer longer than this is not taken as a description.
 MAX_PLAIN_DESCRIPTION_CHARS = 1500
@@ -40,57 +37,22 @@ class ExtractionResult:
     stage_answers: dict[str, str] = field(hash=False)  # "description", "concepts", "edges"
 
 
-@dataclass(frozen=True)
-class _Caller:
-    """Sends one stage's request; keeps the sampling settings and the shared progress bar."""
-
-    backend: VLMBackend
-    image: Any
-    temperature: float
-    max_new_tokens: int
-    seed: int
-    on_token: Optional[TokenCallback]
-    enable_thinking: bool
-    stage_count: int = 1
-
-    def ask(self, prompt: str, schema: dict, stage: str, stage_index: int = 0) -> str:
-        images = [] if self.image is None else [self.image]
-        request = GenerationRequest(
-            messages=[ChatMessage("system", SYSTEM_PROMPT), ChatMessage("user", prompt, images)],
-            json_schema=schema, temperature=self.temperature, max_new_tokens=self.max_new_tokens,
-            seed=self.seed, enable_thinking=self.enable_thinking)
-        answer = self.backend.generate(request, self._progress(stage_index))
-        if not isinstance(answer, str):
-            raise ModelAnswerError(f"the backend returned {type(answer).__name__} instead of text", repr(answer), stage)
-        return answer
-
-    def _progress(self, stage_index: int) -> Optional[TokenCallback]:
-        """One progress bar over all stages: stage k fills the k-th part."""
-        if self.on_token is None:
-            return None
-        report, stages = self.on_token, self.stage_count
-
-        def on_token(done: int, total: int) -> None:
-            report(stage_index * total + done, stages * total)
-        return on_token
-
-
-# ================================================================ extraction (paper Sec. 5.1)
-
 def extract_graph(backend: VLMBackend, image: Any, caption: Optional[str] = None, temperature: float = 0.1,
                   max_new_tokens: int = 2048, seed: int = 0, on_token: Optional[TokenCallback] = None, *,
                   max_concepts: int = DEFAULT_MAX_CONCEPTS, enable_thinking: bool = False) -> ExtractionResult:
     """Describe the image, identify its concepts, then the causal edges among them (three requests)."""
-    if max_concepts < 1:
-        raise ValueError(f"max_concepts must be at least 1, got {max_concepts}")
-    caller = _Caller(backend, image, temperature, max_new_tokens, seed, on_token, enable_thinking, stage_count=3)
-    answers: dict[str, str] = {}
+    if not 1 <= max_concepts <= MAX_CONCEPTS:
+        raise ValueError(f"max_concepts must be between 1 and {MAX_CONCEPTS}, got {max_concepts}")
     repairs: list[str] = []
+    caption = _checked_caption(caption, repairs)
+    runner = StageRunner(backend, image, Sampling(temperature, max_new_tokens, seed, enable_thinking), on_token,
+                         stage_count=3)
+    answers: dict[str, str] = {}
 
-    answers["description"] = caller.ask(description_prompt(caption), description_schema(), STAGE_DESCRIPTION, 0)
+    answers["description"] = runner.ask(description_prompt(caption), description_schema(), STAGE_DESCRIPTION, 0)
     description = _read_description(answers["description"], caption, repairs)
 
-    answers["concepts"] = caller.ask(concepts_prompt(description, max_concepts), concepts_schema(max_concepts),
+    answers["concepts"] = runner.ask(concepts_prompt(description, max_concepts), concepts_schema(max_concepts),
                                      STAGE_CONCEPTS, 1)
     concepts = _read_concepts(answers["concepts"], max_concepts, repairs)
 
@@ -99,30 +61,46 @@ def extract_graph(backend: VLMBackend, image: Any, caption: Optional[str] = None
         edges: tuple = ()
     else:
         names = [c.name for c in concepts]
-        answers["edges"] = caller.ask(edges_prompt(description, concepts), edges_schema(names), STAGE_EDGES, 2)
+        answers["edges"] = runner.ask(edges_prompt(description, concepts), edges_schema(names), STAGE_EDGES, 2)
         edges = _read_edges(answers["edges"], concepts, repairs)
     return ExtractionResult(CausalGraph(concepts, edges, description), tuple(repairs), answers)
 
 
+def _checked_caption(caption: Any, repairs: list[str]) -> Optional[str]:
+    """The artist's caption, tidied and without invisible characters (reported); None when blank."""
+    if caption is None:
+        return None
+    if not isinstance(caption, str):
+        raise ValueError(f"caption must be text, got {type(caption).__name__}")
+    if len(caption) > MAX_SCENE_CHARS:
+        raise ValueError(length_message("caption", caption, MAX_SCENE_CHARS,
+                                        "a caption is a sentence or two describing the picture"))
+    return clean(caption, "caption", repairs) or None
+
+
 def _read_description(answer: str, caption: Optional[str], repairs: list[str]) -> str:
     """The scene description; a plain-text answer is used as is; the caption is the fallback."""
+    notes: list[str] = []
     try:
-        description = as_text(parse_model_answer(answer, DESCRIPTION_FIELDS).get("description"))
+        found = parse_model_answer(answer, DESCRIPTION_FIELDS).get("description")
+        description = repair_description(found, "the description", notes)
         problem = "its description is empty"
     except ModelAnswerError as error:
         description, problem = None, error.reason
-        plain = as_text(answer_text(answer))
+        plain = as_clean_text(answer_text(answer), "the description", notes)
         if plain and len(plain) <= MAX_PLAIN_DESCRIPTION_CHARS and not any(c in plain for c in "{}[]"):
             repairs.append(f"{STAGE_DESCRIPTION}: the answer is not JSON; used its text as the description")
+            repairs.extend(f"{STAGE_DESCRIPTION}: {line}" for line in notes)
             return plain
     if description:
+        repairs.extend(f"{STAGE_DESCRIPTION}: {line}" for line in notes)
         return description
-    fallback = as_text(caption)
-    if fallback:
+    if caption:
         repairs.append(f"{STAGE_DESCRIPTION}: the answer is not usable ({problem}); used the caption instead")
-        return fallback
-    raise ModelAnswerError(f"no usable scene description ({problem}) and no caption to fall back on; "
-                           "give a caption or raise max_new_tokens", answer, STAGE_DESCRIPTION)
+        return caption
+    hint = "give a caption" + ("" if "too long" in problem else " or raise max_new_tokens")
+    raise ModelAnswerError(f"no usable scene description ({problem}) and no caption to fall back on; {hint}",
+                           answer, STAGE_DESCRIPTION)
 
 
 def _read_concepts(answer: str, max_concepts: int, repairs: list[str]) -> tuple[Concept, ...]:
@@ -157,70 +135,3 @@ def graph_from_answer(answer: str, description: Optional[str] = None) -> RepairR
         return CausalGraph.from_model_answer(answer, description)
     except GraphError as error:
         raise ModelAnswerError(str(error), answer) from None
-
-
-# ================================================================ manipulation (paper Sec. 5.2)
-
-def propagate(backend: VLMBackend, graph: CausalGraph, concept: str, value: str, image: Any = None,
-              temperature: float = 0.1, max_new_tokens: int = 2048, seed: int = 0,
-              on_token: Optional[TokenCallback] = None, *, enable_thinking: bool = False) -> Counterfactual:
-    """Manual mode: do(concept = value), with the model proposing descendant values and prompts."""
-    checked = apply_intervention(graph, concept, value)  # GraphError before any model call
-    caller = _Caller(backend, image, temperature, max_new_tokens, seed, on_token, enable_thinking)
-    answer = caller.ask(propagation_prompt(graph, checked.concept, checked.value),
-                        propagation_schema(graph, checked.concept), STAGE_PROPAGATION)
-    try:
-        decoded = extract_json(answer, prefer=lambda obj: find_fields(obj, PROPAGATION_FIELDS) is not None)
-    except ModelAnswerError as error:
-        raise error.for_stage(STAGE_PROPAGATION) from None
-    record = find_fields(decoded, PROPAGATION_FIELDS) or decoded
-    return counterfactual_from_answer(graph, checked.concept, checked.value, record)
-
-
-def propose_interventions(backend: VLMBackend, graph: CausalGraph, n: int = 3, image: Any = None,
-                          temperature: float = 0.2, max_new_tokens: int = 3072, seed: int = 0,
-                          on_token: Optional[TokenCallback] = None, *,
-                          enable_thinking: bool = False) -> list[Counterfactual]:
-    """Automatic mode: the model proposes ``n`` diverse interventions, each on a different concept.
-
-    Dropped proposals and a shortfall are reported in every returned counterfactual's reports.
-    """
-    if n < 1:
-        raise ValueError(f"the number of interventions must be at least 1, got {n}")
-    notes: list[str] = []
-    if n > len(graph.concepts):
-        notes.append(f"asked for {len(graph.concepts)} interventions, not {n}: the graph has only "
-                     f"{len(graph.concepts)} concepts and each intervention needs its own")
-        n = len(graph.concepts)
-    caller = _Caller(backend, image, temperature, max_new_tokens, seed, on_token, enable_thinking)
-    answer = caller.ask(proposals_prompt(graph, n), proposals_schema(graph, n), STAGE_PROPOSALS)
-    proposals = _read_proposals(answer)
-    result = counterfactuals_from_proposals(graph, proposals, n)
-    notes.extend(result.reports)
-    if not result.counterfactuals:
-        raise ModelAnswerError("no usable intervention in the answer" + (f" ({'; '.join(notes)})" if notes else ""),
-                               answer, STAGE_PROPOSALS)
-    if len(result.counterfactuals) < n:
-        notes.append(f"the model proposed {len(result.counterfactuals)} usable interventions of the {n} asked for")
-    prefixed = tuple(f"{STAGE_PROPOSALS}: {line}" for line in notes)
-    return [dataclasses.replace(cf, reports=prefixed + cf.reports) for cf in result.counterfactuals]
-
-
-_SINGLE_PROPOSAL_FIELDS = {name: PROPAGATION_FIELDS[name] for name in ("concept", "value")}
-
-
-def _read_proposals(answer: str) -> Any:
-    """The list of proposals: under "interventions", a bare list, or one unwrapped proposal."""
-    try:
-        decoded = extract_json(answer, prefer=lambda obj: find_fields(obj, PROPOSALS_FIELDS) is not None)
-    except ModelAnswerError as error:
-        raise error.for_stage(STAGE_PROPOSALS) from None
-    if isinstance(decoded, list):
-        return decoded
-    record = find_fields(decoded, PROPOSALS_FIELDS)
-    if record is not None:
-        return canonical_keys(record, PROPOSALS_FIELDS)["interventions"]
-    single = find_fields(decoded, _SINGLE_PROPOSAL_FIELDS)
-    if single is not None:
-        return [single]
-    raise ModelAnswerError("the answer holds no list of interventions", answer, STAGE_PROPOSALS)

@@ -19,6 +19,9 @@ import networkx as nx
 
 from .parsing import (CONCEPT_FIELDS, EDGE_FIELDS, GRAPH_FIELDS, ModelAnswerError, as_confidence, as_text,
                       canonical_keys, parse_model_answer)
+from .text import (MAX_CONCEPT_DESCRIPTION_CHARS, MAX_CONCEPTS, MAX_GRAPH_JSON_CHARS, MAX_NAME_CHARS,
+                   MAX_SCENE_CHARS, MAX_VALUE_CHARS, clean, length_message, quoted, removal_note, short,
+                   strip_invisible, tidy)
 
 
 class GraphError(ValueError):
@@ -30,16 +33,22 @@ def concept_key(name: str) -> str:
     return " ".join(re.sub(r"[_\-]", " ", name).split()).casefold()
 
 
-def _quoted(names: Iterable[str]) -> str:
-    return ", ".join(repr(n) for n in names) or "none"
+def require_text(value: Any, what: str, allow_empty: bool = False, limit: Optional[int] = None) -> str:
+    """``value`` as text with whitespace tidied; GraphError naming ``what`` otherwise.
 
-
-def _require_text(value: Any, what: str, allow_empty: bool = False) -> str:
-    """``value`` as text with whitespace tidied; GraphError naming ``what`` otherwise."""
+    Strict: text holding invisible or control characters is refused (lenient readers remove
+    them first and report it, see ``text.clean``), and so is text over ``limit`` characters.
+    """
     if not isinstance(value, str):
         kind = "nothing" if value is None else type(value).__name__
-        raise GraphError(f"{what} must be text (a JSON string), got {kind}: {_short(value)}")
-    text = " ".join(value.split())
+        raise GraphError(f"{what} must be text (a JSON string), got {kind}: {short(value)}")
+    if limit is not None and len(value) > limit:
+        raise GraphError(length_message(what, value, limit))
+    _, removed = strip_invisible(value)
+    if removed:
+        raise GraphError(f"{what} ({short(value)}) holds invisible or control characters "
+                         f"({', '.join(removed[:4])}); remove them")
+    text = tidy(value)
     if not text and not allow_empty:
         raise GraphError(f"{what} is empty; give it some text")
     return text
@@ -54,13 +63,15 @@ class Concept:
     description: str = ""
 
     def __post_init__(self) -> None:
-        name = _require_text(self.name, "concept name")
+        name = require_text(self.name, "concept name", limit=MAX_NAME_CHARS)
         if not concept_key(name):
             raise GraphError(f"concept name {name!r} has no letters or digits; give it a real name")
         object.__setattr__(self, "name", name)
-        object.__setattr__(self, "value", _require_text(self.value, f"value of concept {name!r}"))
+        object.__setattr__(self, "value", require_text(self.value, f"value of concept {name!r}",
+                                                       limit=MAX_VALUE_CHARS))
         object.__setattr__(self, "description",
-                           _require_text(self.description, f"description of concept {name!r}", allow_empty=True))
+                           require_text(self.description, f"description of concept {name!r}", allow_empty=True,
+                                        limit=MAX_CONCEPT_DESCRIPTION_CHARS))
 
     @property
     def key(self) -> str:
@@ -95,7 +106,8 @@ class CausalGraph:
         object.__setattr__(self, "concepts", concepts)
         object.__setattr__(self, "edges", edges)
         object.__setattr__(self, "description",
-                           _require_text(self.description, "the scene description", allow_empty=True))
+                           require_text(self.description, "the scene description", allow_empty=True,
+                                        limit=MAX_SCENE_CHARS))
         cycle = _find_cycle(self._nx)
         if cycle:
             raise GraphError(f"the edges form a cycle: {' -> '.join(repr(n) for n in cycle)}; "
@@ -109,6 +121,9 @@ class CausalGraph:
         if not concepts:
             raise GraphError("the graph has no concepts; add at least one, e.g. "
                              '{"name": "weather", "value": "rainy"}')
+        if len(concepts) > MAX_CONCEPTS:
+            raise GraphError(f"the graph has {len(concepts):,} concepts; the limit is {MAX_CONCEPTS}: "
+                             "remove some, or merge the ones that describe the same thing")
         seen: dict[str, int] = {}
         for number, concept in enumerate(concepts, 1):
             if not isinstance(concept, Concept):
@@ -136,8 +151,8 @@ class CausalGraph:
                 name = getattr(edge, role)
                 key = concept_key(name) if isinstance(name, str) else None
                 if key not in names_by_key:
-                    raise GraphError(f"edge #{number} names unknown concept {name!r} as its {role}; "
-                                     f"known concepts: {_quoted(names_by_key.values())}")
+                    raise GraphError(f"edge #{number} names unknown concept {short(name)} as its {role}; "
+                                     f"known concepts: {quoted(names_by_key.values())}")
                 ends.append(names_by_key[key])
             cause, effect = ends
             if cause == effect:
@@ -180,10 +195,10 @@ class CausalGraph:
         """The concept called ``name``; GraphError listing the known concepts otherwise."""
         found = self.find(name)
         if found is None:
-            close = difflib.get_close_matches(concept_key(name) if isinstance(name, str) else "",
-                                              list(self._by_key), n=1)
+            key = concept_key(name) if isinstance(name, str) and len(name) <= MAX_NAME_CHARS else ""
+            close = difflib.get_close_matches(key, list(self._by_key), n=1) if key else []
             hint = f" Did you mean {self._by_key[close[0]].name!r}?" if close else ""
-            raise GraphError(f"unknown concept {name!r}; known concepts: {_quoted(self.names)}.{hint}")
+            raise GraphError(f"unknown concept {short(name)}; known concepts: {quoted(self.names)}.{hint}")
         return found
 
     @cached_property
@@ -254,38 +269,40 @@ class CausalGraph:
         return "\n".join(lines)
 
     @classmethod
-    def from_dict(cls, data: Any) -> "CausalGraph":
-        """Strictly read the ``to_dict`` form; GraphError says what to fix."""
+    def from_dict(cls, data: Any, notes: Optional[list[str]] = None) -> "CausalGraph":
+        """Strictly read the ``to_dict`` form; GraphError says what to fix.
+
+        With a ``notes`` list, invisible and control characters are removed from every text
+        (one line per cleaned text is appended to ``notes``) instead of refused.
+        """
         if not isinstance(data, Mapping):
             raise GraphError(f"a causal graph must be a JSON object with 'description', 'concepts' and 'edges', "
                              f"got {type(data).__name__}")
-        _reject_unknown_keys(data, ("description", "concepts", "edges"), "the graph")
+        reject_unknown_keys(data, ("description", "concepts", "edges"), "the graph")
         if "concepts" not in data:
             raise GraphError("the graph has no 'concepts' list; add "
                              '"concepts": [{"name": "weather", "value": "rainy"}, ...]')
-        concepts = [_concept_from_dict(item, number)
-                    for number, item in enumerate(_require_list(data["concepts"], "'concepts'"), 1)]
-        edges = [_edge_from_dict(item, number)
+        items = _require_list(data["concepts"], "'concepts'")
+        if len(items) > MAX_CONCEPTS:  # before reading them all
+            raise GraphError(f"the graph has {len(items):,} concepts; the limit is {MAX_CONCEPTS}: remove some")
+        concepts = [_concept_from_dict(item, number, notes) for number, item in enumerate(items, 1)]
+        edges = [_edge_from_dict(item, number, notes)
                  for number, item in enumerate(_require_list(data.get("edges", []), "'edges'"), 1)]
-        return cls(tuple(concepts), tuple(edges), _require_text(data.get("description", ""), "'description'",
-                                                                 allow_empty=True))
+        return cls(tuple(concepts), tuple(edges), _field_text(data.get("description", ""), "'description'", notes,
+                                                              allow_empty=True, limit=MAX_SCENE_CHARS))
 
     @classmethod
     def from_json(cls, text: str) -> "CausalGraph":
         """Strictly read graph JSON (e.g. edited by an artist); GraphError says what to fix."""
-        if not isinstance(text, str):
-            raise GraphError(f"graph JSON must be text, got {type(text).__name__}")
-        if not text.strip():
-            raise GraphError("the graph JSON is empty; paste a graph or connect an extractor")
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as error:
-            line = text.splitlines()[error.lineno - 1] if error.lineno <= len(text.splitlines()) else ""
-            raise GraphError(f"the graph is not valid JSON: {error.msg} at line {error.lineno} column {error.colno} "
-                             f"(look for a missing comma, quote or bracket near: {line.strip()[:80]!r})") from None
-        except (ValueError, RecursionError) as error:
-            raise GraphError(f"the graph is not valid JSON: {error}") from None
-        return cls.from_dict(data)
+        return cls.from_dict(_graph_json_data(text))
+
+    @classmethod
+    def read_json(cls, text: str) -> "RepairResult":
+        """Read graph JSON an artist wrote: strict like ``from_json``, except that invisible and
+        control characters are removed from names, values and descriptions, one line per text."""
+        notes: list[str] = []
+        graph = cls.from_dict(_graph_json_data(text), notes)
+        return RepairResult(graph, tuple(notes))
 
     @classmethod
     def from_model_answer(cls, text: str, description: Optional[str] = None) -> "RepairResult":
@@ -311,39 +328,73 @@ def _require_list(value: Any, what: str) -> list:
     return value
 
 
-def _reject_unknown_keys(record: Mapping, allowed: tuple[str, ...], what: str) -> None:
+def reject_unknown_keys(record: Mapping, allowed: tuple[str, ...], what: str) -> None:
+    """GraphError naming the first key of ``record`` not in ``allowed`` (with a close match)."""
     for key in record:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; allowed keys: {_quoted(allowed)}"
-            raise GraphError(f"{what} has an unknown key {key!r}{hint}")
+            close = difflib.get_close_matches(str(key)[:MAX_NAME_CHARS], allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; allowed keys: {quoted(allowed)}"
+            raise GraphError(f"{what} has an unknown key {short(key)}{hint}")
 
 
-def _concept_from_dict(item: Any, number: int) -> Concept:
+def _graph_json_data(text: Any) -> Any:
+    """Decoded graph JSON, within the size limit; GraphError saying where the syntax breaks."""
+    if not isinstance(text, str):
+        raise GraphError(f"graph JSON must be text, got {type(text).__name__}")
+    if len(text) > MAX_GRAPH_JSON_CHARS:
+        raise GraphError(f"the graph JSON is {len(text):,} characters long; the limit is {MAX_GRAPH_JSON_CHARS:,} "
+                         f"(a graph has at most {MAX_CONCEPTS} concepts, names of {MAX_NAME_CHARS} and values of "
+                         f"{MAX_VALUE_CHARS} characters)")
+    if not text.strip():
+        raise GraphError("the graph JSON is empty; paste a graph or connect an extractor")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        lines = text.splitlines()
+        line = lines[error.lineno - 1] if error.lineno <= len(lines) else ""
+        raise GraphError(f"the graph is not valid JSON: {error.msg} at line {error.lineno} column {error.colno} "
+                         f"(look for a missing comma, quote or bracket near: {line.strip()[:80]!r})") from None
+    except (ValueError, RecursionError) as error:
+        raise GraphError(f"the graph is not valid JSON: {error}") from None
+
+
+def _field_text(value: Any, what: str, notes: Optional[list[str]], allow_empty: bool = False,
+                limit: Optional[int] = None) -> str:
+    """``require_text``, removing invisible characters first (and noting it) when ``notes`` is a list."""
+    if notes is not None and isinstance(value, str) and (limit is None or len(value) <= limit):
+        kept, removed = strip_invisible(value)
+        if removed:
+            notes.append(removal_note(f"{what} {short(tidy(kept))}", removed))
+            value = kept
+    return require_text(value, what, allow_empty=allow_empty, limit=limit)
+
+
+def _concept_from_dict(item: Any, number: int, notes: Optional[list[str]] = None) -> Concept:
     what = f"concept #{number}"
     if not isinstance(item, Mapping):
         raise GraphError(f"{what} must be an object like {{\"name\": \"weather\", \"value\": \"rainy\"}}, "
-                         f"got {type(item).__name__}: {_short(item)}")
-    _reject_unknown_keys(item, ("name", "value", "description"), what)
+                         f"got {type(item).__name__}: {short(item)}")
+    reject_unknown_keys(item, ("name", "value", "description"), what)
     for field in ("name", "value"):
         if field not in item:
-            label = f" ({item['name']!r})" if field == "value" and isinstance(item.get("name"), str) else ""
+            label = f" ({short(item['name'])})" if field == "value" and isinstance(item.get("name"), str) else ""
             raise GraphError(f"{what}{label} has no {field!r}; add \"{field}\": \"...\"")
-    name = _require_text(item["name"], f"{what} 'name'")
-    return Concept(name, _require_text(item["value"], f"{what} ({name!r}) 'value'"),
-                   _require_text(item.get("description", ""), f"{what} ({name!r}) 'description'", allow_empty=True))
+    name = _field_text(item["name"], f"{what} 'name'", notes, limit=MAX_NAME_CHARS)
+    return Concept(name, _field_text(item["value"], f"{what} ({name!r}) 'value'", notes, limit=MAX_VALUE_CHARS),
+                   _field_text(item.get("description", ""), f"{what} ({name!r}) 'description'", notes,
+                               allow_empty=True, limit=MAX_CONCEPT_DESCRIPTION_CHARS))
 
 
-def _edge_from_dict(item: Any, number: int) -> Edge:
+def _edge_from_dict(item: Any, number: int, notes: Optional[list[str]] = None) -> Edge:
     what = f"edge #{number}"
     if not isinstance(item, Mapping):
         raise GraphError(f"{what} must be an object like {{\"cause\": \"weather\", \"effect\": \"hair\"}}, "
-                         f"got {type(item).__name__}: {_short(item)}")
-    _reject_unknown_keys(item, ("cause", "effect"), what)
+                         f"got {type(item).__name__}: {short(item)}")
+    reject_unknown_keys(item, ("cause", "effect"), what)
     for field in ("cause", "effect"):
         if field not in item:
             raise GraphError(f"{what} has no {field!r}; add \"{field}\": \"<concept name>\"")
-    return Edge(_require_text(item["cause"], f"{what} 'cause'"), _require_text(item["effect"], f"{what} 'effect'"))
+    return Edge(*(_field_text(item[end], f"{what} {end!r}", notes, limit=MAX_NAME_CHARS) for end in ("cause", "effect")))
 
 
 # ================================================================ lenient repair of model output
@@ -355,7 +406,8 @@ DEFAULT_CONFIDENCE = 0.5
 
 @dataclass(frozen=True)
 class RepairResult:
-    """A valid graph made from a model's answer, and one line per change made to it."""
+    """A valid graph read leniently (from a model's answer, or JSON an artist typed), and one
+    line per change made to it."""
 
     graph: CausalGraph
     repairs: tuple[str, ...]
@@ -372,44 +424,89 @@ def repair_graph(answer: Any, description: Optional[str] = None) -> RepairResult
     concepts, concept_repairs = repair_concepts(fields.get("concepts"))
     edges, edge_repairs = repair_edges(concepts, fields.get("edges", []))
     if description is None:
-        description = as_text(fields.get("description")) or ""
+        description = repair_description(fields.get("description"), "the scene description", repairs) or ""
         if not description:
             repairs.append("the answer has no scene description; left it empty")
     graph = CausalGraph(concepts, edges, description)
     return RepairResult(graph, tuple(concept_repairs + edge_repairs + repairs))
 
 
+def repair_description(raw: Any, what: str, repairs: list[str]) -> Optional[str]:
+    """A model's scene description as clean text, cut at ``MAX_SCENE_CHARS`` (reported); None if unusable."""
+    text = as_clean_text(raw, what, repairs)
+    if text is not None and len(text) > MAX_SCENE_CHARS:
+        repairs.append(f"{what} is {len(text):,} characters long; kept its first {MAX_SCENE_CHARS:,}")
+        text = text[:MAX_SCENE_CHARS].rsplit(" ", 1)[0] or text[:MAX_SCENE_CHARS]
+    return text
+
+
+def as_clean_text(raw: Any, what: str, notes: list[str]) -> Optional[str]:
+    """A model-given scalar as single-line text (``parsing.as_text``) without invisible or control
+    characters, their removal noted under ``what``; None if absent or empty."""
+    text = as_text(raw)
+    if text is None:
+        return None
+    return clean(text, what, notes) or None
+
+
 def repair_concepts(raw: Any) -> tuple[tuple[Concept, ...], list[str]]:
     """Usable concepts from a model's concept list, and a report line per dropped or changed item.
 
     Items may be objects (with aliases), ``"name: value"`` strings or ``[name, value]`` pairs;
-    the list may also be a ``{name: value}`` object. Unnamed and valueless items and repeats
-    of a name (case/space-insensitive) are dropped. Raises GraphError if none is left.
+    the list may also be a ``{name: value}`` object. Unnamed and valueless items, names and
+    values over the length limits, repeats of a name (case/space-insensitive) and concepts
+    beyond ``MAX_CONCEPTS`` are dropped; invisible characters are removed. Raises GraphError
+    if none is left.
     """
     repairs: list[str] = []
     concepts: list[Concept] = []
     first_number: dict[str, int] = {}
     items = _concept_items(raw)
     for number, item in enumerate(items, 1):
-        name, value, description = _read_concept(item)
-        if name is None or not concept_key(name):
-            repairs.append(f"concept #{number} has no usable name ({_short(item)}); dropped it")
+        if len(concepts) == MAX_CONCEPTS:
+            repairs.append(f"the answer lists {len(items):,} concepts; kept the first {MAX_CONCEPTS} usable ones "
+                           f"(the limit) and dropped concepts #{number} to #{len(items)}")
+            break
+        concept = _repaired_concept(item, number, repairs)
+        if concept is None:
             continue
-        if value is None:
-            repairs.append(f"concept #{number} {name!r} has no usable value ({_short(item)}); dropped it")
+        if concept.key in first_number:
+            kept = concepts[[c.key for c in concepts].index(concept.key)]
+            repairs.append(f"concept #{number} {concept.name!r} = {concept.value!r} repeats concept "
+                           f"#{first_number[concept.key]} {kept.name!r} = {kept.value!r}; dropped the repeat")
             continue
-        key = concept_key(name)
-        if key in first_number:
-            kept = concepts[[c.key for c in concepts].index(key)]
-            repairs.append(f"concept #{number} {name!r} = {value!r} repeats concept #{first_number[key]} "
-                           f"{kept.name!r} = {kept.value!r}; dropped the repeat")
-            continue
-        first_number[key] = number
-        concepts.append(Concept(name, value, description or ""))
+        first_number[concept.key] = number
+        concepts.append(concept)
     if not concepts:
-        found = f"{len(items)} unusable item(s)" if items else f"no concept list ({_short(raw)})"
+        found = f"{len(items)} unusable item(s)" if items else f"no concept list ({short(raw)})"
         raise GraphError(f"the model gave no usable concepts ({found}); each concept needs a name and a value")
     return tuple(concepts), repairs
+
+
+def _repaired_concept(item: Any, number: int, repairs: list[str]) -> Optional[Concept]:
+    raw_name, raw_value, raw_description = _read_concept(item)
+    name = as_clean_text(raw_name, f"concept #{number} name", repairs)
+    if name is None or not concept_key(name):
+        repairs.append(f"concept #{number} has no usable name ({short(item)}); dropped it")
+        return None
+    if len(name) > MAX_NAME_CHARS:
+        repairs.append(f"concept #{number} has a name of {len(name):,} characters ({short(name)}); the limit is "
+                       f"{MAX_NAME_CHARS}; dropped it")
+        return None
+    value = as_clean_text(raw_value, f"concept #{number} {name!r} value", repairs)
+    if value is None:
+        repairs.append(f"concept #{number} {name!r} has no usable value ({short(item)}); dropped it")
+        return None
+    if len(value) > MAX_VALUE_CHARS:
+        repairs.append(f"concept #{number} {name!r} has a value of {len(value):,} characters ({short(value)}); "
+                       f"the limit is {MAX_VALUE_CHARS}; dropped it")
+        return None
+    description = as_clean_text(raw_description, f"concept #{number} {name!r} description", repairs) or ""
+    if len(description) > MAX_CONCEPT_DESCRIPTION_CHARS:
+        repairs.append(f"concept #{number} {name!r} has a description of {len(description):,} characters; kept "
+                       f"its first {MAX_CONCEPT_DESCRIPTION_CHARS}")
+        description = description[:MAX_CONCEPT_DESCRIPTION_CHARS]
+    return Concept(name, value, description)
 
 
 def _concept_items(raw: Any) -> list:
@@ -422,20 +519,21 @@ def _concept_items(raw: Any) -> list:
     return []
 
 
-def _read_concept(item: Any) -> tuple[Optional[str], Optional[str], Optional[str]]:
+def _read_concept(item: Any) -> tuple[Any, Any, Any]:
+    """The raw (name, value, description) of one concept item; None where absent."""
     if isinstance(item, Mapping):
         fields = canonical_keys(item, CONCEPT_FIELDS)
         if not fields and len(item) == 1:  # {"weather": "rainy"}
             ((name, value),) = item.items()
-            return as_text(name), as_text(value), None
-        return as_text(fields.get("name")), as_text(fields.get("value")), as_text(fields.get("description"))
+            return name, value, None
+        return fields.get("name"), fields.get("value"), fields.get("description")
     if isinstance(item, list) and len(item) >= 2:
-        return as_text(item[0]), as_text(item[1]), as_text(item[2]) if len(item) > 2 else None
+        return item[0], item[1], item[2] if len(item) > 2 else None
     if isinstance(item, str):
         match = re.match(r"([^:=]+?) ?[:=] ?(.+)", " ".join(item.split()))
         if match:
-            return as_text(match.group(1)), as_text(match.group(2)), None
-        return as_text(item), None, None
+            return match.group(1), match.group(2), None
+        return item, None, None
     return None, None, None
 
 
@@ -456,14 +554,15 @@ def repair_edges(concepts: tuple[Concept, ...], raw: Any) -> tuple[tuple[Edge, .
     for number, item in enumerate(_edge_items(raw), 1):
         cause_raw, effect_raw, confidence = _read_edge(item)
         if cause_raw is None or effect_raw is None:
-            repairs.append(f"edge #{number} does not name a cause and an effect ({_short(item)}); dropped it")
+            repairs.append(f"edge #{number} does not name a cause and an effect ({short(item)}); dropped it")
             continue
         ends = []
         for role, raw_name in (("cause", cause_raw), ("effect", effect_raw)):
+            raw_name = clean(raw_name, f"edge #{number} {role}", repairs)
             name, note = resolver.resolve(raw_name)
             if name is None:
-                repairs.append(f"edge #{number} names unknown concept {raw_name!r} as its {role}; dropped it "
-                               f"(known concepts: {_quoted(c.name for c in concepts)})")
+                repairs.append(f"edge #{number} names unknown concept {short(raw_name)} as its {role}; dropped it "
+                               f"(known concepts: {quoted(c.name for c in concepts)})")
                 break
             if note:
                 repairs.append(f"edge #{number}: {note}")
@@ -563,10 +662,6 @@ class _NameResolver:
         return None, None
 
 
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
 __all__ = ["GraphError", "ModelAnswerError", "Concept", "Edge", "CausalGraph", "RepairResult", "concept_key",
-           "repair_graph", "repair_concepts", "repair_edges", "DEFAULT_CONFIDENCE"]
+           "require_text", "reject_unknown_keys", "repair_graph", "repair_concepts", "repair_edges",
+           "repair_description", "as_clean_text", "DEFAULT_CONFIDENCE"]

@@ -1,271 +1,178 @@
 """The concept manipulator: do(concept = value) and its propagation to descendants (paper Sec. 5.2).
 
 ``apply_intervention`` turns a proposal (from a VLM or typed by an artist) into a
-``Counterfactual`` whose causal guarantees hold by construction, whatever was proposed:
-the intervened concept has exactly the requested value, non-descendants keep theirs, and
-a descendant without a usable new value keeps its value. Everything ignored or filled in
-is reported. Three modes build on it:
+``Counterfactual`` whose guarantees hold by construction, whatever was proposed: the
+intervened concept has exactly the requested value, non-descendants keep theirs, a
+descendant without a usable new value keeps its value, a do() that sets a concept to the
+value it already has changes nothing, and every prompt that can reach a text encoder says
+the exact values and nothing against them (``phrases.disagreement``; a model's prompt that
+fails the check is replaced by one built from the values). Everything ignored, cleaned,
+replaced or filled in is reported. Three modes build on it (``MODES``):
 
-* manual: the artist picks concept and value, the VLM proposes descendant values
-  (``counterfactual_from_answer``);
+* manual: the artist picks concept and value, the VLM proposes descendant values and
+  prompts (``propagate``; ``counterfactual_from_answer`` reads the answer);
 * automatic: the VLM proposes N interventions on different concepts
-  (``counterfactuals_from_proposals``);
+  (``propose_interventions``; ``counterfactuals_from_proposals``);
 * graph-only: no VLM; ``descendant_value_template`` lists the descendants whose values
-  the artist supplies, ``parse_value_text`` reads them, and default prompts are built
-  from the values.
+  the artist supplies, ``parse_value_text`` reads them, and prompts are built from the values.
+
+``check_intervention`` is the one check of an artist's do(concept = value), shared with the
+Causal Graph Editor and Viewer (``fmcgm.editing``).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
-from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Optional
 
-from .graph import CausalGraph, GraphError, _reject_unknown_keys, _require_text, _short, concept_key
-from .parsing import CONCEPT_FIELDS, EDIT_PROMPT_FIELDS, PROPAGATION_FIELDS, as_text, canonical_keys
+from .counterfactual import Counterfactual, EditPrompt
+from .graph import CausalGraph, GraphError, as_clean_text, concept_key
+from .parsing import (CONCEPT_FIELDS, EDIT_PROMPT_FIELDS, PROPAGATION_FIELDS, PROPOSALS_FIELDS, ModelAnswerError,
+                      canonical_keys, extract_json, find_fields)
+from .phrases import disagreement, edit_phrase, fully_specified_prompt
+from .prompts import propagation_prompt, propagation_schema, proposals_prompt, proposals_schema
+from .text import (MAX_EDIT_PROMPT_CHARS, MAX_NAME_CHARS, MAX_SCENE_CHARS, MAX_VALUE_CHARS, MAX_VALUE_TEXT_CHARS,
+                   clean, length_message, quoted, short)
+from .vlm.base import TokenCallback, VLMBackend
+from .vlm_calls import Sampling, StageRunner
 
-INTERVENED = "intervened"
-DESCENDANT = "descendant"
+MODES = ("manual", "automatic", "graph-only")
+STAGE_PROPAGATION = "manipulator (propagation)"
+STAGE_PROPOSALS = "manipulator (automatic interventions)"
 
+__all__ = ["MODES", "Counterfactual", "EditPrompt", "Intervention", "ProposalResult", "apply_intervention",
+           "check_concept", "check_intervention", "counterfactual_from_answer", "counterfactuals_from_proposals",
+           "descendant_value_template", "edit_phrase", "format_value_text", "fully_specified_prompt",
+           "parse_value_text", "propagate", "propose_interventions"]
+
+
+# ================================================================ the one intervention check
 
 @dataclass(frozen=True)
-class EditPrompt:
-    """A short editing phrase for one changed concept (one CSG edit concept)."""
-
-    concept: str
-    prompt: str
-    role: str = DESCENDANT  # INTERVENED or DESCENDANT; set by Counterfactual
-
-
-@dataclass(frozen=True)
-class Counterfactual:
-    """The result of do(concept = value) on ``graph`` (the factual graph, unchanged).
-
-    ``descendant_values`` holds the post-intervention value of every descendant (topological
-    order); ``changed`` (derived) the descendants whose value differs from the factual one.
-    ``edit_prompts`` holds one prompt for the intervened concept, then one per changed
-    descendant, in topological order. The constructor checks all of this (GraphError).
-    """
+class Intervention:
+    """A checked do(concept = value): the concept as the graph spells it, the value as typed (tidied,
+    invisible characters removed), whether it differs from the current value, and notes."""
 
     concept: str
     value: str
-    graph: CausalGraph
-    descendant_values: dict[str, str] = field(hash=False)
-    interventional_prompt: str
-    edit_prompts: tuple[EditPrompt, ...]
-    counterfactual_prompt: str
-    reports: tuple[str, ...] = ()
-    changed: tuple[str, ...] = field(init=False)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.graph, CausalGraph):
-            raise GraphError(f"a counterfactual needs a CausalGraph, got {type(self.graph).__name__}")
-        target = self.graph.concept(self.concept)
-        value = _require_text(self.value, f"the intervention value for {target.name!r}")
-        descendant_values = self._checked_descendant_values(target.name)
-        changed = tuple(name for name, new in descendant_values.items()
-                        if concept_key(new) != concept_key(self.graph.concept(name).value))
-        set_ = object.__setattr__
-        set_(self, "concept", target.name)
-        set_(self, "value", value)
-        set_(self, "descendant_values", descendant_values)
-        set_(self, "changed", changed)
-        set_(self, "edit_prompts", self._checked_edit_prompts(target.name, changed))
-        for name in ("interventional_prompt", "counterfactual_prompt"):
-            set_(self, name, _require_text(getattr(self, name), f"the {name.replace('_', ' ')}"))
-        if isinstance(self.reports, str) or not all(isinstance(r, str) for r in self.reports):
-            raise GraphError("reports must be a list of text lines")
-        set_(self, "reports", tuple(self.reports))
-
-    def _checked_descendant_values(self, concept: str) -> dict[str, str]:
-        if not isinstance(self.descendant_values, Mapping):
-            raise GraphError("descendant_values must be an object {descendant name: value}")
-        descendants = self.graph.descendants(concept)
-        given: dict[str, str] = {}
-        for name, value in self.descendant_values.items():
-            own = self.graph.concept(name).name
-            if own not in descendants:
-                raise GraphError(f"descendant_values names {own!r}, which is not a descendant of {concept!r} "
-                                 f"(its descendants: {', '.join(map(repr, descendants)) or 'none'}); remove it")
-            given[own] = _require_text(value, f"the value of descendant {own!r}")
-        missing = [d for d in descendants if d not in given]
-        if missing:
-            raise GraphError(f"descendant_values has no value for {', '.join(map(repr, missing))}; "
-                             "give every descendant its value after the intervention")
-        return {d: given[d] for d in descendants}
-
-    def _checked_edit_prompts(self, concept: str, changed: tuple[str, ...]) -> tuple[EditPrompt, ...]:
-        by_name: dict[str, str] = {}
-        for item in self.edit_prompts:
-            if not isinstance(item, EditPrompt):
-                raise GraphError(f"edit_prompts must hold EditPrompt items, got {type(item).__name__}")
-            own = self.graph.concept(item.concept).name
-            if own in by_name:
-                raise GraphError(f"edit_prompts has two prompts for {own!r}; keep one")
-            by_name[own] = _require_text(item.prompt, f"the edit prompt for {own!r}")
-        targets = (concept, *changed)
-        missing = [t for t in targets if t not in by_name]
-        extra = [n for n in by_name if n not in targets]
-        if missing or extra:
-            raise GraphError(
-                "edit_prompts must hold one prompt for the intervened concept and one per changed descendant "
-                f"({', '.join(map(repr, targets))}); "
-                + (f"missing: {', '.join(map(repr, missing))}" if missing else "")
-                + ("; " if missing and extra else "")
-                + (f"not changed, remove: {', '.join(map(repr, extra))}" if extra else ""))
-        return tuple(EditPrompt(t, by_name[t], INTERVENED if t == concept else DESCENDANT) for t in targets)
-
-    # ------------------------------------------------------------ derived views
-
-    @property
-    def values(self) -> dict[str, str]:
-        """Every concept's value after the intervention, in concept order."""
-        return {**self.graph.values, self.concept: self.value, **self.descendant_values}
-
-    def counterfactual_graph(self) -> CausalGraph:
-        """The graph with the post-intervention values (same edges and description)."""
-        return self.graph.with_values(self.values)
-
-    @property
-    def prompt_list(self) -> list[str]:
-        return [p.prompt for p in self.edit_prompts]
-
-    def to_text(self) -> str:
-        factual = self.graph.values
-        lines = [f"do({self.concept} = {self.value})  [was: {factual[self.concept]}]"]
-        lines += [f"  {name}: {factual[name]} -> {new}" if name in self.changed else f"  {name}: {new} (unchanged)"
-                  for name, new in self.descendant_values.items()]
-        lines.append("Edit prompts: " + " | ".join(self.prompt_list))
-        lines.append(f"Interventional prompt: {self.interventional_prompt}")
-        lines.append(f"Counterfactual prompt: {self.counterfactual_prompt}")
-        lines += [f"Note: {r}" for r in self.reports]
-        return "\n".join(lines)
-
-    # ------------------------------------------------------------ JSON
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "concept": self.concept,
-            "value": self.value,
-            "changed": list(self.changed),
-            "descendant_values": dict(self.descendant_values),
-            "edit_prompts": [{"concept": p.concept, "prompt": p.prompt, "role": p.role} for p in self.edit_prompts],
-            "interventional_prompt": self.interventional_prompt,
-            "counterfactual_prompt": self.counterfactual_prompt,
-            "reports": list(self.reports),
-            "graph": self.graph.to_dict(),
-        }
-
-    def to_json(self, indent: Optional[int] = 2) -> str:
-        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
-
-    @classmethod
-    def from_dict(cls, data: Any) -> "Counterfactual":
-        """Strictly read the ``to_dict`` form (``changed`` and roles are derived, so recomputed)."""
-        if not isinstance(data, Mapping):
-            raise GraphError(f"a counterfactual must be a JSON object, got {type(data).__name__}")
-        required = ("concept", "value", "graph", "descendant_values", "edit_prompts", "interventional_prompt",
-                    "counterfactual_prompt")
-        _reject_unknown_keys(data, (*required, "changed", "reports"), "the counterfactual")
-        missing = [key for key in required if key not in data]
-        if missing:
-            raise GraphError(f"the counterfactual has no {', '.join(map(repr, missing))}")
-        prompts = data["edit_prompts"]
-        if not isinstance(prompts, list):
-            raise GraphError("'edit_prompts' must be a list of {\"concept\": ..., \"prompt\": ...}")
-        edit_prompts = []
-        for number, item in enumerate(prompts, 1):
-            if not isinstance(item, Mapping) or "concept" not in item or "prompt" not in item:
-                raise GraphError(f"edit prompt #{number} must be an object {{\"concept\": ..., \"prompt\": ...}}")
-            _reject_unknown_keys(item, ("concept", "prompt", "role"), f"edit prompt #{number}")
-            edit_prompts.append(EditPrompt(_require_text(item["concept"], f"edit prompt #{number} 'concept'"),
-                                           item["prompt"]))
-        reports = data.get("reports", [])
-        if not isinstance(reports, list):
-            raise GraphError("'reports' must be a list of text lines")
-        return cls(concept=data["concept"], value=data["value"], graph=CausalGraph.from_dict(data["graph"]),
-                   descendant_values=data["descendant_values"],
-                   interventional_prompt=data["interventional_prompt"], edit_prompts=tuple(edit_prompts),
-                   counterfactual_prompt=data["counterfactual_prompt"], reports=tuple(reports))
-
-    @classmethod
-    def from_json(cls, text: str) -> "Counterfactual":
-        if not isinstance(text, str):
-            raise GraphError(f"counterfactual JSON must be text, got {type(text).__name__}")
-        try:
-            data = json.loads(text)
-        except (ValueError, RecursionError) as error:
-            raise GraphError(f"the counterfactual is not valid JSON: {error}") from None
-        return cls.from_dict(data)
+    changes: bool
+    notes: tuple[str, ...] = ()
 
 
-# ================================================================ default prompts
-
-def edit_phrase(name: str, value: str) -> str:
-    """A short phrase for a concept value: "sunny weather", or "full beard" when the value says it all."""
-    name_words = set(concept_key(name).split())
-    return value if name_words <= set(concept_key(value).split()) else f"{value} {name}"
+def _prefix(where: str) -> str:
+    return f"{where}: " if where else ""
 
 
-def fully_specified_prompt(values: Mapping[str, str]) -> str:
-    """A prompt naming every concept value ("rainy weather, wet hair, ..."): the graph-only base prompt."""
-    return ", ".join(edit_phrase(name, value) for name, value in values.items())
+def check_concept(graph: CausalGraph, concept: Any, where: str = "", input_name: str = "concept"
+                  ) -> tuple[str, list[str]]:
+    """(the concept's name as the graph spells it, notes); GraphError naming ``input_name`` otherwise."""
+    what = f"{_prefix(where)}{input_name}"
+    if not isinstance(concept, str):
+        raise GraphError(f"{what} must be text, got {type(concept).__name__}")
+    if len(concept) > MAX_NAME_CHARS:
+        raise GraphError(length_message(what, concept, MAX_NAME_CHARS,
+                                        f"type one of the graph's concepts ({quoted(graph.names)})"))
+    notes: list[str] = []
+    name = clean(concept, what, notes)
+    if not name:
+        raise GraphError(f"{what} is empty; pick the concept to intervene on ({quoted(graph.names)})")
+    try:
+        return graph.concept(name).name, notes
+    except GraphError as error:
+        raise GraphError(f"{what} {short(name)} is not in the graph: {error}") from None
+
+
+def check_intervention(graph: CausalGraph, concept: Any, value: Any, where: str = "",
+                       concept_input: str = "concept", value_input: str = "value") -> Intervention:
+    """do(concept = value) checked against ``graph``: a known concept and a non-empty value within
+    the limits; invisible characters are removed (noted). GraphError names the bad input."""
+    name, notes = check_concept(graph, concept, where, concept_input)
+    current = graph.concept(name).value
+    what = f"{_prefix(where)}{value_input}"
+    if not isinstance(value, str):
+        raise GraphError(f"{what}: the intervention value for {name!r} must be text, got {type(value).__name__}")
+    if len(value) > MAX_VALUE_CHARS:
+        raise GraphError(length_message(f"{what} (the new value of {name!r})", value, MAX_VALUE_CHARS,
+                                        "a value is a few words, e.g. 'sunny'"))
+    value = clean(value, what, notes)
+    if not value:
+        raise GraphError(f"{what} is empty; type the new value for {name!r} (its current value is {current!r})")
+    if concept_key(value) == concept_key(current):
+        notes.append(f"do({name} = {value}) changes nothing: {name!r} already is {current!r}, so every concept "
+                     "keeps its value")
+    return Intervention(name, value, changes=concept_key(value) != concept_key(current), notes=tuple(notes))
 
 
 # ================================================================ the intervention
 
 def apply_intervention(graph: CausalGraph, concept: str, value: str, proposed: Any = None,
-                       prompts: Optional[Mapping[str, Any]] = None) -> Counterfactual:
+                       prompts: Optional[Mapping[str, Any]] = None, *,
+                       alternatives: Optional[Mapping[str, Iterable[str]]] = None) -> Counterfactual:
     """do(concept = value) on ``graph``, taking descendant values from ``proposed``.
 
     ``proposed`` maps concept names to new values (a dict, or a list of ``{name, value}``
     objects or ``[name, value]`` pairs, as models answer). Only descendants are taken from
-    it; everything else is ignored and reported. ``prompts`` may hold
-    ``interventional_prompt``, ``edit_prompts`` and ``counterfactual_prompt`` (key aliases
-    accepted); missing prompts are built from the values. Raises GraphError for an
-    unknown concept or an empty value.
+    it, and none when the intervention changes nothing; everything else is ignored and
+    reported. ``prompts`` may hold ``interventional_prompt``, ``edit_prompts`` and
+    ``counterfactual_prompt`` (key aliases accepted); a prompt that is missing or does not
+    agree with the values is built from them, and reported. ``alternatives`` adds values a
+    model proposed elsewhere (other interventions of the same answer) to the values a
+    prompt must not state. Raises GraphError for an unknown concept or an empty value.
     """
-    target = graph.concept(concept)
-    if not isinstance(value, str):
-        raise GraphError(f"the intervention value for {target.name!r} must be text, got {type(value).__name__}")
-    if not value.strip():
-        raise GraphError(f"the intervention value for {target.name!r} is empty; give the new value "
-                         f"(current value: {target.value!r})")
-    value = " ".join(value.split())
-    reports: list[str] = []
-    if concept_key(value) == concept_key(target.value):
-        reports.append(f"{target.name!r} already has the value {target.value!r}: the intervention changes nothing")
-    descendant_values = _propagated_values(graph, target.name, value, proposed, reports)
+    checked = check_intervention(graph, concept, value)
+    if not checked.changes:  # the factual spelling: nothing changes, not even the case
+        checked = dataclasses.replace(checked, value=graph.concept(checked.concept).value)
+    target = checked.concept
+    reports = list(checked.notes)
+    known: dict[str, set[str]] = {name: {v} for name, v in graph.values.items()}
+    for name, extra in (alternatives or {}).items():
+        found = graph.find(name)
+        if found is not None:
+            known[found.name].update(v for v in extra if isinstance(v, str))
+    descendant_values = _propagated_values(graph, checked, proposed, reports, known)
     changed = [d for d, v in descendant_values.items() if concept_key(v) != concept_key(graph.concept(d).value)]
-    values = {**graph.values, target.name: value, **descendant_values}
+    values = {**graph.values, target: checked.value, **descendant_values}
+    for name, v in values.items():
+        known[name].add(v)
     # Without any prompts (graph-only mode) one line says the defaults were used; when prompts
-    # were asked of a model, each missing one is reported.
+    # were asked of a model, each missing or replaced one is reported.
     expected = isinstance(prompts, Mapping)
     if not expected:
         reports.append("no prompts given; built them from the concept values")
     fields = canonical_keys(prompts, PROPAGATION_FIELDS) if expected else {}
-    edit_prompts = _edit_prompts(graph, (target.name, *changed), values, fields.get("edit_prompts"),
-                                 expected, reports)
-    interventional = _scene_prompt(fields, "interventional_prompt", {**graph.values, target.name: value},
-                                   expected, reports)
-    counterfactual = _scene_prompt(fields, "counterfactual_prompt", values, expected, reports)
-    return Counterfactual(concept=target.name, value=value, graph=graph, descendant_values=descendant_values,
+    checker = _PromptChecker(known, reports, expected)
+    edit_prompts = _edit_prompts(graph, (target, *changed), values, fields.get("edit_prompts"), checker)
+    interventional = checker.scene(fields.get("interventional_prompt"), "interventional prompt",
+                                   {**graph.values, target: checked.value})
+    counterfactual = checker.scene(fields.get("counterfactual_prompt"), "counterfactual prompt", values)
+    return Counterfactual(concept=target, value=checked.value, graph=graph, descendant_values=descendant_values,
                           interventional_prompt=interventional, edit_prompts=edit_prompts,
                           counterfactual_prompt=counterfactual, reports=tuple(reports))
 
 
-def _propagated_values(graph: CausalGraph, concept: str, value: str, proposed: Any,
-                       reports: list[str]) -> dict[str, str]:
-    """Post-intervention value of each descendant; only these may differ from the factual graph."""
+def _propagated_values(graph: CausalGraph, checked: Intervention, proposed: Any, reports: list[str],
+                       known: dict[str, set[str]]) -> dict[str, str]:
+    """Post-intervention value of each descendant; only these may differ from the factual graph.
+    Every value proposed for a known concept is added to ``known``, used or not."""
+    concept, value = checked.concept, checked.value
     descendants = graph.descendants(concept)
     accepted: dict[str, str] = {}
     for raw_name, raw_value in _value_items(proposed, reports):
         found = graph.find(raw_name) if isinstance(raw_name, str) else None
-        new = as_text(raw_value)
         if found is None:
-            reports.append(f"ignored a value for unknown concept {raw_name!r} "
-                           f"(known concepts: {', '.join(map(repr, graph.names))})")
-        elif found.name == concept:
+            reports.append(f"ignored a value for unknown concept {short(raw_name)} "
+                           f"(known concepts: {quoted(graph.names)})")
+            continue
+        new = as_clean_text(raw_value, f"the proposed value for {found.name!r}", reports)
+        if new is not None and len(new) > MAX_VALUE_CHARS:
+            reports.append(f"ignored the proposed value for {found.name!r}: {len(new):,} characters "
+                           f"({short(new)}), over the limit of {MAX_VALUE_CHARS}")
+            continue
+        if new is not None:
+            known[found.name].add(new)
+        if found.name == concept:
             if new is not None and concept_key(new) != concept_key(value):
                 reports.append(f"ignored the proposed value {new!r} for the intervened concept {concept!r}; "
                                f"it is set to {value!r}")
@@ -274,16 +181,21 @@ def _propagated_values(graph: CausalGraph, concept: str, value: str, proposed: A
                 reports.append(f"ignored the new value {new!r} for {found.name!r}: it is not a descendant of "
                                f"{concept!r}, so it keeps {found.value!r}")
         elif new is None:
-            reports.append(f"ignored an unusable value {_short(raw_value)} for descendant {found.name!r}")
+            reports.append(f"ignored an unusable value {short(raw_value)} for descendant {found.name!r}")
+        elif not checked.changes:
+            if concept_key(new) != concept_key(found.value):
+                reports.append(f"ignored the new value {new!r} for descendant {found.name!r}: do({concept} = "
+                               f"{value}) changes nothing, so it keeps {found.value!r}")
         elif found.name in accepted:
             if concept_key(new) != concept_key(accepted[found.name]):
                 reports.append(f"two values for descendant {found.name!r}; kept the first, "
                                f"{accepted[found.name]!r}, not {new!r}")
         else:  # a value equal to the factual one up to case keeps the factual spelling
             accepted[found.name] = found.value if concept_key(new) == concept_key(found.value) else new
-    for name in descendants:
-        if name not in accepted:
-            reports.append(f"no new value for descendant {name!r}; it keeps {graph.concept(name).value!r}")
+    if checked.changes:
+        for name in descendants:
+            if name not in accepted:
+                reports.append(f"no new value for descendant {name!r}; it keeps {graph.concept(name).value!r}")
     return {name: accepted.get(name, graph.concept(name).value) for name in descendants}
 
 
@@ -310,30 +222,62 @@ def _value_items(proposed: Any, reports: list[str]) -> list[tuple[Any, Any]]:
             elif isinstance(item, list) and len(item) == 2:
                 pairs.append((item[0], item[1]))
                 continue
-            reports.append(f"ignored an unreadable descendant value {_short(item)}")
+            reports.append(f"ignored an unreadable descendant value {short(item)}")
         return pairs
-    reports.append(f"ignored descendant values that are not a list or an object: {_short(proposed)}")
+    reports.append(f"ignored descendant values that are not a list or an object: {short(proposed)}")
     return []
 
 
+# ================================================================ prompts: kept only when they agree
+
+@dataclass
+class _PromptChecker:
+    """Keeps a model's prompt only when it agrees with the values it must state; otherwise builds
+    one from the values and reports the replacement (or, when a prompt was expected, its absence)."""
+
+    known: Mapping[str, set[str]]
+    reports: list[str]
+    expected: bool
+
+    def checked(self, raw: Any, what: str, stated: Mapping[str, str], built: str, limit: int) -> str:
+        if raw is None:
+            if self.expected:
+                self.reports.append(f"no usable {what}; built {short(built, 120)} from the concept values")
+            return built
+        prompt = as_clean_text(raw, f"the {what}", self.reports)
+        if prompt is None:
+            reason = f"it is not usable text ({short(raw)})"
+        elif len(prompt) > limit:
+            reason = f"it is {len(prompt):,} characters long (the limit is {limit:,})"
+        else:
+            reason = disagreement(prompt, stated, self.known)
+        if reason is None:
+            return prompt
+        self.reports.append(f"replaced the model's {what} {short(prompt if prompt else raw)}: {reason}; "
+                            f"used {short(built, 120)}, built from the values")
+        return built
+
+    def scene(self, raw: Any, what: str, values: Mapping[str, str]) -> str:
+        return self.checked(raw, what, values, fully_specified_prompt(values), MAX_SCENE_CHARS)
+
+
 def _edit_prompts(graph: CausalGraph, targets: tuple[str, ...], values: Mapping[str, str], raw: Any,
-                  expected: bool, reports: list[str]) -> tuple[EditPrompt, ...]:
-    """One prompt per target (intervened concept, then changed descendants); defaults fill gaps."""
-    given: dict[str, str] = {}
-    for raw_name, raw_prompt in _prompt_items(raw, targets, reports):
+                  checker: _PromptChecker) -> tuple[EditPrompt, ...]:
+    """One prompt per target (intervened concept, then changed descendants), each checked."""
+    given: dict[str, Any] = {}
+    for raw_name, raw_prompt in _prompt_items(raw, targets, checker.reports):
         found = graph.find(raw_name) if isinstance(raw_name, str) else None
-        prompt = as_text(raw_prompt)
         if found is None:
-            reports.append(f"ignored an edit prompt for unknown concept {raw_name!r}")
+            checker.reports.append(f"ignored an edit prompt for unknown concept {short(raw_name)}")
         elif found.name not in targets:
-            reports.append(f"ignored the edit prompt {prompt!r} for {found.name!r}: its value does not change")
-        elif prompt is not None:
-            given.setdefault(found.name, prompt)
-    if expected:
-        for name in targets:
-            if name not in given:
-                reports.append(f"no usable edit prompt for {name!r}; used {edit_phrase(name, values[name])!r}")
-    return tuple(EditPrompt(name, given.get(name) or edit_phrase(name, values[name])) for name in targets)
+            checker.reports.append(f"ignored the edit prompt {short(raw_prompt)} for {found.name!r}: its value "
+                                   "does not change")
+        elif raw_prompt is not None and found.name not in given:
+            given[found.name] = raw_prompt
+    return tuple(EditPrompt(name, checker.checked(given.get(name), f"edit prompt for {name!r}",
+                                                  {name: values[name]}, edit_phrase(name, values[name]),
+                                                  MAX_EDIT_PROMPT_CHARS))
+                 for name in targets)
 
 
 def _prompt_items(raw: Any, targets: tuple[str, ...], reports: list[str]) -> list[tuple[Any, Any]]:
@@ -355,23 +299,13 @@ def _prompt_items(raw: Any, targets: tuple[str, ...], reports: list[str]) -> lis
             elif isinstance(item, list) and len(item) == 2:
                 pairs.append((item[0], item[1]))
             else:
-                reports.append(f"ignored an unreadable edit prompt {_short(item)}")
+                reports.append(f"ignored an unreadable edit prompt {short(item)}")
         return pairs
-    reports.append(f"ignored edit prompts that are not a list: {_short(raw)}")
+    reports.append(f"ignored edit prompts that are not a list: {short(raw)}")
     return []
 
 
-def _scene_prompt(fields: Mapping[str, Any], key: str, values: Mapping[str, str], expected: bool,
-                  reports: list[str]) -> str:
-    prompt = as_text(fields.get(key))
-    if prompt is None:
-        prompt = fully_specified_prompt(values)
-        if expected:
-            reports.append(f"no usable {key.replace('_', ' ')}; built one from the concept values")
-    return prompt
-
-
-# ================================================================ manual and automatic modes
+# ================================================================ manual mode
 
 def counterfactual_from_answer(graph: CausalGraph, concept: str, value: str, answer: Any) -> Counterfactual:
     """Manual mode: the manipulator model's decoded answer for do(concept = value)."""
@@ -381,6 +315,30 @@ def counterfactual_from_answer(graph: CausalGraph, concept: str, value: str, ans
     proposed = fields.pop("descendant_values", None)
     return apply_intervention(graph, concept, value, proposed=proposed, prompts=fields)
 
+
+def propagate(backend: VLMBackend, graph: CausalGraph, concept: str, value: str, image: Any = None,
+              temperature: float = 0.1, max_new_tokens: int = 2048, seed: int = 0,
+              on_token: Optional[TokenCallback] = None, *, enable_thinking: bool = False) -> Counterfactual:
+    """Manual mode: do(concept = value), with the model proposing descendant values and prompts.
+
+    A do() that changes nothing is answered without asking the model: nothing can change.
+    """
+    checked = check_intervention(graph, concept, value)  # GraphError before any model call
+    if not checked.changes:
+        cf = apply_intervention(graph, checked.concept, checked.value)
+        return dataclasses.replace(cf, reports=(*cf.reports, "the VLM was not asked: there is nothing to propagate"))
+    runner = StageRunner(backend, image, Sampling(temperature, max_new_tokens, seed, enable_thinking), on_token)
+    answer = runner.ask(propagation_prompt(graph, checked.concept, checked.value),
+                        propagation_schema(graph, checked.concept), STAGE_PROPAGATION)
+    try:
+        decoded = extract_json(answer, prefer=lambda obj: find_fields(obj, PROPAGATION_FIELDS) is not None)
+    except ModelAnswerError as error:
+        raise error.for_stage(STAGE_PROPAGATION) from None
+    record = find_fields(decoded, PROPAGATION_FIELDS) or decoded
+    return counterfactual_from_answer(graph, checked.concept, checked.value, record)
+
+
+# ================================================================ automatic mode
 
 @dataclass(frozen=True)
 class ProposalResult:
@@ -395,25 +353,28 @@ def counterfactuals_from_proposals(graph: CausalGraph, proposals: Any, n: int) -
 
     Proposals on unknown or already used concepts, without a new value, or with the
     current value are dropped and reported, as are proposals beyond the first ``n``
-    usable ones.
+    usable ones. A prompt of one proposal must not state a value another proposal gave.
     """
     reports: list[str] = []
     counterfactuals: list[Counterfactual] = []
     used: set[str] = set()
     items = proposals if isinstance(proposals, list) else [proposals] if isinstance(proposals, Mapping) else []
     if not isinstance(proposals, (list, Mapping)):
-        reports.append(f"the proposed interventions are not a list: {_short(proposals)}")
-    for number, item in enumerate(items, 1):
-        fields = canonical_keys(item, PROPAGATION_FIELDS) if isinstance(item, Mapping) else {}
-        raw_concept, new_value = fields.get("concept"), as_text(fields.get("value"))
+        reports.append(f"the proposed interventions are not a list: {short(proposals)}")
+    records = [canonical_keys(item, PROPAGATION_FIELDS) if isinstance(item, Mapping) else {} for item in items]
+    alternatives = _proposed_values(graph, records)
+    for number, fields in enumerate(records, 1):
+        raw_concept = fields.get("concept")
+        new_value = as_clean_text(fields.get("value"), f"proposal #{number} value", reports)
         target = graph.find(raw_concept) if isinstance(raw_concept, str) else None
         if target is None:
-            reports.append(f"proposal #{number} names no known concept ({raw_concept!r}); dropped it")
+            reports.append(f"proposal #{number} names no known concept ({short(raw_concept)}); dropped it")
         elif target.name in used:
             reports.append(f"proposal #{number} intervenes on {target.name!r} again; dropped it "
                            "(each intervention must be on a different concept)")
-        elif new_value is None:
-            reports.append(f"proposal #{number} on {target.name!r} has no usable new value; dropped it")
+        elif new_value is None or len(new_value) > MAX_VALUE_CHARS:
+            reports.append(f"proposal #{number} on {target.name!r} has no usable new value "
+                           f"({short(fields.get('value'))}); dropped it")
         elif concept_key(new_value) == concept_key(target.value):
             reports.append(f"proposal #{number} sets {target.name!r} to its current value {target.value!r}; "
                            "dropped it")
@@ -423,8 +384,71 @@ def counterfactuals_from_proposals(graph: CausalGraph, proposals: Any, n: int) -
         else:
             used.add(target.name)
             proposed = fields.pop("descendant_values", None)
-            counterfactuals.append(apply_intervention(graph, target.name, new_value, proposed, prompts=fields))
+            counterfactuals.append(apply_intervention(graph, target.name, new_value, proposed, prompts=fields,
+                                                      alternatives=alternatives))
     return ProposalResult(tuple(counterfactuals), tuple(reports))
+
+
+def _proposed_values(graph: CausalGraph, records: list[dict[str, Any]]) -> dict[str, set[str]]:
+    """Every value any proposal gives a known concept (its own, or a descendant's)."""
+    values: dict[str, set[str]] = {}
+    for fields in records:
+        pairs = [(fields.get("concept"), fields.get("value"))] + _value_items(fields.get("descendant_values"), [])
+        for raw_name, raw_value in pairs:
+            found = graph.find(raw_name) if isinstance(raw_name, str) else None
+            text = as_clean_text(raw_value, "", []) if found is not None else None
+            if text is not None and len(text) <= MAX_VALUE_CHARS:
+                values.setdefault(found.name, set()).add(text)
+    return values
+
+
+def propose_interventions(backend: VLMBackend, graph: CausalGraph, n: int = 3, image: Any = None,
+                          temperature: float = 0.2, max_new_tokens: int = 3072, seed: int = 0,
+                          on_token: Optional[TokenCallback] = None, *,
+                          enable_thinking: bool = False) -> list[Counterfactual]:
+    """Automatic mode: the model proposes ``n`` diverse interventions, each on a different concept.
+
+    Dropped proposals and a shortfall are reported in every returned counterfactual's reports.
+    """
+    if n < 1:
+        raise ValueError(f"the number of interventions must be at least 1, got {n}")
+    notes: list[str] = []
+    if n > len(graph.concepts):
+        notes.append(f"asked for {len(graph.concepts)} interventions, not {n}: the graph has only "
+                     f"{len(graph.concepts)} concepts and each intervention needs its own")
+        n = len(graph.concepts)
+    runner = StageRunner(backend, image, Sampling(temperature, max_new_tokens, seed, enable_thinking), on_token)
+    answer = runner.ask(proposals_prompt(graph, n), proposals_schema(graph, n), STAGE_PROPOSALS)
+    proposals = _read_proposals(answer)
+    result = counterfactuals_from_proposals(graph, proposals, n)
+    notes.extend(result.reports)
+    if not result.counterfactuals:
+        raise ModelAnswerError("no usable intervention in the answer" + (f" ({'; '.join(notes)})" if notes else ""),
+                               answer, STAGE_PROPOSALS)
+    if len(result.counterfactuals) < n:
+        notes.append(f"the model proposed {len(result.counterfactuals)} usable interventions of the {n} asked for")
+    prefixed = tuple(f"{STAGE_PROPOSALS}: {line}" for line in notes)
+    return [dataclasses.replace(cf, reports=prefixed + cf.reports) for cf in result.counterfactuals]
+
+
+_SINGLE_PROPOSAL_FIELDS = {name: PROPAGATION_FIELDS[name] for name in ("concept", "value")}
+
+
+def _read_proposals(answer: str) -> Any:
+    """The list of proposals: under "interventions", a bare list, or one unwrapped proposal."""
+    try:
+        decoded = extract_json(answer, prefer=lambda obj: find_fields(obj, PROPOSALS_FIELDS) is not None)
+    except ModelAnswerError as error:
+        raise error.for_stage(STAGE_PROPOSALS) from None
+    if isinstance(decoded, list):
+        return decoded
+    record = find_fields(decoded, PROPOSALS_FIELDS)
+    if record is not None:
+        return canonical_keys(record, PROPOSALS_FIELDS)["interventions"]
+    single = find_fields(decoded, _SINGLE_PROPOSAL_FIELDS)
+    if single is not None:
+        return [single]
+    raise ModelAnswerError("the answer holds no list of interventions", answer, STAGE_PROPOSALS)
 
 
 # ================================================================ graph-only mode
@@ -443,10 +467,15 @@ def format_value_text(values: Mapping[str, str]) -> str:
 def parse_value_text(text: str) -> dict[str, str]:
     """Concept values typed by an artist: a JSON object, or ``name: value`` / ``name = value`` lines.
 
-    Blank lines and lines starting with ``#`` are skipped. GraphError names a bad line.
+    Blank lines and lines starting with ``#`` are skipped. GraphError names a bad line. Names
+    and values are checked (limits, invisible characters) where they are used, by
+    ``apply_intervention``.
     """
     if not isinstance(text, str):
         raise GraphError(f"concept values must be text, got {type(text).__name__}")
+    if len(text) > MAX_VALUE_TEXT_CHARS:
+        raise GraphError(length_message("descendant_values", text, MAX_VALUE_TEXT_CHARS,
+                                        "give one 'name: value' line per descendant"))
     stripped = text.strip()
     if stripped.startswith("{"):
         try:
@@ -463,7 +492,7 @@ def parse_value_text(text: str) -> dict[str, str]:
             continue
         match = re.match(r"([^:=]+?) ?[:=] ?(.*)$", line)
         if not match or not match.group(2).strip():
-            raise GraphError(f"line {number} ({line!r}) is not 'name: value'; write one concept per line, "
+            raise GraphError(f"line {number} ({short(line)}) is not 'name: value'; write one concept per line, "
                              "e.g. 'hair: dry'")
         values[match.group(1)] = match.group(2)
     return values

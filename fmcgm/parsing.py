@@ -21,8 +21,9 @@ import math
 import re
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
-# Answers longer than this are cut before parsing: no useful answer is this long, and the
-# scan must stay fast on runaway generations.
+# Answers longer than this are refused as too long: no useful answer is this long (32,768
+# tokens of text are ~130,000 characters), and the scan must stay fast on runaway
+# generations. The HTTP backend refuses the same length (``vlm.base.MAX_ANSWER_CHARS``).
 MAX_ANSWER_CHARS = 200_000
 # How many top-level candidate positions one text gets before the scan gives up.
 MAX_CANDIDATES = 32
@@ -166,7 +167,12 @@ def extract_json(text: Any, prefer: Optional[Callable[[dict], bool]] = None) -> 
         raise ModelAnswerError(f"the model's answer is {type(text).__name__}, not text", repr(text)[:1000])
     if not text.strip():
         raise ModelAnswerError("the model's answer is empty", text)
-    answer = strip_reasoning(text[:MAX_ANSWER_CHARS])
+    if len(text) > MAX_ANSWER_CHARS:
+        raise ModelAnswerError(
+            f"the answer is too long: {len(text):,} characters, more than the {MAX_ANSWER_CHARS:,} a usable answer "
+            "can have (a runaway generation, or a server ignoring max_tokens); lower max_new_tokens, or check "
+            "the model and server", text)
+    answer = strip_reasoning(text)
     if not answer:
         raise ModelAnswerError(
             "the answer holds only reasoning (an unclosed <think> block) and no answer; "
@@ -186,6 +192,11 @@ def extract_json(text: Any, prefer: Optional[Callable[[dict], bool]] = None) -> 
         return first_object
     if first_list is not None:
         return first_list
+    if "{" not in answer and "[" not in answer:
+        raise ModelAnswerError(
+            "no JSON object found in the model's answer: it is plain text. Models served over HTTP follow the "
+            "JSON schema only when the server enforces response_format json_schema (vLLM, Ollama >= 0.5, "
+            "LM Studio, llama-server do)", text)
     raise ModelAnswerError("no JSON object found in the model's answer", text)
 
 

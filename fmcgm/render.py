@@ -29,20 +29,19 @@ from typing import Mapping, Optional
 import numpy as np
 
 from .graph import CausalGraph
+from .roles import Role
+from .roles import concept_roles as _intervention_roles
 
-INTERVENED = "intervened"
-DESCENDANT = "descendant"
-INVARIANT = "invariant"  # a non-descendant: an intervention must leave it unchanged
-PLAIN = "plain"  # no intervention chosen
+PLAIN = "plain"  # no intervention chosen (a drawing style, not a role in an intervention)
 
 # Fill, border, border width (px at scale 1), border dash, text weight per role.
 ROLE_STYLES: dict[str, dict] = {
-    INTERVENED: {"face": "#E69F00", "edge": "#5C3A00", "width": 3.5, "dash": "solid", "weight": "bold",
-                 "legend": "intervened: do(...)"},
-    DESCENDANT: {"face": "#56B4E9", "edge": "#0B3C5D", "width": 2.2, "dash": (0, (4, 2.5)), "weight": "normal",
-                 "legend": "descendant: may change"},
-    INVARIANT: {"face": "#E4E4E4", "edge": "#6B6B6B", "width": 1.2, "dash": "solid", "weight": "normal",
-                "legend": "non-descendant: unchanged"},
+    Role.INTERVENED: {"face": "#E69F00", "edge": "#5C3A00", "width": 3.5, "dash": "solid", "weight": "bold",
+                      "legend": "intervened: do(...)"},
+    Role.DESCENDANT: {"face": "#56B4E9", "edge": "#0B3C5D", "width": 2.2, "dash": (0, (4, 2.5)), "weight": "normal",
+                      "legend": "descendant: may change"},
+    Role.INVARIANT: {"face": "#E4E4E4", "edge": "#6B6B6B", "width": 1.2, "dash": "solid", "weight": "normal",
+                     "legend": "non-descendant: unchanged"},
     PLAIN: {"face": "#FFFFFF", "edge": "#333333", "width": 1.4, "dash": "solid", "weight": "normal",
             "legend": "concept"},
 }
@@ -92,10 +91,7 @@ def concept_roles(graph: CausalGraph, concept: Optional[str] = None) -> dict[str
     """Role of every concept (concept order) for an intervention on ``concept`` (None: no intervention)."""
     if concept is None or not str(concept).strip():
         return {name: PLAIN for name in graph.names}
-    target = graph.concept(concept).name
-    below = set(graph.descendants(target))
-    return {name: INTERVENED if name == target else DESCENDANT if name in below else INVARIANT
-            for name in graph.names}
+    return dict(_intervention_roles(graph, concept))
 
 
 def label_text(name: str, value: str, new_value: Optional[str] = None) -> str:
@@ -142,7 +138,7 @@ def render_graph(graph: CausalGraph, concept: Optional[str] = None, new_values: 
     if width < 64 or height < 0 or 0 < height < 64:
         raise ValueError(f"picture size {width}x{height} is too small; use at least 64x64 (height 0 = automatic)")
     roles = concept_roles(graph, concept)
-    target = next((n for n, r in roles.items() if r == INTERVENED), None)
+    target = next((n for n, r in roles.items() if r == Role.INTERVENED), None)
     new = {graph.concept(name).name: " ".join(str(v).split()) for name, v in (new_values or {}).items()}
     labels = {c.name: label_text(c.name, c.value, new.get(c.name)) for c in graph.concepts}
     if title is None:
@@ -221,7 +217,7 @@ class _Renderer:
         self.layer = {n: rows.index(round(y, 1)) for n, (_, y) in centre.items()}
 
     def legend_items(self) -> list[str]:
-        return [INTERVENED, DESCENDANT, INVARIANT]
+        return [Role.INTERVENED, Role.DESCENDANT, Role.INVARIANT]
 
     def legend_width(self) -> float:
         if not self.with_legend:
@@ -301,8 +297,8 @@ class _Renderer:
         from matplotlib.patches import FancyArrowPatch
         from matplotlib.path import Path
 
-        moving = {n for n, r in self.roles.items() if r in (INTERVENED, DESCENDANT)}
-        target = next((n for n, r in self.roles.items() if r == INTERVENED), None)
+        moving = {n for n, r in self.roles.items() if r in (Role.INTERVENED, Role.DESCENDANT)}
+        target = next((n for n, r in self.roles.items() if r == Role.INTERVENED), None)
         for e, points in zip(self.graph.edges, self.paths):
             # start, then (control, control, end) triples of a cubic Bezier spline, then the arrow tip
             codes = [Path.MOVETO] + [Path.CURVE4] * (len(points) - 2) + [Path.LINETO]
@@ -521,4 +517,4 @@ def _font_family() -> list[str]:
 
 
 __all__ = ["GraphDrawing", "render_graph", "render_counterfactual", "concept_roles", "label_text", "ROLE_STYLES",
-           "ROLE_COLOURS", "INTERVENED", "DESCENDANT", "INVARIANT", "PLAIN"]
+           "ROLE_COLOURS", "Role", "PLAIN"]

@@ -1,14 +1,12 @@
 """Concept Extractor and Concept Manipulator nodes (paper sections 5.1 and 5.2).
 
 Adapters only: the prompting, parsing, repair and the manipulator's guarantees live in
-``fmcgm.extractor`` and ``fmcgm.manipulator``.
+``fmcgm.extraction`` and ``fmcgm.manipulator``.
 """
 from __future__ import annotations
 
 from ._api import CATEGORY, io, schema, ui
 from ._types import CausalGraphSocket, CounterfactualSocket, VLMSocket
-
-MODES = ["manual", "automatic", "graph-only"]
 
 
 def _images(image) -> list:
@@ -37,6 +35,7 @@ class ConceptExtractor(io.ComfyNode):
     @classmethod
     def define_schema(cls):
         from fmcgm.prompts import DEFAULT_MAX_CONCEPTS
+        from fmcgm.text import MAX_CONCEPTS, MAX_SCENE_CHARS
         return schema(
             node_id="FMCGMConceptExtractor",
             display_name="Concept Extractor (FM-CGM)",
@@ -50,12 +49,14 @@ class ConceptExtractor(io.ComfyNode):
                 io.Image.Input("image", tooltip="The picture(s) to analyse; a batch gives one graph per image."),
                 io.String.Input("caption", multiline=True, default="", optional=True,
                                 tooltip="Optional text description of the picture (e.g. the prompt it was made "
-                                        "with). Helps the VLM, and is the fallback description."),
+                                        f"with). Helps the VLM, and is the fallback description. At most "
+                                        f"{MAX_SCENE_CHARS:,} characters; invisible and control characters are "
+                                        "removed (and reported)."),
                 io.Float.Input("temperature", default=0.1, min=0.0, max=2.0, step=0.05,
                                tooltip="Sampling temperature (paper: 0.1). 0 is greedy."),
                 io.Int.Input("max_new_tokens", default=2048, min=64, max=32768,
                              tooltip="Token budget per stage (paper: 2,048)."),
-                io.Int.Input("max_concepts", default=DEFAULT_MAX_CONCEPTS, min=1, max=30,
+                io.Int.Input("max_concepts", default=DEFAULT_MAX_CONCEPTS, min=1, max=min(30, MAX_CONCEPTS),
                              tooltip="Most concepts to identify."),
                 _seed_input(),
                 _thinking_input(),
@@ -72,7 +73,7 @@ class ConceptExtractor(io.ComfyNode):
     def execute(cls, vlm, image, temperature, max_new_tokens, max_concepts, seed, enable_thinking, caption=""):
         import json
 
-        from fmcgm.extractor import extract_graph
+        from fmcgm.extraction import extract_graph
 
         from ._vlm_runtime import progress_callback
 
@@ -96,6 +97,8 @@ class ConceptExtractor(io.ComfyNode):
 class ConceptManipulator(io.ComfyNode):
     @classmethod
     def define_schema(cls):
+        from fmcgm.manipulator import MODES
+        from fmcgm.text import MAX_VALUE_CHARS
         return schema(
             node_id="FMCGMConceptManipulator",
             display_name="Concept Manipulator (FM-CGM)",
@@ -104,19 +107,25 @@ class ConceptManipulator(io.ComfyNode):
                         "descendants. manual: you pick the concept and value, the VLM updates the descendants. "
                         "automatic: the VLM proposes several diverse interventions, each on a different concept. "
                         "graph-only: no VLM, you type the descendants' new values. Whatever the model answers, "
-                        "non-descendants keep their values and the intervened concept gets exactly your value.",
+                        "non-descendants keep their values and the intervened concept gets exactly your value. "
+                        "Every prompt it outputs (CSG edit phrases, the baselines' full prompts) states the exact "
+                        "values and nothing else: a model's prompt that does not is replaced by one built from the "
+                        "values, and the report says so. A do() that sets a concept to the value it already has "
+                        "changes nothing (every concept keeps its value; the VLM is not asked).",
             inputs=[
                 CausalGraphSocket.Input("causal_graph", tooltip="From the Concept Extractor or the graph editor."),
-                io.Combo.Input("mode", options=MODES, default="manual",
+                io.Combo.Input("mode", options=list(MODES), default="manual",
                                tooltip="manual: your intervention, VLM propagates. automatic: the VLM proposes "
                                        "interventions. graph-only: no VLM; type descendant values yourself."),
                 io.String.Input("concept", default="",
                                 tooltip="manual/graph-only: the concept to intervene on (its name in the graph)."),
                 io.String.Input("value", default="",
-                                tooltip="manual/graph-only: the concept's new value, e.g. 'sunny'."),
+                                tooltip="manual/graph-only: the concept's new value, e.g. 'sunny' (at most "
+                                        f"{MAX_VALUE_CHARS} characters). Its current value changes nothing."),
                 io.String.Input("descendant_values", multiline=True, default="",
                                 tooltip="graph-only: new values of descendants, one 'name: value' per line. "
-                                        "The 'descendants' output lists them with their current values."),
+                                        "The 'descendants' output lists them with their current values. "
+                                        "Invisible and control characters are removed (and reported)."),
                 io.Int.Input("num_interventions", default=3, min=1, max=30,
                              tooltip="automatic: how many interventions to propose (paper: 3)."),
                 io.Float.Input("temperature", default=0.2, min=0.0, max=2.0, step=0.05,
@@ -142,9 +151,8 @@ class ConceptManipulator(io.ComfyNode):
     @classmethod
     def execute(cls, causal_graph, mode, concept, value, descendant_values, num_interventions, temperature,
                 max_new_tokens, seed, enable_thinking, vlm=None, image=None):
-        from fmcgm.extractor import propagate, propose_interventions
-        from fmcgm.manipulator import apply_intervention, descendant_value_template, format_value_text, \
-            parse_value_text
+        from fmcgm.manipulator import (apply_intervention, descendant_value_template, format_value_text,
+                                       parse_value_text, propagate, propose_interventions)
 
         from ._vlm_runtime import progress_callback
 
@@ -174,7 +182,7 @@ class ConceptManipulator(io.ComfyNode):
                                                           proposed=parse_value_text(descendant_values)))
         descendants = ""
         if mode != "automatic":
-            descendants = format_value_text(descendant_value_template(graphs[0], graphs[0].concept(concept).name))
+            descendants = format_value_text(descendant_value_template(graphs[0], counterfactuals[0].concept))
         report = "\n\n".join(cf.to_text() for cf in counterfactuals)
         return io.NodeOutput(counterfactuals,
                              [cf.counterfactual_prompt for cf in counterfactuals],

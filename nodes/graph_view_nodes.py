@@ -76,7 +76,9 @@ class FMCGMCausalGraphViewer(io.ComfyNode):
             drawings = []
             for number, g in enumerate(graph, 1):
                 where = "Causal Graph Viewer" + (f" (graph #{number})" if len(graph) > 1 else "")
-                concept, new_values = drawing_intervention(g, intervene_concept, intervene_value, where)
+                concept, new_values, notes = drawing_intervention(g, intervene_concept, intervene_value, where)
+                for note in notes:  # the viewer has no text output: say it in the log
+                    log.warning("[FMCGM] %s", note)
                 drawings.append(render_graph(g, concept, new_values, width=width, height=height))
         else:
             raise GraphError("Causal Graph Viewer: nothing to draw; connect a causal graph or a counterfactual")

@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 
-from fmcgm.evaluation import (INVARIANT, VGG16_FILE, VGG16_URL, LPIPSMetric, LPIPSWeightsError,
+from fmcgm.evaluation import (VGG16_FILE, VGG16_URL, LPIPSMetric, LPIPSWeightsError,
                               effectiveness_schema, evaluate_counterfactuals, find_vgg16_weights, vlm_effectiveness)
 from fmcgm.graph import CausalGraph
 from fmcgm.manipulator import apply_intervention
+from fmcgm.roles import Role
 from tests.comfy_harness import PromptError
 from tests.fixtures.tiny_vgg16 import save_random_vgg16
 
@@ -77,7 +78,7 @@ def test_request_lists_every_concept_once_with_an_exact_schema_and_the_image():
     assert "umbrella" not in prompt and "rainy" not in prompt
     assert [v.concept for v in result.verdicts] == ["weather", "hair"]
     assert result.score == 0.5 and result.unjudged == ()
-    assert [v.role for v in result.invariance_verdicts] == [INVARIANT, INVARIANT]
+    assert [v.role for v in result.invariance_verdicts] == [Role.INVARIANT, Role.INVARIANT]
     assert result.invariance == 0.5  # separate from the score
     assert any("VLM-Eff 0.500 (1/2)" in line for line in result.report_lines())
 

@@ -7,9 +7,10 @@ import json
 import pytest
 
 from fmcgm.graph import CausalGraph, Concept, Edge, GraphError
-from fmcgm.manipulator import (DESCENDANT, INTERVENED, Counterfactual, EditPrompt, apply_intervention,
-                               counterfactual_from_answer, counterfactuals_from_proposals, descendant_value_template,
-                               edit_phrase, format_value_text, fully_specified_prompt, parse_value_text)
+from fmcgm.manipulator import (Counterfactual, EditPrompt, apply_intervention, counterfactual_from_answer,
+                               counterfactuals_from_proposals, descendant_value_template, edit_phrase,
+                               format_value_text, fully_specified_prompt, parse_value_text)
+from fmcgm.roles import Role
 
 
 def scene() -> CausalGraph:
@@ -23,15 +24,16 @@ def scene() -> CausalGraph:
         description="A bearded man in the rain")
 
 
-MODEL_PROMPTS = {
-    "interventional_prompt": "A woman in the rain",
+MODEL_PROMPTS = {  # do(gender = woman): two prompts that agree with the values, two that do not
+    "interventional_prompt": "A woman with wet hair, a full beard and a square face shape on a city street in "
+                             "rainy weather",
     "edit_prompts": [{"concept": "facial hair", "prompt": "clean-shaven face"},
-                     {"concept": "gender", "prompt": "woman"}],
+                     {"concept": "gender", "prompt": "a woman"}],
     "counterfactual_prompt": "A clean-shaven woman with long wet hair in the rain",
 }
 
 
-def test_intervention_with_model_values_and_prompts():
+def test_intervention_keeps_model_prompts_only_when_they_agree_with_the_values():
     g = scene()
     cf = apply_intervention(g, "Gender", "woman",
                             proposed={"facial hair": "clean-shaven", "hair": "long and wet", "face shape": "square"},
@@ -40,16 +42,46 @@ def test_intervention_with_model_values_and_prompts():
     assert cf.descendant_values == {"hair": "long and wet", "facial hair": "clean-shaven", "face shape": "square"}
     assert cf.changed == ("hair", "facial hair")
     # intervened concept first, then changed descendants in topological order; missing one filled in
-    assert cf.edit_prompts == (EditPrompt("gender", "woman", INTERVENED),
-                               EditPrompt("hair", "long and wet hair", DESCENDANT),
-                               EditPrompt("facial hair", "clean-shaven face", DESCENDANT))
-    assert cf.interventional_prompt == "A woman in the rain"
-    assert cf.counterfactual_prompt == MODEL_PROMPTS["counterfactual_prompt"]
-    assert cf.reports == ("no usable edit prompt for 'hair'; used 'long and wet hair'",)
+    assert cf.edit_prompts == (EditPrompt("gender", "a woman", Role.INTERVENED),
+                               EditPrompt("hair", "long and wet hair", Role.DESCENDANT),
+                               EditPrompt("facial hair", "clean-shaven facial hair", Role.DESCENDANT))
+    assert cf.interventional_prompt == MODEL_PROMPTS["interventional_prompt"]  # says every value, nothing else
+    assert cf.counterfactual_prompt == ("rainy weather, long and wet hair, woman gender, clean-shaven facial hair, "
+                                        "square face shape, city street background")
+    assert cf.reports == (
+        "no usable edit prompt for 'hair'; built 'long and wet hair' from the concept values",
+        "replaced the model's edit prompt for 'facial hair' 'clean-shaven face': it also says 'face', which is "
+        "none of the values; used 'clean-shaven facial hair', built from the values",
+        "replaced the model's counterfactual prompt 'A clean-shaven woman with long wet hair in the rain': it does "
+        "not say 'rainy', the value of 'weather'; used 'rainy weather, long and wet hair, woman gender, "
+        "clean-shaven facial hair, square face shape, city street background', built from the values",
+    )
     assert cf.values == {"weather": "rainy", "hair": "long and wet", "gender": "woman",
                          "facial hair": "clean-shaven", "face shape": "square", "background": "city street"}
     assert cf.counterfactual_graph() == g.with_values(cf.values)
-    assert cf.prompt_list == ["woman", "long and wet hair", "clean-shaven face"]
+    assert cf.prompt_list == ["a woman", "long and wet hair", "clean-shaven facial hair"]
+
+
+def test_the_issue_example_snow_storm_never_reaches_an_encoder():
+    g = CausalGraph((Concept("weather", "rainy"), Concept("hair", "wet"), Concept("age", "young")),
+                    (Edge("weather", "hair"),))
+    cf = apply_intervention(g, "weather", "sunny", {"hair": "dry", "age": "old"},
+                            prompts={"edit_prompts": [{"concept": "weather", "prompt": "snow storm"}],
+                                     "counterfactual_prompt": "an old woman in a snow storm"})
+    assert cf.values == {"weather": "sunny", "hair": "dry", "age": "young"}
+    assert [p.text for p in cf.encoder_prompts()] == [
+        "sunny weather", "dry hair", "young age", "sunny weather, wet hair, young age",
+        "sunny weather, dry hair, young age"]
+    assert not any("snow" in p.text or "old" in p.text for p in cf.encoder_prompts())
+    assert ("replaced the model's edit prompt for 'weather' 'snow storm': it does not say 'sunny', the value of "
+            "'weather'; used 'sunny weather', built from the values") in cf.reports
+    assert any(r.startswith("replaced the model's counterfactual prompt 'an old woman in a snow storm'")
+               for r in cf.reports)
+    # "old" was proposed for age (ignored: not a descendant), so a prompt saying it is refused too
+    sneaky = apply_intervention(g, "weather", "sunny", {"hair": "dry", "age": "old"},
+                                prompts={"counterfactual_prompt": "sunny weather, dry hair, young age, old"})
+    assert sneaky.counterfactual_prompt == "sunny weather, dry hair, young age"
+    assert any("it says 'old', another value of 'age'" in r for r in sneaky.reports)
 
 
 def test_model_cannot_change_non_descendants_or_the_intervened_value():
@@ -97,38 +129,46 @@ def test_graph_only_mode_builds_default_prompts():
                                         "square face shape, city street background")
 
 
-def test_leaf_intervention_and_no_op_intervention():
+def test_leaf_intervention():
     cf = apply_intervention(scene(), "background", "  beach \n at dusk ")
     assert cf.value == "beach at dusk" and cf.descendant_values == {} and cf.changed == ()
-    assert cf.edit_prompts == (EditPrompt("background", "beach at dusk background", INTERVENED),)
-    same = apply_intervention(scene(), "weather", "Rainy")
-    assert same.reports[0] == "'weather' already has the value 'rainy': the intervention changes nothing"
-    assert same.value == "Rainy"  # exactly what was asked
+    assert cf.edit_prompts == (EditPrompt("background", "beach at dusk background", Role.INTERVENED),)
 
 
-@pytest.mark.parametrize("concept, value, message", [
-    ("hat", "red", r"unknown concept 'hat'; known concepts: 'weather', 'hair', 'gender'"),
-    ("gender", "", r"intervention value for 'gender' is empty.*current value: 'man'"),
-    ("gender", "  \n", "is empty"),
-    ("gender", None, "must be text, got NoneType"),
-])
-def test_bad_interventions_are_clear_errors(concept, value, message):
-    with pytest.raises(GraphError, match=message):
-        apply_intervention(scene(), concept, value)
+def test_a_do_that_changes_nothing_changes_nothing():
+    """do(weather = Rainy) on rainy weather: no descendant changes, whatever is proposed."""
+    same = apply_intervention(scene(), "weather", "Rainy", proposed={"hair": "dry", "background": "beach"},
+                              prompts={"counterfactual_prompt": "a man with dry hair"})
+    assert same.changes_nothing and same.changed == ()
+    assert same.value == "rainy"  # the factual spelling: not even the case changes
+    assert same.values == scene().values and same.counterfactual_graph() == scene()
+    assert same.reports[:3] == (
+        "do(weather = Rainy) changes nothing: 'weather' already is 'rainy', so every concept keeps its value",
+        "ignored the new value 'dry' for descendant 'hair': do(weather = rainy) changes nothing, so it keeps 'wet'",
+        "ignored the new value 'beach' for 'background': it is not a descendant of 'weather', so it keeps "
+        "'city street'")
+    assert same.prompt_list == ["rainy weather"]
+    assert same.counterfactual_prompt == same.interventional_prompt == fully_specified_prompt(scene().values)
+    assert "changes nothing" in same.to_text().splitlines()[0]
+    with pytest.raises(GraphError, match=r"changes nothing .* no descendant may change; 'hair' did"):
+        dataclasses.replace(same, descendant_values={"hair": "dry"},
+                            edit_prompts=(EditPrompt("weather", "rainy weather"), EditPrompt("hair", "dry hair")))
 
 
 def test_prompt_aliases_and_forms():
     g = scene()
+    full = "sunny weather, dry hair, man, full beard, square face shape, city street background"
     as_mapping = apply_intervention(g, "weather", "sunny", {"hair": "dry"},
-                                    {"intervention_prompt": "sunny", "prompts": {"weather": "sunny sky",
-                                                                                 "hair": "dry hair"},
-                                     "full_prompt": "a man in the sun"})
-    assert as_mapping.prompt_list == ["sunny sky", "dry hair"]
-    assert as_mapping.interventional_prompt == "sunny" and as_mapping.counterfactual_prompt == "a man in the sun"
+                                    {"intervention_prompt": full.replace("dry", "wet"),
+                                     "prompts": {"weather": "the sunny weather", "hair": "dry hair"},
+                                     "full_prompt": full})
+    assert as_mapping.prompt_list == ["the sunny weather", "dry hair"]
+    assert as_mapping.interventional_prompt == full.replace("dry", "wet") and as_mapping.counterfactual_prompt == full
     assert as_mapping.reports == ()
-    positional = apply_intervention(g, "weather", "sunny", {"hair": "dry"}, {"edit_prompts": ["sun", "dry hair"]})
-    assert positional.prompt_list == ["sun", "dry hair"]
-    assert "no usable interventional prompt; built one from the concept values" in positional.reports
+    positional = apply_intervention(g, "weather", "sunny", {"hair": "dry"}, {"edit_prompts": ["sunny", "dry hair"]})
+    assert positional.prompt_list == ["sunny", "dry hair"]
+    assert ("no usable interventional prompt; built 'sunny weather, wet hair, man gender, full beard facial hair, "
+            "square face shape, city street background' from the concept values") in positional.reports
     wrong_count = apply_intervention(g, "weather", "sunny", {"hair": "dry"}, {"edit_prompts": ["sun"]})
     assert wrong_count.prompt_list == ["sunny weather", "dry hair"]
     assert "ignored 1 edit prompts without concept names (2 expected)" in wrong_count.reports
@@ -137,11 +177,26 @@ def test_prompt_aliases_and_forms():
 def test_edit_prompts_for_unchanged_or_unknown_concepts_are_ignored():
     cf = apply_intervention(scene(), "weather", "sunny", {"hair": "wet"},
                             {"edit_prompts": [["hair", "dry hair"], {"concept": "hat", "prompt": "x"}, 3,
-                                              {"concept": "weather", "prompt": "sun"}]})
-    assert cf.prompt_list == ["sun"]
+                                              {"concept": "weather", "prompt": "sunny"}]})
+    assert cf.prompt_list == ["sunny"]
     assert "ignored the edit prompt 'dry hair' for 'hair': its value does not change" in cf.reports
     assert "ignored an edit prompt for unknown concept 'hat'" in cf.reports
     assert "ignored an unreadable edit prompt 3" in cf.reports
+
+
+@pytest.mark.parametrize("prompt, reason", [
+    ("sun", "it does not say 'sunny', the value of 'weather'"),
+    ("not sunny weather", "it also says 'not', which is none of the values"),
+    ("sunny weather instead of rainy", "it says 'rainy', another value of 'weather'"),
+    ("sunny weather, dry hair", "it says 'dry', the value of another concept, 'hair'"),
+    ("sunny sky", "it also says 'sky', which is none of the values"),
+    ("sunny " * 100, "it is 599 characters long (the limit is 300)"),
+])
+def test_a_disagreeing_edit_prompt_is_replaced_and_the_reason_reported(prompt, reason):
+    cf = apply_intervention(scene(), "weather", "sunny", {"hair": "dry"}, {"edit_prompts": {"weather": prompt}})
+    assert cf.prompt_list[0] == "sunny weather"
+    assert any(line.startswith("replaced the model's edit prompt for 'weather'") and reason in line
+               for line in cf.reports), cf.reports
 
 
 def test_edit_phrase_and_fully_specified_prompt():
@@ -160,6 +215,9 @@ def test_counterfactual_json_round_trip():
     data = json.loads(text)
     assert data["changed"] == ["facial hair"] and data["edit_prompts"][0]["role"] == "intervened"
     assert data["graph"] == scene().to_dict()
+    assert data["protect_prompts"] == [{"concept": "weather", "prompt": "rainy weather", "role": "invariant"},
+                                       {"concept": "background", "prompt": "city street background",
+                                        "role": "invariant"}]
 
 
 def test_counterfactual_is_checked_on_construction():
@@ -180,6 +238,12 @@ def test_counterfactual_is_checked_on_construction():
         dataclasses.replace(cf, counterfactual_prompt=" ")
     reordered = dataclasses.replace(cf, edit_prompts=tuple(reversed(cf.edit_prompts)))
     assert reordered.edit_prompts == cf.edit_prompts  # order and roles are derived
+    with pytest.raises(GraphError, match=r"the edit prompt for 'gender' 'a man' does not agree with do\(gender = "
+                                         r"woman\): it does not say 'woman'"):
+        dataclasses.replace(cf, edit_prompts=(EditPrompt("gender", "a man"), *cf.edit_prompts[1:]))
+    with pytest.raises(GraphError, match=r"the counterfactual prompt .* it says 'full beard', another value of "
+                                         r"'facial hair'"):
+        dataclasses.replace(cf, counterfactual_prompt=cf.counterfactual_prompt + ", full beard")
 
 
 @pytest.mark.parametrize("change, message", [
@@ -191,6 +255,7 @@ def test_counterfactual_is_checked_on_construction():
      r"edit prompt #1 has an unknown key 'weight'"),
     (lambda d: d.update(reports="x"), "'reports' must be a list"),
     (lambda d: d["graph"].update(edges=[{"cause": "gender", "effect": "hat"}]), "names unknown concept 'hat'"),
+    (lambda d: d.update(counterfactual_prompt="a bearded man"), "does not agree"),
 ])
 def test_counterfactual_from_json_errors(change, message):
     data = apply_intervention(scene(), "gender", "woman", {"facial hair": "none"}).to_dict()
@@ -211,16 +276,19 @@ def test_to_text_lists_changes_and_notes():
 # ---------------------------------------------------------------- manual mode answers
 
 def test_counterfactual_from_answer_reads_aliases_and_bare_values():
-    answer = {"updated_values": [{"concept": "facial hair", "value": "none"}], "intervention_prompt": "A woman",
-              "edit_prompts": {"gender": "woman"}, "counterfactual_prompt": "A clean-shaven woman"}
+    full = "rainy weather, wet hair, woman, none facial hair, square face shape, city street background"
+    answer = {"updated_values": [{"concept": "facial hair", "value": "none"}],
+              "intervention_prompt": full.replace("none", "full beard"),
+              "edit_prompts": {"gender": "woman"}, "counterfactual_prompt": full}
     cf = counterfactual_from_answer(scene(), "gender", "woman", answer)
-    assert cf.descendant_values["facial hair"] == "none" and cf.interventional_prompt == "A woman"
+    assert cf.descendant_values["facial hair"] == "none" and cf.interventional_prompt == answer["intervention_prompt"]
+    assert cf.counterfactual_prompt == full
     assert cf.reports == ("no new value for descendant 'hair'; it keeps 'wet'",
                           "no new value for descendant 'face shape'; it keeps 'square'",
-                          "no usable edit prompt for 'facial hair'; used 'none facial hair'")
+                          "no usable edit prompt for 'facial hair'; built 'none facial hair' from the concept values")
     bare = counterfactual_from_answer(scene(), "gender", "woman", {"facial hair": "none"})
     assert bare.descendant_values["facial hair"] == "none"
-    assert "no usable counterfactual prompt; built one from the concept values" in bare.reports
+    assert any(r.startswith("no usable counterfactual prompt; built ") for r in bare.reports)
     junk = counterfactual_from_answer(scene(), "gender", "woman", ["x"])
     assert junk.changed == () and "ignored an unreadable descendant value 'x'" in junk.reports
 
@@ -245,7 +313,7 @@ def test_proposals_are_deduplicated_and_repaired():
     assert result.reports == (
         "proposal #2 names no known concept ('hat'); dropped it",
         "proposal #3 intervenes on 'weather' again; dropped it (each intervention must be on a different concept)",
-        "proposal #4 on 'gender' has no usable new value; dropped it",
+        "proposal #4 on 'gender' has no usable new value (''); dropped it",
         "proposal #5 sets 'background' to its current value 'city street'; dropped it",
         "proposal #6 names no known concept (None); dropped it",
         "proposal #8 do(facial hair = stubble) is beyond the 2 requested; dropped it",

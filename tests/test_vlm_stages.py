@@ -1,46 +1,27 @@
-"""The extractor pipeline against a scripted backend, and the prompts and schemas it sends.
+"""The pipeline's VLM stages against a scripted backend: graph extraction, the manipulator's
+manual and automatic calls, and the prompts and schemas they send.
 
-``ScriptedBackend`` implements the real ``VLMBackend`` protocol and answers with given
-strings; the real model backends are tested elsewhere.
+``ScriptedBackend`` (tests/fixtures/scripted_vlm.py) implements the real ``VLMBackend``
+protocol and answers with given strings; the real model backends are tested elsewhere.
 """
 from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import pytest
 
 from fmcgm import prompts
-from fmcgm.extractor import (STAGE_CONCEPTS, STAGE_DESCRIPTION, STAGE_EDGES, STAGE_PROPAGATION, STAGE_PROPOSALS,
-                             ExtractionResult, extract_graph, graph_from_answer, propagate, propose_interventions)
+from fmcgm.extraction import (STAGE_CONCEPTS, STAGE_DESCRIPTION, STAGE_EDGES, ExtractionResult, extract_graph,
+                              graph_from_answer)
 from fmcgm.graph import CausalGraph, Concept, Edge, GraphError
+from fmcgm.manipulator import STAGE_PROPAGATION, STAGE_PROPOSALS, propagate, propose_interventions
 from fmcgm.parsing import ModelAnswerError
-from fmcgm.vlm.base import GenerationRequest, TokenCallback, VLMBackend, VLMError
+from fmcgm.vlm.base import VLMBackend, VLMError
+from tests.fixtures.scripted_vlm import ScriptedBackend
 
 IMAGE = object()  # backends receive the image object untouched; the pipeline never looks inside
-
-
-class ScriptedBackend:
-    """Answers each request with the next scripted string (or the result of a function of the request)."""
-
-    name = "scripted"
-
-    def __init__(self, *answers: Any, tokens_per_answer: int = 4):
-        self.answers = list(answers)
-        self.requests: list[GenerationRequest] = []
-        self.tokens_per_answer = tokens_per_answer
-
-    def generate(self, request: GenerationRequest, on_token: Optional[TokenCallback] = None) -> str:
-        self.requests.append(request)
-        for done in range(1, self.tokens_per_answer + 1):
-            if on_token is not None:
-                on_token(done, request.max_new_tokens)
-        answer = self.answers.pop(0)
-        return answer(request) if callable(answer) else answer
-
-    def describe(self) -> str:
-        return "scripted test backend"
 
 
 def test_scripted_backend_follows_the_protocol():
@@ -225,9 +206,9 @@ def test_graph_from_answer():
 
 PROPAGATION = json.dumps({
     "descendant_values": {"facial hair": "clean-shaven"},
-    "interventional_prompt": "A woman standing in the rain",
-    "edit_prompts": [{"concept": "gender", "prompt": "woman"}, {"concept": "facial hair", "prompt": "no beard"}],
-    "counterfactual_prompt": "A clean-shaven woman standing in the rain",
+    "interventional_prompt": "A woman with a full beard and wet hair in rainy weather",
+    "edit_prompts": [{"concept": "gender", "prompt": "woman"}, {"concept": "facial hair", "prompt": "clean-shaven"}],
+    "counterfactual_prompt": "A clean-shaven woman with wet hair in rainy weather",
 })
 
 
@@ -235,7 +216,8 @@ def test_propagate_asks_with_descendants_and_schema():
     backend = ScriptedBackend("<think>she has no beard</think>" + PROPAGATION)
     cf = propagate(backend, expected_graph(), "Gender", "woman", image=IMAGE, seed=3)
     assert (cf.concept, cf.value, cf.changed) == ("gender", "woman", ("facial hair",))
-    assert cf.prompt_list == ["woman", "no beard"] and cf.reports == ()
+    assert cf.prompt_list == ["woman", "clean-shaven"] and cf.reports == ()  # every prompt agrees: all kept
+    assert cf.counterfactual_prompt == json.loads(PROPAGATION)["counterfactual_prompt"]
     (request,) = backend.requests
     assert request.json_schema == prompts.propagation_schema(expected_graph(), "gender")
     assert list(request.messages[1].images) == [IMAGE] and request.seed == 3
@@ -262,10 +244,18 @@ def test_propagate_repairs_partial_answers_and_names_the_stage_on_garbage():
         propagate(ScriptedBackend("I refuse"), expected_graph(), "gender", "woman")
 
 
+def test_propagate_does_not_ask_the_model_when_the_do_changes_nothing():
+    backend = ScriptedBackend()
+    cf = propagate(backend, expected_graph(), "weather", " Rainy ")
+    assert backend.requests == [] and cf.changes_nothing and cf.values == expected_graph().values
+    assert cf.reports[0].startswith("do(weather = Rainy) changes nothing")
+    assert cf.reports[-1] == "the VLM was not asked: there is nothing to propagate"
+
+
 PROPOSALS = json.dumps({"interventions": [
     {"concept": "weather", "value": "sunny", "descendant_values": {"hair": "dry"}, "interventional_prompt": "sun",
      "edit_prompts": [{"concept": "weather", "prompt": "sunny sky"}, {"concept": "hair", "prompt": "dry hair"}],
-     "counterfactual_prompt": "A bearded man in the sun with dry hair"},
+     "counterfactual_prompt": "a man with a full beard and dry hair in sunny and snowy weather"},
     {"concept": "weather", "value": "snowy", "descendant_values": {"hair": "snowy"}, "interventional_prompt": "x",
      "edit_prompts": [], "counterfactual_prompt": "x"},
     {"concept": "gender", "value": "woman", "descendant_values": {"facial hair": "none"},
@@ -278,12 +268,18 @@ def test_propose_interventions_dedupes_and_reports():
     backend = ScriptedBackend(PROPOSALS)
     counterfactuals = propose_interventions(backend, expected_graph(), n=3, image=IMAGE)
     assert [(cf.concept, cf.value) for cf in counterfactuals] == [("weather", "sunny"), ("gender", "woman")]
-    assert counterfactuals[0].prompt_list == ["sunny sky", "dry hair"]
+    assert counterfactuals[0].prompt_list == ["sunny weather", "dry hair"]  # "sunny sky" says "sky" too
     shared = (f"{STAGE_PROPOSALS}: proposal #2 intervenes on 'weather' again; dropped it "
               "(each intervention must be on a different concept)",
               f"{STAGE_PROPOSALS}: the model proposed 2 usable interventions of the 3 asked for")
-    assert counterfactuals[0].reports == shared
-    assert counterfactuals[1].reports == shared + ("no usable edit prompt for 'facial hair'; used 'none facial hair'",)
+    assert counterfactuals[0].reports[:2] == shared
+    assert "replaced the model's edit prompt for 'weather' 'sunny sky': it also says 'sky'" in \
+        counterfactuals[0].reports[2]
+    assert counterfactuals[1].reports[:3] == shared + (
+        "no usable edit prompt for 'facial hair'; built 'none facial hair' from the concept values",)
+    # proposal #2's "snowy" is a value the model gave weather: no prompt of proposal #1 may say it
+    assert any("it says 'snowy', another value of 'weather'" in r for r in counterfactuals[0].reports)
+    assert all("snow" not in p.text for cf in counterfactuals for p in cf.encoder_prompts())
     (request,) = backend.requests
     assert (request.temperature, request.max_new_tokens) == (0.2, 3072)
     assert request.json_schema == prompts.proposals_schema(expected_graph(), 3)
@@ -385,12 +381,6 @@ def test_schemas_compile_with_xgrammar_and_accept_good_answers():
     grammar = xgr.Grammar.from_json_schema(json.dumps(schemas["propagation"]), any_whitespace=False)
     assert not testing._is_grammar_accept_string(
         grammar, json.dumps({**json.loads(PROPAGATION), "descendant_values": {}}))
-
-
-def test_openai_response_format_wraps_the_schema():
-    schema = prompts.description_schema()
-    assert prompts.openai_response_format(schema, "scene_description") == {
-        "type": "json_schema", "json_schema": {"name": "scene_description", "strict": True, "schema": schema}}
 
 
 def test_prompts_quote_the_graph():
