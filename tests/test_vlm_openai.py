@@ -350,3 +350,45 @@ def test_server_text_is_redacted_before_it_is_cut_to_an_excerpt():
     for text in ("x" * 290 + KEY, " \n" * 5000 + KEY, (b"y" * 295 + KEY.encode())):
         shown = excerpt(text, redact=redact)
         assert KEY[:8] not in shown and len(shown) <= 303
+
+
+# -- HTTPS -----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory):
+    """The scripted server over HTTPS with a self-signed certificate for 127.0.0.1 (no model)."""
+    import shutil
+    import subprocess
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    with serve(None, MODEL, tls=(cert, key)) as url:
+        yield url, cert
+
+
+def test_https_carries_the_request_and_the_key(tls_server, monkeypatch):
+    url, cert = tls_server
+    assert url.startswith("https://")
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))  # trust the test certificate, as a user trusts a CA
+    monkeypatch.setenv("FMCGM_TEST_API_KEY", KEY)
+    seen = json.loads(client(url, "echo", api_key_env="FMCGM_TEST_API_KEY").generate(request()))
+    assert seen["authorization"] == "Bearer [redacted]" and seen["stream"] is True
+    assert debug_tls(url, cert)["echo"] == hashlib.sha256(f"Bearer {KEY}".encode()).hexdigest()
+
+
+def test_https_with_an_untrusted_certificate_is_refused_clearly(tls_server):
+    url, _ = tls_server
+    with pytest.raises(VLMError, match=r"Could not connect to https://127\.0\.0\.1:\d+/v1/chat/completions "
+                                       r"\(SSLCertVerificationError.*certificate verify failed"):
+        client(url, "echo", retries=0).generate(request())
+
+
+def debug_tls(url: str, cert) -> dict:
+    import ssl
+    context = ssl.create_default_context(cafile=str(cert))
+    with urllib.request.urlopen(f"{url}/debug/auth", timeout=10, context=context) as response:
+        return json.load(response)
