@@ -153,3 +153,27 @@ def read_with_confidence(img) -> tuple[dict[str, Optional[str]], dict[str, float
             continue
         values[concept], shares[concept] = _vote(_pixels(a, boxes), concept)
     return {c: values[c] for c in CONCEPTS}, {c: shares[c] for c in CONCEPTS}
+
+
+def _same(a: Optional[str], b: str) -> bool:
+    return a is not None and " ".join(a.split()).casefold() == " ".join(b.split()).casefold()
+
+
+def report(img, counterfactual=None, label: str = "picture") -> str:
+    """What the oracle reads, as text; with a ``fmcgm.manipulator.Counterfactual``, also whether each
+    changed concept shows its new value and each non-descendant keeps its factual value."""
+    values, shares = read_with_confidence(img)
+    lines = [f"{label}: " + "; ".join(f"{c} = {values[c] or '?'} ({shares[c]:.0%})" for c in CONCEPTS)]
+    if counterfactual is not None:
+        cf = counterfactual
+        targets = {cf.concept: cf.value, **{d: cf.descendant_values[d] for d in cf.changed}}
+        keep = {n: cf.graph.concept(n).value for n in cf.graph.non_descendants(cf.concept)}
+        hits = [_same(values.get(c), v) for c, v in targets.items()]
+        kept = [_same(values.get(c), v) for c, v in keep.items()]
+        lines.append(f"  do({cf.concept} = {cf.value}): effectiveness {sum(hits)}/{len(hits)} ("
+                     + ", ".join(f"{c} {'ok' if h else 'NOT'} {v}" for (c, v), h in zip(targets.items(), hits)) + ")")
+        if keep:
+            lines.append(f"  invariance {sum(kept)}/{len(kept)} ("
+                         + ", ".join(f"{c} {'kept' if k else 'CHANGED from'} {v}" for (c, v), k in zip(keep.items(), kept))
+                         + ")")
+    return "\n".join(lines)

@@ -149,6 +149,21 @@ def sample_scene(rng: random.Random, follows: Optional[bool] = None, **fixed: st
     return Scene(_solve(roots, noise), noise, layout)
 
 
+def scene_from_values(weather: str, house: str, side: str, layout_seed: int = 0, **overrides: str) -> Scene:
+    """A scene with these root values; the effects follow their mechanisms unless ``overrides``
+    gives them a value (keyword = concept name with '_' for ' ', e.g. ``ground="snowy ground"``),
+    which is the exogenous noise that makes them not follow."""
+    roots = {WEATHER: check_value(WEATHER, weather), HOUSE: check_value(HOUSE, house), SIDE: check_value(SIDE, side)}
+    fixed = {k.replace("_", " "): v for k, v in overrides.items()}
+    noise = {}
+    for effect in MECHANISMS:
+        noise[effect] = Noise(False, check_value(effect, fixed[effect])) if effect in fixed else Noise(True, VALUES[effect][0])
+    unknown = set(fixed) - set(MECHANISMS)
+    if unknown:
+        raise ValueError(f"only the weather's effects ({', '.join(MECHANISMS)}) can be overridden, not {sorted(unknown)}")
+    return Scene(_solve(roots, noise), noise, sample_layout(random.Random(f"layout-{int(layout_seed)}")))
+
+
 def _solve(roots: Mapping[str, str], noise: Mapping[str, Noise], fixed: Mapping[str, str] = {}) -> dict:
     values = dict(roots)
     for c in CONCEPTS:  # concept order is a topological order

@@ -1,0 +1,147 @@
+"""Miniature-world nodes: the tiny SDXL trained on the world, the world's pictures, and its oracle.
+
+Adapters only: the checkpoint format, the world's SCM, renderer and oracle live in
+``fmcgm.miniworld``. Typical graph: Load Tiny SDXL Checkpoint + Miniature World Scene -> VAE
+Encode -> DPM-Solver++ Inversion; the scene's graph -> Causal Graph Editor -> Concept
+Manipulator (graph-only) -> CSG Edits From Counterfactual -> CSG Sampler -> VAE Decode ->
+Miniature World Oracle (does the edit show the counterfactual?).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ._api import CATEGORY, io, schema, ui
+from ._types import CausalGraphSocket, CounterfactualSocket
+
+WORLD_CATEGORY = f"{CATEGORY}/miniworld"
+PACK_MODELS = Path(__file__).resolve().parent.parent / "models"
+FROM_WEATHER = "(from the weather)"
+
+
+def _checkpoint_files() -> dict[str, str]:
+    """name -> path of every tiny SDXL checkpoint: ComfyUI's checkpoints folders first, then the
+    pack's own models/ folder (where the miniature world's checkpoint ships)."""
+    import folder_paths
+    from fmcgm.miniworld.model import is_tiny_checkpoint
+    found: dict[str, str] = {}
+    for name in folder_paths.get_filename_list("checkpoints"):
+        path = folder_paths.get_full_path("checkpoints", name)
+        if path and name.endswith(".safetensors") and is_tiny_checkpoint(path):
+            found[name] = path
+    if PACK_MODELS.is_dir():
+        for path in sorted(PACK_MODELS.glob("*.safetensors")):
+            if path.name not in found and is_tiny_checkpoint(path):
+                found[path.name] = str(path)
+    return found
+
+
+class LoadTinySDXLCheckpoint(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        names = list(_checkpoint_files()) or ["(no tiny SDXL checkpoint found)"]
+        return schema(
+            node_id="FMCGMLoadTinySDXLCheckpoint",
+            display_name="Load Tiny SDXL Checkpoint (FM-CGM)",
+            category=WORLD_CATEGORY,
+            description="Loads a tiny SDXL checkpoint (SDXL's own UNet, dual CLIP and VAE classes at small sizes, "
+                        "the sizes stored in the file's metadata), such as the miniature world's model that ships "
+                        "with this pack. Load Checkpoint cannot: it guesses a model from its tensor shapes and "
+                        "only knows full-size ones. Looks in ComfyUI's checkpoints folders and in the pack's "
+                        "models/ folder.",
+            inputs=[io.Combo.Input("ckpt_name", options=names,
+                                   tooltip="A .safetensors file with 'fmcgm_tiny_sdxl' metadata (the miniature "
+                                           "world's model is fmcgm-miniworld-sdxl.safetensors).")],
+            outputs=[io.Model.Output(display_name="MODEL"), io.Clip.Output(display_name="CLIP"),
+                     io.Vae.Output(display_name="VAE")],
+        )
+
+    @classmethod
+    def execute(cls, ckpt_name):
+        from fmcgm.miniworld import model
+        path = _checkpoint_files().get(ckpt_name)
+        if path is None:
+            raise ValueError(f"ckpt_name: no tiny SDXL checkpoint {ckpt_name!r} in ComfyUI's checkpoints folders or "
+                             f"{PACK_MODELS}; put the file there (or pick one from the list)")
+        return io.NodeOutput(*model.load(path))
+
+
+def _scene_inputs():
+    from fmcgm.miniworld import world
+    derived = [(world.SKY, "sky"), (world.GROUND, "ground"), (world.WINDOWS, "windows")]
+    return [
+        io.Combo.Input("weather", options=list(world.VALUES[world.WEATHER]), default="rainy",
+                       tooltip="The root cause: the sun or cloud, and (through the SCM) the sky, ground and windows."),
+        io.Combo.Input("house", options=list(world.VALUES[world.HOUSE]), default="red house",
+                       tooltip="The house's colour (independent of the weather)."),
+        io.Combo.Input("house_side", options=list(world.VALUES[world.SIDE]), default="house on the left side",
+                       tooltip="Where the house stands (independent of the weather)."),
+        io.Int.Input("layout_seed", default=0, min=0, max=0xFFFFFFFF,
+                     tooltip="Seeds the small jitter of positions and the puddles."),
+        *[io.Combo.Input(key, options=[FROM_WEATHER, *world.VALUES[concept]], default=FROM_WEATHER,
+                         tooltip=f"The {concept}: '{FROM_WEATHER}' follows the world's mechanism; a value "
+                                 "overrides it (the SCM's exogenous noise).")
+          for concept, key in derived],
+        io.Int.Input("size", default=128, min=64, max=1024, step=32,
+                     tooltip="Picture side in px (the miniature world's model is trained at 128)."),
+    ]
+
+
+class MiniworldScene(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="FMCGMMiniworldScene",
+            display_name="Miniature World Scene (FM-CGM)",
+            category=WORLD_CATEGORY,
+            description="A picture of the miniature causal world (weather -> sky, ground, windows; the house's colour "
+                        "and side independent of it) with its causal graph and current values, ready for the "
+                        "Causal Graph Editor and the Concept Manipulator's graph-only mode.",
+            inputs=_scene_inputs(),
+            outputs=[io.Image.Output(display_name="image"),
+                     CausalGraphSocket.Output(display_name="graph"),
+                     io.String.Output(display_name="graph_json"),
+                     io.String.Output(display_name="caption")],
+        )
+
+    @classmethod
+    def execute(cls, weather, house, house_side, layout_seed, sky, ground, windows, size):
+        import torch
+        from fmcgm.graph import CausalGraph
+        from fmcgm.miniworld import render, world
+        overrides = {c: v for c, v in ((world.SKY, sky), (world.GROUND, ground), (world.WINDOWS, windows))
+                     if v != FROM_WEATHER}
+        scene = world.scene_from_values(weather, house, house_side, layout_seed, **overrides)
+        image = torch.from_numpy(render.render(scene, size)).float().div_(255.0)[None]
+        graph = CausalGraph.from_dict(world.graph_dict(scene.values))
+        return io.NodeOutput(image, [graph], graph.to_json(), scene.caption(), ui=ui.PreviewText(graph.to_text()))
+
+
+class MiniworldOracle(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="FMCGMMiniworldOracle",
+            display_name="Miniature World Oracle (FM-CGM)",
+            category=WORLD_CATEGORY,
+            description="Reads every concept's value off pictures of the miniature world by region (no learned judge). "
+                        "With a counterfactual, also says whether each changed concept shows its new value "
+                        "(effectiveness) and each non-descendant keeps its value (invariance).",
+            is_output_node=True,
+            inputs=[io.Image.Input("image", tooltip="Pictures of the miniature world (any size, square)."),
+                    CounterfactualSocket.Input("counterfactual", optional=True,
+                                               tooltip="From the Concept Manipulator: checks the pictures against it.")],
+            outputs=[io.String.Output(display_name="report")],
+        )
+
+    @classmethod
+    def execute(cls, image, counterfactual=None):
+        from fmcgm.miniworld.oracle import report
+        cfs = list(counterfactual or [])
+        pictures = (image.cpu().numpy() * 255.0).round().clip(0, 255).astype("uint8")
+        text = "\n\n".join(report(p, cfs[i if len(cfs) > 1 else 0] if cfs else None, label=f"image {i}")
+                           for i, p in enumerate(pictures))
+        return io.NodeOutput(text, ui=ui.PreviewText(text))
+
+
+NODES = [LoadTinySDXLCheckpoint, MiniworldScene, MiniworldOracle]
+

@@ -1,0 +1,154 @@
+"""The miniature world without a model: SCM, captions, graph JSON, renderer and oracle."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from fmcgm.miniworld import oracle, render, world
+
+
+def scenes(n: int, seed: str = "t", follows=None):
+    rng = random.Random(seed)
+    return [world.sample_scene(rng, follows=follows) for _ in range(n)]
+
+
+def test_oracle_reads_every_rendered_scene():
+    # Ground truth readable from pixels: every concept of every scene (mechanisms followed or not,
+    # all jitter) comes back from the picture, at the trained size and at others.
+    for s in scenes(100):
+        assert oracle.read(render.render(s)) == s.values
+    for size in (96, 256):
+        for s in scenes(10, f"size{size}"):
+            assert oracle.read(render.render(s, size)) == s.values
+
+
+def test_oracle_cannot_tell_on_pictures_that_are_not_the_world():
+    magenta = np.zeros((128, 128, 3), np.uint8)
+    magenta[..., 0] = magenta[..., 2] = 255
+    assert all(v is None for v in oracle.read(magenta).values())
+    # a scene with its house painted over by sky: the side, house and windows cannot be read
+    s = scenes(1, "nohouse")[0]
+    img = render.render(s)
+    reg = render.dilate(render.regions(s)[world.SIDE], 2)
+    img[reg] = render.COLOURS[world.SKY][s.values[world.SKY]]
+    read = oracle.read(img)
+    assert read[world.SIDE] is None and read[world.HOUSE] is None and read[world.WINDOWS] is None
+    assert read[world.WEATHER] == s.values[world.WEATHER]
+
+
+def test_oracle_sees_a_changed_region_and_only_it():
+    s = world.scene_from_values("rainy", "blue house", "house on the right side", 3)
+    cf = world.counterfactual(s, world.WEATHER, "sunny")
+    img, target = render.render(s), render.render(cf)
+    # paste only the sky region of the counterfactual: the sky reads blue, the rest is unchanged
+    sky = render.regions(s)[world.SKY]
+    mixed = img.copy()
+    mixed[sky] = target[sky]
+    read = oracle.read(mixed)
+    assert read[world.SKY] == "blue sky"
+    assert {c: read[c] for c in world.CONCEPTS if c != world.SKY} == {c: s.values[c] for c in world.CONCEPTS
+                                                                        if c != world.SKY}
+
+
+def test_phrases_and_captions_are_the_manipulators():
+    from fmcgm.manipulator import edit_phrase, fully_specified_prompt
+    for concept, values in world.VALUES.items():
+        for value in values:
+            assert world.phrase(concept, value) == edit_phrase(concept, value)
+    for s in scenes(20):
+        assert world.caption(s.values) == fully_specified_prompt(s.values)
+
+
+def test_graph_json_is_what_the_graph_editor_and_manipulator_read():
+    from fmcgm.graph import CausalGraph
+    from fmcgm.manipulator import apply_intervention
+    for s in scenes(30, "graph"):
+        graph = CausalGraph.from_json(world.graph_json(s.values))
+        assert graph.values == s.values
+        for concept in world.CONCEPTS:
+            assert graph.descendants(concept) == world.descendants(concept)
+            assert set(graph.non_descendants(concept)) == set(world.non_descendants(concept))
+            for value in world.VALUES[concept]:
+                cf = apply_intervention(graph, concept, value, proposed=world.propagated_values(s, concept, value))
+                truth = world.counterfactual(s, concept, value)
+                assert cf.values == truth.values
+                assert set(cf.changed) == set(world.changed(s, truth)) - {concept}
+                assert [p.prompt for p in cf.edit_prompts][0] == world.phrase(concept, value)
+                assert cf.counterfactual_prompt == world.caption(truth.values)
+
+
+def test_counterfactuals_follow_the_scm():
+    rng = random.Random("cf")
+    for s in scenes(100, "cf"):
+        concept = rng.choice(world.CONCEPTS)
+        value = rng.choice(world.VALUES[concept])
+        cf = world.counterfactual(s, concept, value)
+        assert cf.values[concept] == value
+        assert cf.layout == s.layout and cf.noise == s.noise
+        for c in world.non_descendants(concept):
+            assert cf.values[c] == s.values[c]
+        for effect in world.descendants(concept):
+            noise = s.noise[effect]
+            cause, table = world.MECHANISMS[effect]
+            assert cf.values[effect] == (table[cf.values[cause]] if noise.follows else noise.value)
+        assert world.counterfactual(s, concept, s.values[concept]).values == s.values
+    typical = scenes(50, "typical", follows=True)
+    assert all(s.values[world.SKY] == world.MECHANISMS[world.SKY][1][s.values[world.WEATHER]] for s in typical)
+    with pytest.raises(ValueError, match="not a value of 'weather'"):
+        world.counterfactual(typical[0], world.WEATHER, "foggy")
+
+
+def test_every_combination_occurs_and_mechanisms_are_the_rule():
+    sample = scenes(3000, "freq")
+    follow = np.mean([s.values[world.GROUND] == world.MECHANISMS[world.GROUND][1][s.values[world.WEATHER]]
+                      for s in sample])
+    # follows with 0.75, plus 1/3 of the other quarter by chance: 0.833
+    assert 0.80 < follow < 0.87
+    pairs = {(s.values[world.WEATHER], s.values[world.GROUND]) for s in sample}
+    assert len(pairs) == 9
+
+
+def test_changed_region_covers_what_changes_and_spares_the_house():
+    for s in scenes(20, "region", follows=True):
+        other = [v for v in world.VALUES[world.WEATHER] if v != s.values[world.WEATHER]][0]
+        cf = world.counterfactual(s, world.WEATHER, other)
+        region = render.changed_region(s, cf, world.changed(s, cf))
+        differs = np.abs(render.render(s).astype(int) - render.render(cf).astype(int)).sum(-1) > 0
+        assert not (differs & ~region).any()  # nothing changes outside the changed region
+        wall_inside = ~render.dilate(~render.regions(s)[world.HOUSE], 2)
+        assert wall_inside.sum() > 300 and not (region & wall_inside).any()  # the house's walls never change
+
+
+def test_scene_from_values_and_overrides():
+    s = world.scene_from_values("snowy", "yellow house", "house on the right side", 5, ground="dry ground")
+    assert s.values == {"weather": "snowy", "sky": "pale sky", "ground": "dry ground", "windows": "lit windows",
+                        "house": "yellow house", "house side": "house on the right side"}
+    assert world.counterfactual(s, world.WEATHER, "rainy").values[world.GROUND] == "dry ground"  # its own noise
+    with pytest.raises(ValueError, match="only the weather's effects"):
+        world.scene_from_values("snowy", "yellow house", "house on the right side", 5, house_side="house on the left side")
+
+
+def test_training_scenes_never_show_held_out_combinations():
+    from fmcgm.miniworld import train
+    s = train.Settings()
+    held = train.held_out_set(s)
+    assert len(held) == round(0.1 * len(world.all_value_combinations()))
+    drawn = [train.training_scene(s.seed, i, held) for i in range(400)]
+    assert not any(world.combo_key(d.values) in held for d in drawn)
+    assert train.training_scene(s.seed, 17, held) == drawn[17]  # deterministic by index
+
+
+def test_training_captions_mix():
+    from fmcgm.miniworld import train
+    mix = train.Settings().caption_mix
+    rng = random.Random(0)
+    values = scenes(1)[0].values
+    caps = [train.caption_for(values, rng, mix) for _ in range(4000)]
+    assert abs(sum(c is None for c in caps) / 4000 - mix["none"]) < 0.02
+    full = world.caption(values)
+    assert abs(sum(c == full for c in caps) / 4000 - mix["full"]) < 0.03
+    phrases = {world.phrase(c, values[c]) for c in world.CONCEPTS}
+    assert abs(sum(c in phrases for c in caps) / 4000 - mix["single"]) < 0.03
+    assert all(c is None or set(c.split(", ")) <= phrases for c in caps)
