@@ -1,15 +1,24 @@
 #!/usr/bin/env python3
-"""Generate the example workflows in workflows/ (ComfyUI UI format) from their definitions.
+"""Generate the example workflows in workflows/ with ComfyUI's real frontend.
 
-Each workflow is defined once here as an API-format graph, then laid out as a UI workflow
-with the live /object_info of a real ComfyUI with this pack loaded, so widget order and
-socket types always match the node schemas. tests/test_workflows.py checks the shipped
-files equal what this script writes, and runs each one on tiny models.
+Each workflow is defined once here: its nodes as an API-format graph (only the inputs that
+differ from the node's defaults; the rest keep their defaults), the stages it is laid out
+in (one column and one group each) and the Note that tells a user what to do. The files
+themselves are written by the frontend: this script starts a real ComfyUI with this pack,
+opens its frontend in Chromium, creates each node there, sets widgets by name, connects
+sockets by name, reads back the frontend's own node sizes to lay the stages out without
+overlap, and saves ``app.graph.serialize()``, so widget order and every other detail of the
+format are the frontend's. It also saves a thumbnail (``<name>.jpg``, the file the Templates
+dialog asks for) showing the laid-out workflow. The file name is the template's title.
 
-Usage: python scripts/build_workflows.py   (after `make setup`)
+tests/test_workflow_frontend.py drops each shipped file on the canvas of both tested
+frontends, checks every input by name against these definitions and runs it.
+
+Usage: python scripts/build_workflows.py   (after `make setup`; uses the 0.3.75 lane)
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import tempfile
@@ -19,163 +28,387 @@ REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = REPO / "workflows"
 SDXL = "sd_xl_base_1.0.safetensors"
 QWEN = "Qwen3-VL-8B-Instruct"
+EXAMPLE_PICTURE = "example.png"  # ComfyUI ships input/example.png
 MODELS = [{"name": SDXL, "directory": "checkpoints",
            "url": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors"}]
+GAP = 60            # between columns and between nodes in a column
+GROUP_PAD = 30      # group border around its nodes
+GROUP_TITLE = 50    # room for the group's title bar
+MIN_WIDTH = 340
+NOTE_SIZE = (460, 760)
+# Nodes that show pictures get room for them up front: the frontend adds a 220 px preview
+# when the first picture arrives, and a node that grew then would cover its neighbour.
+PICTURE_NODES = {"SaveImage", "PreviewImage", "FMCGMCausalGraphViewer", "LoadImage"}
+PICTURE_NODE_HEIGHT = 380
+VIEW_SCALE = 0.8    # the frontend draws node text from about 0.6 up
+THUMBNAIL = 512
 
 
-def _node(kind: str, title: str | None = None, **inputs) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Workflow:
+    name: str                              # file name and template title
+    graph: dict                            # API format; literal inputs override the defaults
+    stages: tuple[tuple[str, tuple[str, ...]], ...]   # (group title, node ids top to bottom)
+    note: str                              # Markdown shown in a Note at the top left
+    widths: dict = dataclasses.field(default_factory=dict)  # node id -> width where the default is too narrow
+
+
+def node(kind: str, title: str | None = None, **inputs) -> dict:
     entry = {"class_type": kind, "inputs": inputs}
     if title:
         entry["_meta"] = {"title": title}
     return entry
 
 
-def _picture_and_models(vlm: str = "local") -> dict:
-    """Nodes 1-4: checkpoint, picture, its latent, the VLM."""
-    graph = {
-        "1": _node("CheckpointLoaderSimple", ckpt_name=SDXL),
-        "2": _node("LoadImage", "Picture to edit", image="example.png"),
-        "3": _node("VAEEncode", pixels=["2", 0], vae=["1", 2]),
-    }
+# ----------------------------------------------------------------------------- definitions
+
+def _models_and_picture(graph: dict, vlm: str | None = "local") -> None:
+    """Nodes 1-4: the SDXL checkpoint, the picture, its latent, the VLM."""
+    graph["1"] = node("CheckpointLoaderSimple", "SDXL checkpoint", ckpt_name=SDXL)
+    graph["2"] = node("LoadImage", "Picture to edit", image=EXAMPLE_PICTURE)
+    graph["3"] = node("VAEEncode", pixels=["2", 0], vae=["1", 2])
     if vlm == "local":
-        graph["4"] = _node("FMCGMQwen3VLLoader", model=QWEN, dtype="auto", attention="auto", device="auto",
-                           keep_loaded=False, max_image_tokens=1280)
-    else:
-        graph["4"] = _node("FMCGMOpenAIVLM", base_url="http://127.0.0.1:8000/v1", model="Qwen/Qwen3-VL-8B-Instruct",
-                           api_key_env="", timeout=300.0, retries=2)
-    return graph
+        graph["4"] = node("FMCGMQwen3VLLoader", "Qwen3-VL (local)", model=QWEN)
+    elif vlm == "openai":
+        graph["4"] = node("FMCGMOpenAIVLM", "VLM server (OpenAI-compatible)", base_url="http://127.0.0.1:8000/v1",
+                          model="Qwen/Qwen3-VL-8B-Instruct")
 
 
 def _extract(graph: dict) -> None:
-    """Nodes 5-6: the Concept Extractor and its graph drawing."""
-    graph["5"] = _node("FMCGMConceptExtractor", vlm=["4", 0], image=["2", 0], caption="", temperature=0.1,
-                       max_new_tokens=2048, max_concepts=8, seed=0, enable_thinking=False)
-    graph["6"] = _node("FMCGMCausalGraphViewer", "Causal graph", graph=["5", 0], width=1024, height=1024,
-                       intervene_concept="", intervene_value="")
+    """Nodes 5-6: the Concept Extractor and its drawing."""
+    graph["5"] = node("FMCGMConceptExtractor", vlm=["4", 0], image=["2", 0])
+    graph["6"] = node("FMCGMCausalGraphViewer", "Causal graph (as read)", graph=["5", 0])
 
 
-def _csg(graph: dict, counterfactual: list, first_id: int, label: str) -> None:
-    """Inversion (shared), CSG edits from the counterfactual(s), the sampler, decode and save."""
-    ids = [str(first_id + i) for i in range(6)]
-    inv, edits, sampler, decode, save, masks = ids
-    graph[inv] = _node("FMCGMDPMSolverInversion", model=["1", 0], latent=["3", 0], steps=100, skip=0.15, seed=0,
-                       source_scale=3.5, zero_noise_steps=3, timesteps_per_call=1, sigma_table="model")
-    graph[edits] = _node("FMCGMCSGEditsFromCounterfactual", clip=["1", 1], counterfactual=counterfactual,
-                         edit_guidance=8.0, threshold=0.7, warmup=10, cooldown=-1, include_intervened=True,
-                         attention_tokens="prompt")
-    graph[sampler] = _node("FMCGMCSGSampler", model=["1", 0], inversion=[inv, 0], edits=[edits, 0],
-                           edit_guidance=8.0, threshold=0.7, warmup=10, cooldown=-1, mask_mode="intersect",
-                           source_mode="diffusers")
-    graph[decode] = _node("VAEDecode", samples=[sampler, 0], vae=["1", 2])
-    graph[save] = _node("SaveImage", f"Counterfactual ({label})", images=[decode, 0], filename_prefix=f"fmcgm/{label}")
-    graph[masks] = _node("PreviewImage", "Where each concept acted", images=[sampler, 2])
+def _editor(workflow: dict, **inputs) -> None:
+    """Node 7: the Causal Graph Editor, with no intervention chosen: the artist picks it."""
+    workflow["7"] = node("FMCGMCausalGraphEditor", "Pick do(concept = value) here", **inputs)
 
 
-def _manipulate_and_render(graph: dict, causal_graph: list, label: str, *, mode: str, concept="", value="",
-                           descendant_values: str = "", with_vlm: bool = True) -> None:
-    """Node 8 the Concept Manipulator, node 9 the counterfactual drawing, then CSG (nodes 10-15)."""
+def _manipulate(graph: dict, causal_graph: list, mode: str, with_vlm: bool = True, **inputs) -> None:
+    """Node 8 the Concept Manipulator, node 9 the counterfactual's drawing."""
     vlm = {"vlm": ["4", 0], "image": ["2", 0]} if with_vlm else {}
-    graph["8"] = _node("FMCGMConceptManipulator", causal_graph=causal_graph, mode=mode, concept=concept,
-                       value=value, descendant_values=descendant_values, num_interventions=3, temperature=0.2,
-                       max_new_tokens=3072, seed=0, enable_thinking=False, **vlm)
-    graph["9"] = _node("FMCGMCausalGraphViewer", "Counterfactual graph", counterfactual=["8", 0], width=1024,
-                       height=1024, intervene_concept="", intervene_value="")
-    _csg(graph, ["8", 0], 10, label)
+    graph["8"] = node("FMCGMConceptManipulator", causal_graph=causal_graph, mode=mode, **vlm, **inputs)
+    graph["9"] = node("FMCGMCausalGraphViewer", "Counterfactual graph", counterfactual=["8", 0])
 
 
-def causal_edit(vlm: str = "local") -> dict:
-    """The main job: extract, pick an intervention in the editor, propagate, render with CSG."""
-    graph = _picture_and_models(vlm)
+def _render(graph: dict, label: str) -> None:
+    """Nodes 10-15: inversion, CSG edits, sampler, decode, the counterfactual and the masks."""
+    graph["10"] = node("FMCGMDPMSolverInversion", model=["1", 0], latent=["3", 0])
+    graph["11"] = node("FMCGMCSGEditsFromCounterfactual", clip=["1", 1], counterfactual=["8", 0])
+    graph["12"] = node("FMCGMCSGSampler", model=["1", 0], inversion=["10", 0], edits=["11", 0])
+    graph["13"] = node("VAEDecode", samples=["12", 0], vae=["1", 2])
+    graph["14"] = node("SaveImage", "Counterfactual (CSG)", images=["13", 0], filename_prefix=f"fmcgm/{label}")
+    graph["15"] = node("PreviewImage", "Where each concept acted (masks)", images=["12", 2])
+
+
+RENDER_STAGE = ("4. Render the edit with CSG", ("10", "11", "12", "13"))
+OUTPUT_STAGE = ("Outputs", ("14", "15", "9"))
+
+MODELS_NOTE = """**Models** (the pack never downloads):
+- SDXL checkpoint (any eps-prediction SDXL) in `ComfyUI/models/checkpoints/`, chosen in *SDXL checkpoint*.
+- {vlm}
+
+**Picture**: choose it in *Picture to edit*."""
+LOCAL_VLM = ("Qwen3-VL in `ComfyUI/models/LLM/<folder>/` (a whole Hugging Face folder, e.g. "
+             "`hf download Qwen/Qwen3-VL-8B-Instruct --local-dir ComfyUI/models/LLM/Qwen3-VL-8B-Instruct`), "
+             "chosen in *Qwen3-VL (local)*.")
+SERVED_VLM = ("A Qwen3-VL served over the OpenAI API (vLLM, Ollama, LM Studio, llama.cpp): set *VLM server* "
+              "`base_url` and `model` (e.g. `vllm serve Qwen/Qwen3-VL-8B-Instruct` → `http://127.0.0.1:8000/v1`); "
+              "a key, if needed, goes in an environment variable whose *name* you type in `api_key_env`.")
+TWO_RUNS = """**Run 1** (Queue): the VLM reads the picture; its causal graph appears in *Pick do(concept = value) here* \
+and in *Causal graph (as read)*. Nothing is rendered yet.
+
+**Pick the intervention**: in the editor click a concept, press *Intervene on this*, type the new value, Enter \
+(you can also fix values, edges and concepts there first).
+
+**Run 2** (Queue again): the manipulator changes the intervened concept and propagates it to its descendants \
+only; CSG renders the counterfactual as a minimal edit of the picture."""
+OUTPUTS = """**Outputs**: *Counterfactual (CSG)* is the edited picture (saved to `output/fmcgm/`); *Where each concept \
+acted* shows one mask per edited concept; *Counterfactual graph* draws the intervention (orange), the descendants \
+that change (blue, dashed) and what stays (grey)."""
+
+
+def causal_edit(vlm: str = "local") -> Workflow:
+    graph: dict = {}
+    _models_and_picture(graph, vlm)
     _extract(graph)
-    graph["7"] = _node("FMCGMCausalGraphEditor", "Edit the graph, pick do(concept = value)", graph=["5", 0],
-                       graph_json="", intervene_concept="weather", intervene_value="sunny", edit_base="")
-    _manipulate_and_render(graph, ["7", 0], "csg", mode="manual", concept=["7", 1], value=["7", 2])
-    return graph
+    _editor(graph, graph=["5", 0])
+    _manipulate(graph, ["7", 0], "manual", concept=["7", 1], value=["7", 2])
+    _render(graph, "csg")
+    title = "FM-CGM causal edit" if vlm == "local" else "FM-CGM causal edit (VLM server)"
+    note = (f"## {title}\nEdit a picture causally: do(concept = value) changes that concept and what it causes, "
+            f"nothing else.\n\n{MODELS_NOTE.format(vlm=LOCAL_VLM if vlm == 'local' else SERVED_VLM)}\n\n"
+            f"{TWO_RUNS}\n\n{OUTPUTS}")
+    return Workflow(title, graph, (
+        ("Models and picture", ("1", "2", "3", "4")),
+        ("1. Read the picture", ("5", "6")),
+        ("2. Choose the intervention", ("7",)),
+        ("3. Propagate it", ("8",)),
+        RENDER_STAGE, OUTPUT_STAGE), note)
 
 
-def automatic_interventions() -> dict:
-    """The VLM proposes three interventions on different concepts; CSG edits all three as a batch."""
-    graph = _picture_and_models()
+def automatic_interventions() -> Workflow:
+    graph: dict = {}
+    _models_and_picture(graph)
     _extract(graph)
-    _manipulate_and_render(graph, ["5", 0], "auto", mode="automatic")
-    return graph
+    _manipulate(graph, ["5", 0], "automatic")
+    _render(graph, "auto")
+    title = "FM-CGM automatic interventions"
+    note = (f"## {title}\nThe VLM reads the picture, proposes interventions on different concepts "
+            "(`num_interventions`), propagates each, and CSG renders them all from one inversion, as one batch.\n\n"
+            f"{MODELS_NOTE.format(vlm=LOCAL_VLM)}\n\n**Run** (Queue once): one counterfactual per proposal.\n\n"
+            f"{OUTPUTS}")
+    return Workflow(title, graph, (
+        ("Models and picture", ("1", "2", "3", "4")),
+        ("1. Read the picture", ("5", "6")),
+        ("2. Propose and propagate", ("8",)),
+        RENDER_STAGE, OUTPUT_STAGE), note)
 
 
-def baselines() -> dict:
-    """CSG beside the paper's baselines (DDIM and DDPM inversion regenerated with the full prompt),
-    each scored with VLM-Eff and LPIPS."""
-    graph = causal_edit()
-    graph["20"] = _node("CLIPTextEncode", "Full counterfactual prompt", clip=["1", 1], text=["8", 1])
-    for first, kind, label in ((21, "FMCGMDDIMInversion", "ddim"), (25, "FMCGMDDPMInversion", "ddpm")):
+def baselines() -> Workflow:
+    base = causal_edit()
+    graph = dict(base.graph)
+    graph["20"] = node("CLIPTextEncode", "Full counterfactual prompt", clip=["1", 1], text=["8", 1])
+    for first, kind, label in ((21, "FMCGMDDIMInversion", "DDIM"), (25, "FMCGMDDPMInversion", "DDPM")):
         inv, regen, decode, save = (str(first + i) for i in range(4))
-        params = dict(steps=100, skip=0.15, source_scale=1.0)
-        if label == "ddpm":  # DDIM inversion is deterministic: no seed, no noise maps
-            params.update(seed=0, source_scale=3.5, zero_noise_steps=0)
-        graph[inv] = _node(kind, model=["1", 0], latent=["3", 0], **params)
-        graph[regen] = _node("FMCGMRegenerateFromInversion", model=["1", 0], inversion=[inv, 0],
-                             positive=["20", 0], cfg=7.5)
-        graph[decode] = _node("VAEDecode", samples=[regen, 0], vae=["1", 2])
-        graph[save] = _node("SaveImage", f"Baseline ({label.upper()} inversion)", images=[decode, 0],
-                            filename_prefix=f"fmcgm/{label}")
-    # The paper's Table 1 metrics for each method: VLM-Eff (effectiveness) and LPIPS (minimality).
+        graph[inv] = node(kind, model=["1", 0], latent=["3", 0])
+        graph[regen] = node("FMCGMRegenerateFromInversion", model=["1", 0], inversion=[inv, 0], positive=["20", 0])
+        graph[decode] = node("VAEDecode", samples=[regen, 0], vae=["1", 2])
+        graph[save] = node("SaveImage", f"Baseline ({label} inversion)", images=[decode, 0],
+                           filename_prefix=f"fmcgm/{label.lower()}")
     for evaluator, (decoded, label) in zip(("30", "31", "32"), (("13", "CSG"), ("23", "DDIM"), ("27", "DDPM"))):
-        graph[evaluator] = _node("FMCGMEvaluateCounterfactual", f"Evaluate {label}", original=["2", 0],
-                                 edited=[decoded, 0], counterfactual=["8", 0],
-                                 lpips_weights="auto: vgg16-397923af.pth (models/lpips or torch hub cache)",
-                                 check_invariance=True, temperature=0.1, max_new_tokens=1024, seed=0, vlm=["4", 0])
-    return graph
+        graph[evaluator] = node("FMCGMEvaluateCounterfactual", f"Evaluate {label}", original=["2", 0],
+                                edited=[decoded, 0], counterfactual=["8", 0], vlm=["4", 0])
+    title = "FM-CGM CSG vs baselines"
+    note = (f"## {title}\nThe paper's comparison: the same counterfactual rendered by CSG and by DDIM and DDPM "
+            "inversion regenerated with the full counterfactual prompt, each scored with VLM-Eff (does the picture "
+            "show the new values?) and LPIPS (how far from the original).\n\n"
+            f"{MODELS_NOTE.format(vlm=LOCAL_VLM)}\n- LPIPS needs torchvision's VGG16 weights "
+            "`vgg16-397923af.pth` in `ComfyUI/models/lpips/`.\n\n"
+            f"{TWO_RUNS}\n\n{OUTPUTS} The *Baseline* pictures and the three *Evaluate* reports sit beside them.")
+    return Workflow(title, graph, base.stages[:-1] + (
+        ("Outputs", ("14", "15", "9")),
+        ("5. The paper's baselines", ("20", "21", "22", "23", "25", "26", "27")),
+        ("Baseline outputs", ("24", "28")),
+        ("6. Score each method", ("30", "31", "32"))), note)
 
 
-def graph_only() -> dict:
-    """No VLM: type the graph as JSON in the editor and the descendants' values by hand."""
-    example = {"description": "a woman with wet hair standing in the rain",
-               "concepts": [{"name": "weather", "value": "rainy"}, {"name": "hair", "value": "wet"},
-                            {"name": "umbrella", "value": "open"}, {"name": "age", "value": "young adult"}],
-               "edges": [{"cause": "weather", "effect": "hair"}, {"cause": "weather", "effect": "umbrella"}]}
-    graph = {k: v for k, v in _picture_and_models().items() if k != "4"}
-    graph["7"] = _node("FMCGMCausalGraphEditor", "Type or edit the causal graph", graph_json=json.dumps(example, indent=2),
-                       intervene_concept="weather", intervene_value="sunny", edit_base="")
-    _manipulate_and_render(graph, ["7", 0], "graph_only", mode="graph-only", concept=["7", 1], value=["7", 2],
-                           descendant_values="hair: dry\numbrella: closed", with_vlm=False)
-    return graph
+GRAPH_ONLY_EXAMPLE = {
+    "description": "a woman with wet hair standing in the rain",
+    "concepts": [{"name": "weather", "value": "rainy"}, {"name": "hair", "value": "wet"},
+                 {"name": "umbrella", "value": "open"}, {"name": "age", "value": "young adult"}],
+    "edges": [{"cause": "weather", "effect": "hair"}, {"cause": "weather", "effect": "umbrella"}]}
 
 
-DEFINITIONS = {
-    "fmcgm_causal_edit": causal_edit,
-    "fmcgm_causal_edit_openai_server": lambda: causal_edit(vlm="openai"),
-    "fmcgm_automatic_interventions": automatic_interventions,
-    "fmcgm_csg_vs_baselines": baselines,
-    "fmcgm_graph_only_no_vlm": graph_only,
-}
+def graph_only() -> Workflow:
+    graph: dict = {}
+    _models_and_picture(graph, vlm=None)
+    _editor(graph, graph_json=json.dumps(GRAPH_ONLY_EXAMPLE, indent=2))
+    _manipulate(graph, ["7", 0], "graph-only", with_vlm=False, concept=["7", 1], value=["7", 2],
+                descendant_values="hair: dry\numbrella: closed")
+    _render(graph, "graph_only")
+    title = "FM-CGM graph only (no VLM)"
+    note = (f"## {title}\nNo VLM: you describe the picture's causal graph and the descendants' new values "
+            "yourself.\n\n**Models**: an SDXL checkpoint (eps-prediction) in `ComfyUI/models/checkpoints/`. "
+            "**Picture**: *Picture to edit*.\n\n**Graph**: the editor holds an example graph (weather → hair, "
+            "weather → umbrella, age): edit it to match your picture (click a concept to change its value or edges; "
+            "add concepts below the diagram).\n\n**Pick the intervention** in the editor (click *weather*, "
+            "*Intervene on this*, type *sunny*, Enter) and type each descendant's new value in the manipulator's "
+            "`descendant_values` (one `concept: value` per line; the example has those for do(weather = ...)).\n\n"
+            f"**Run** (Queue).\n\n{OUTPUTS}")
+    return Workflow(title, graph, (
+        ("Models and picture", ("1", "2", "3")),
+        ("1. Describe the graph, choose do()", ("7",)),
+        ("2. Propagate it", ("8",)),
+        RENDER_STAGE, OUTPUT_STAGE), note)
 
 
-def render_all(object_info: dict) -> dict[str, str]:
-    """{file name: JSON text} for every definition."""
-    sys.path.insert(0, str(REPO))
-    from fmcgm.workflow_format import api_to_ui
-    files = {}
-    for name, build in DEFINITIONS.items():
-        workflow = api_to_ui(build(), object_info)
-        for node in workflow["nodes"]:
-            if node["type"] == "CheckpointLoaderSimple":  # lets the frontend offer the download
-                node["properties"]["models"] = MODELS
-        files[f"{name}.json"] = json.dumps(workflow, indent=2) + "\n"
-    return files
+def definitions() -> list[Workflow]:
+    return [causal_edit(), causal_edit(vlm="openai"), automatic_interventions(), baselines(), graph_only()]
+
+
+# ----------------------------------------------------------------------------- the frontend side
+
+# Creates the nodes and links of one definition on an empty canvas; returns each node's size.
+CREATE_JS = """async (wf) => {
+    app.graph.clear();
+    const made = {};
+    for (const [id, n] of wf.nodes) {
+        const created = LiteGraph.createNode(n.class_type);
+        if (!created) throw new Error(`node type ${n.class_type} is not registered`);
+        created.id = Number(id);
+        app.graph.add(created);
+        if (n.title) created.title = n.title;
+        for (const [name, value] of Object.entries(n.widgets)) {
+            const w = created.widgets?.find((x) => x.name === name);
+            if (!w) throw new Error(`${n.class_type} has no widget ${name}`);
+            w.value = value;
+            w.callback?.(value);
+        }
+        // A seed that changed on its own between the two runs would re-read the picture.
+        for (const w of created.widgets ?? []) for (const c of w.linkedWidgets ?? []) {
+            if (c.name === 'control_after_generate') c.value = 'fixed';
+        }
+        made[id] = created;
+    }
+    for (const [source, slot, target, input] of wf.links) {
+        const to = made[target];
+        const index = to.inputs.findIndex((i) => i.name === input);
+        if (index < 0) throw new Error(`${to.type} has no input ${input}`);
+        if (!made[source].connect(slot, to, index)) throw new Error(`cannot link ${source}:${slot} -> ${target}.${input}`);
+    }
+    if (wf.properties) for (const [id, props] of Object.entries(wf.properties)) Object.assign(made[id].properties, props);
+    return Object.fromEntries(Object.entries(made).map(([id, n]) => [id, [n.size[0], n.size[1]]]));
+}"""
+
+# Places nodes and groups, adds the Note, frames the view; returns the saved workflow.
+PLACE_JS = """async (plan) => {
+    for (const [id, [x, y, w, h]] of Object.entries(plan.boxes)) {
+        const n = app.graph.getNodeById(Number(id));
+        n.pos = [x, y];
+        n.size = [w, h];
+    }
+    const note = LiteGraph.createNode('MarkdownNote');
+    note.id = plan.note.id;
+    app.graph.add(note);
+    note.title = 'Read me';
+    note.widgets[0].value = plan.note.text;
+    note.pos = [plan.note.box[0], plan.note.box[1]];
+    note.size = [plan.note.box[2], plan.note.box[3]];
+    for (const g of plan.groups) {
+        const group = new LiteGraph.LGraphGroup(g.title);
+        group.pos = [g.box[0], g.box[1]];
+        group.size = [g.box[2], g.box[3]];
+        app.graph.add(group);
+    }
+    app.canvas.ds.scale = plan.view.scale;
+    app.canvas.ds.offset = plan.view.offset;
+    app.graph.setDirtyCanvas(true, true);
+    const saved = JSON.parse(JSON.stringify(app.graph.serialize()));
+    saved.extra = {...saved.extra, ds: {scale: plan.view.scale, offset: plan.view.offset}};
+    return saved;
+}"""
+
+
+def _widget_inputs(entry: dict, info: dict) -> dict:
+    """The definition's literal values for the node's widget inputs (links are made separately)."""
+    from fmcgm.workflow_format import is_widget_spec, node_inputs
+    specs = dict(node_inputs(info["input"]))
+    widgets = {}
+    for name, value in entry["inputs"].items():
+        if name not in specs:
+            raise ValueError(f"{entry['class_type']} has no input {name!r}")
+        if not (isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)):
+            if not is_widget_spec(specs[name]):
+                raise ValueError(f"{entry['class_type']}.{name} is a socket; give it a link")
+            widgets[name] = value
+    return widgets
+
+
+def _plan(wf: Workflow, sizes: dict[str, list[float]], kinds: dict[str, str]) -> dict:
+    """The Note, then one column per stage left to right, each stage a group."""
+    missing = set(wf.graph) - {i for _, ids in wf.stages for i in ids}
+    if missing:
+        raise ValueError(f"{wf.name}: nodes {sorted(missing)} are in no stage")
+    boxes, groups = {}, []
+    x = NOTE_SIZE[0] + 2 * GROUP_PAD + GAP
+    for title, ids in wf.stages:
+        width = max(max(wf.widths.get(i, sizes[i][0]) for i in ids), MIN_WIDTH)
+        y = 0
+        for i in ids:
+            height = sizes[i][1]
+            if kinds[i] in PICTURE_NODES:
+                height = max(height, PICTURE_NODE_HEIGHT)
+            boxes[i] = [x, y, width, height]
+            y += height + GAP
+        groups.append({"title": title, "box": [x - GROUP_PAD, -GROUP_TITLE, width + 2 * GROUP_PAD,
+                                               y - GAP + GROUP_TITLE + GROUP_PAD]})
+        x += width + 2 * GROUP_PAD + GAP
+    note_id = max(int(i) for i in wf.graph) + 1
+    left, top = -GROUP_PAD, -GROUP_TITLE  # the Note's corner, put near the screen's top left
+    return {"boxes": boxes, "groups": groups,
+            "note": {"id": note_id, "text": wf.note, "box": [left, top, *NOTE_SIZE]},
+            "view": {"scale": VIEW_SCALE, "offset": [90 / VIEW_SCALE - left, 150 / VIEW_SCALE - top]}}
+
+
+def build(page, wf: Workflow, object_info: dict) -> dict:
+    """The saved UI workflow for one definition, made by the frontend in ``page``."""
+    nodes, links, properties = [], [], {}
+    kinds = {node_id: entry["class_type"] for node_id, entry in wf.graph.items()}
+    for node_id, entry in wf.graph.items():
+        info = object_info[entry["class_type"]]
+        nodes.append([node_id, {"class_type": entry["class_type"], "title": entry.get("_meta", {}).get("title"),
+                                "widgets": _widget_inputs(entry, info)}])
+        for name, value in entry["inputs"].items():
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+                links.append([value[0], value[1], node_id, name])
+        if entry["class_type"] == "CheckpointLoaderSimple":  # lets the frontend offer the download
+            properties[node_id] = {"models": MODELS}
+    sizes = page.evaluate(CREATE_JS, {"nodes": nodes, "links": links, "properties": properties})
+    return page.evaluate(PLACE_JS, _plan(wf, sizes, kinds))
+
+
+def thumbnail(wf: Workflow, path: Path) -> None:
+    """The Templates dialog's square card: the title, the causal graph an edit works on (the
+    graph-only example with do(weather = sunny)), and the workflow's stages."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    from fmcgm.graph import CausalGraph
+    from fmcgm.render import render_graph
+    graph = CausalGraph.from_dict(GRAPH_ONLY_EXAMPLE)
+    drawing = render_graph(graph, "weather", {"weather": "sunny", "hair": "dry", "umbrella": "closed"},
+                           width=THUMBNAIL - 40, height=300).image
+    card = Image.new("RGB", (THUMBNAIL, THUMBNAIL), (24, 27, 33))
+    draw = ImageDraw.Draw(card)
+    font = _thumbnail_font(ImageFont, bold=True, size=30)
+    draw.text((20, 18), wf.name, font=font, fill=(240, 240, 240))
+    card.paste(Image.fromarray(drawing), (20, 70))
+    small = _thumbnail_font(ImageFont, bold=False, size=17)
+    y = 384
+    for title, _ in wf.stages[:6]:
+        draw.text((24, y), "\u2022 " + title, font=small, fill=(200, 205, 215))
+        y += 20
+    card.save(path, quality=90)
+
+
+def _thumbnail_font(image_font, bold: bool, size: int):
+    """DejaVu Sans, which matplotlib bundles (the graph drawings use it too)."""
+    import matplotlib
+    name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
+    return image_font.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name), size)
 
 
 def main() -> None:
-    sys.path.append(str(REPO))
-    from tests.comfy_harness import ComfyServer
+    sys.path.insert(0, str(REPO))
+    from playwright.sync_api import sync_playwright
+
+    from tests import browser_support as bs
     with tempfile.TemporaryDirectory() as tmp:
-        server = ComfyServer(Path(tmp)).start()
+        server = bs.start_server(Path(tmp))
         try:
             object_info = server.get_json("/object_info")
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=bs.CHROMIUM, headless=True, args=bs.ARGS)
+                page = bs.Page(browser, server).open()
+                WORKFLOWS.mkdir(exist_ok=True)
+                keep = set()
+                for wf in definitions():
+                    saved = build(page.page, wf, object_info)
+                    target = WORKFLOWS / f"{wf.name}.json"
+                    target.write_text(json.dumps(saved, indent=1, ensure_ascii=False) + "\n")
+                    thumbnail(wf, target.with_suffix(".jpg"))
+                    keep |= {target.name, target.with_suffix(".jpg").name}
+                    print(f"wrote {target.relative_to(REPO)} and its thumbnail")
+                if page.page_errors or page.console_errors:
+                    raise SystemExit(f"the frontend complained: {page.page_errors + page.console_errors}")
+                for stale in WORKFLOWS.iterdir():
+                    if stale.name not in keep:
+                        stale.unlink()
+                        print(f"removed {stale.relative_to(REPO)}")
+                browser.close()
         finally:
             server.stop()
-    WORKFLOWS.mkdir(exist_ok=True)
-    for name, text in render_all(object_info).items():
-        (WORKFLOWS / name).write_text(text)
-        print(f"wrote workflows/{name}")
 
 
 if __name__ == "__main__":

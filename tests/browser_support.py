@@ -40,11 +40,11 @@ def chromium_available() -> bool:
     return Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is not None
 
 
-def start_server(base: Path) -> ComfyServer:
+def start_server(base: Path, extra_args: list[str] | None = None) -> ComfyServer:
     settings = base / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True, exist_ok=True)
     settings.write_text(json.dumps(SETTINGS))
-    return ComfyServer(base, front_end_root=frontend_root()).start(timeout=180)
+    return ComfyServer(base, extra_args, front_end_root=frontend_root()).start(timeout=180)
 
 
 class Page:
@@ -93,6 +93,50 @@ class Page:
                 .map(n => n.type);
         }""", workflow)
 
+    def drop_file(self, path: Path) -> list[str]:
+        """Drop a workflow file on the canvas as a person does (a real drop event carrying the
+        file); return the missing node types once the frontend has loaded it."""
+        text = path.read_text()
+        count = len(json.loads(text)["nodes"])
+        transfer = self.page.evaluate_handle("""([text, name]) => { const dt = new DataTransfer();
+            dt.items.add(new File([text], name, {type: 'application/json'})); return dt; }""", [text, path.name])
+        self.page.dispatch_event("#graph-canvas", "drop", {"dataTransfer": transfer})
+        self.page.wait_for_function("(n) => app.graph.nodes.length === n", arg=count, timeout=30_000)
+        return self.page.evaluate("""() => app.graph.nodes
+            .filter(n => !LiteGraph.registered_node_types[n.type] || n.has_errors).map(n => n.type)""")
+
+    def graph_to_prompt(self) -> dict:
+        """The frontend's own API prompt of the loaded graph (what Queue sends)."""
+        return self.page.evaluate("async () => (await app.graphToPrompt()).output")
+
+    def node_bounds(self) -> dict[int, list[float]]:
+        """Each node's [x, y, width, height] on the canvas, title bar included, as the frontend has it."""
+        return {int(k): v for k, v in self.page.evaluate("""() => Object.fromEntries(app.graph.nodes.map(n =>
+            [n.id, [n.pos[0], n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT, n.size[0],
+                    n.size[1] + LiteGraph.NODE_TITLE_HEIGHT]]))""").items()}
+
+    def set_widgets(self, values: dict, node_type: str | None = None) -> list[str]:
+        """Set widget values by input name through the widgets (as typing would); returns what changed."""
+        return self.page.evaluate("""([values, type]) => { const changed = [];
+            for (const n of app.graph.nodes) { if (type && n.type !== type) continue;
+                for (const w of n.widgets ?? []) if (w.name in values && n.inputs?.find(i => i.name === w.name)?.link == null) {
+                    w.value = values[w.name]; w.callback?.(w.value); changed.push(`${n.id}.${w.name}`); } }
+            app.graph.setDirtyCanvas(true, true); return changed; }""", [values, node_type])
+
+    def focus(self, node_id: int, scale: float = 1.0) -> None:
+        """Zoom to a node as a person would before working in it."""
+        self.page.evaluate("""([id, s]) => { const c = app.canvas, n = app.graph.getNodeById(id);
+            c.ds.scale = s; const r = c.canvas.getBoundingClientRect();
+            c.ds.offset = [r.width / (2 * s) - n.pos[0] - n.size[0] / 2, 40 / s - n.pos[1] + LiteGraph.NODE_TITLE_HEIGHT];
+            c.setDirty(true, true); }""", [node_id, scale])
+        self.page.wait_for_timeout(300)
+
+    def run(self, timeout_ms: int = 300_000) -> tuple[str, dict]:
+        """Press the Run button; return (prompt id, /history entry) once the run finished."""
+        before = self.page.evaluate("window.__events.length")
+        self.page.get_by_role("button", name="Run", exact=True).first.click()
+        return self._finished(before, timeout_ms)
+
     def serialize(self) -> dict:
         """The workflow as the frontend saves it (JSON text, so undefined fields are left out)."""
         return json.loads(self.page.evaluate("() => JSON.stringify(app.graph.serialize())"))
@@ -105,6 +149,9 @@ class Page:
         """Queue the loaded workflow from the page; return (prompt id, /history entry)."""
         before = self.page.evaluate("window.__events.length")
         self.page.evaluate("async () => { await app.queuePrompt(0); }")
+        return self._finished(before, timeout_ms)
+
+    def _finished(self, before: int, timeout_ms: int) -> tuple[str, dict]:
         self.page.wait_for_function(
             """(n) => window.__events.slice(n).some(e => e.type === 'execution_success'
                                                       || e.type === 'execution_error')""",

@@ -208,13 +208,14 @@ class ComfyServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def stop(self) -> int | None:
+    def stop(self, timeout: float = 60) -> int | None:
+        """SIGINT, as Ctrl+C; exit code 0 when ComfyUI shut down cleanly, -9 if it had to be killed."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(timeout=20)
+                self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

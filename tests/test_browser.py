@@ -9,6 +9,7 @@ characters and never run. Screenshots go to test-artifacts/.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -251,3 +252,122 @@ def test_edits_survive_save_and_reload_and_reach_api_format(page, browser, serve
         assert other.warnings_shown() == [] and p.warnings_shown() == []
     finally:
         other.close()
+
+
+# ----------------------------------------------------------------------------- the editor's size
+
+SHIPPED = Path(__file__).resolve().parent.parent / "workflows" / "FM-CGM causal edit.json"
+EDITOR_ID = 7
+
+MEASURE = """(id) => {
+    const n = app.graph.getNodeById(id), c = app.canvas, r = c.canvas.getBoundingClientRect();
+    const s = c.ds.scale, o = c.ds.offset;
+    const box = (e) => { const b = e.getBoundingClientRect(); return [b.left, b.top, b.width, b.height]; };
+    const root = n.fmcgmEditor.root, diagram = root.querySelector('.fmcgm-diagram');
+    const shown = (e) => getComputedStyle(e).display !== 'none' && e.offsetParent !== null;
+    return {
+        node: [(n.pos[0] + o[0]) * s + r.left, (n.pos[1] + o[1]) * s + r.top, n.size[0] * s, n.size[1] * s],
+        root: box(root), diagram: box(diagram),
+        diagram_scroll: [diagram.scrollHeight, diagram.clientHeight, diagram.scrollWidth, diagram.clientWidth],
+        parts: [...root.children].filter(shown).map(e => [e.className, box(e)]),
+        chips: [...root.querySelectorAll('.fmcgm-chip')].map(e => [e.dataset.concept, box(e),
+                 e.scrollWidth - e.clientWidth, e.scrollHeight - e.clientHeight]),
+        controls: [...root.querySelectorAll('button, input, select')].filter(shown).map(e =>
+                 [e.className || e.tagName, e.textContent.slice(0, 30), box(e)]),
+    };
+}"""
+
+
+def _inside(inner, outer, slack=1.0) -> bool:
+    return (inner[0] >= outer[0] - slack and inner[1] >= outer[1] - slack
+            and inner[0] + inner[2] <= outer[0] + outer[2] + slack and inner[1] + inner[3] <= outer[1] + outer[3] + slack)
+
+
+def _overlap(a, b) -> bool:
+    return min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]) > 0.5 and min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]) > 0.5
+
+
+def _layout_problems(m: dict) -> list[str]:
+    problems = []
+    if not _inside(m["root"], m["node"]):
+        problems.append(f"editor {m['root']} outside its node {m['node']}")
+    scroll_h, client_h, scroll_w, client_w = m["diagram_scroll"]
+    if scroll_h > client_h + 1 or scroll_w > client_w + 1:
+        problems.append(f"diagram scrolls: content {scroll_w}x{scroll_h} in {client_w}x{client_h}")
+    for name, box, over_w, over_h in m["chips"]:
+        if not _inside(box, m["diagram"]):
+            problems.append(f"chip {name!r} not fully shown")
+        if over_w > 1 or over_h > 1:
+            problems.append(f"chip {name!r} text clipped")
+    for (a, box_a, *_), (b, box_b, *_) in itertools.combinations(m["chips"], 2):
+        if _overlap(box_a, box_b):
+            problems.append(f"chips {a!r} and {b!r} overlap")
+    for (a, box_a), (b, box_b) in itertools.combinations(m["parts"], 2):
+        if _overlap(box_a, box_b):
+            problems.append(f"{a} overlaps {b}")
+    for kind, text, box in m["controls"]:
+        if not _inside(box, m["root"]):
+            problems.append(f"control {kind} {text!r} outside the editor")
+    return problems
+
+
+def _graph(n: int, shape: str, seed: int) -> CausalGraph:
+    """n concepts with names and values as long as VLMs write them."""
+    import random
+    rng = random.Random(seed)
+    words = ["hair colour", "weather", "lighting of the scene", "age of the woman", "umbrella", "ground",
+             "sky", "season", "mood", "clothing", "background building", "reflection in the puddles",
+             "shadow length", "car", "street lamp"]
+    values = ["wet from the heavy rain", "sunny", "warm golden hour light", "young adult", "open", "dry",
+              "overcast grey", "late autumn", "calm", "yellow raincoat", "red brick", "bright", "long", "parked",
+              "switched on"]
+    concepts = tuple(Concept(words[i], values[i]) for i in range(n))
+    if shape == "chain":
+        pairs = [(i, i + 1) for i in range(n - 1)]
+    elif shape == "star":
+        pairs = [(0, i) for i in range(1, n)]
+    else:
+        pairs = [(i, j) for j in range(1, n) for i in range(j) if rng.random() < 0.3]
+    return CausalGraph(concepts, tuple(Edge(words[i], words[j]) for i, j in pairs), "a test picture")
+
+
+def test_the_editor_fits_1_to_15_concepts_at_its_shipped_size(page, artifacts):
+    """At the size the main workflow ships it, for 1-15 concepts in a chain, a star and random
+    DAGs, with a concept's panel open and a refusal message shown: the whole diagram is visible
+    without scrolling, no chip or part overlaps another, no text is clipped, every control is
+    inside the node (which grows itself where its content needs it)."""
+    p = page
+    shipped = next(n for n in json.loads(SHIPPED.read_text())["nodes"] if n["id"] == EDITOR_ID)
+    assert p.drop_file(SHIPPED) == []
+    p.focus(EDITOR_ID)
+    ed = editor(p, EDITOR_ID)
+    measured = {}
+    for n in (1, 2, 3, 5, 8, 9, 12, 15):
+        for shape in ("chain", "star", "random"):
+            graph = _graph(n, shape, seed=n)
+            p.page.evaluate("""([id, text, size]) => { const node = app.graph.getNodeById(id);
+                node.setSize(size);
+                const w = node.widgets.find(w => w.name === 'graph_json'); w.value = text; w.callback?.(text);
+                node.fmcgmEditor.selected = null; node.fmcgmEditor.render(); }""",
+                            [EDITOR_ID, graph.to_json(), shipped["size"]])
+            # Open the panel of a concept with a cause and ask for an edge that closes a cycle.
+            effect = graph.edges[-1].effect if graph.edges else graph.concepts[0].name
+            chip(p, EDITOR_ID, effect).click()
+            if graph.edges:
+                cause = graph.edges[-1].cause
+                ed.locator(".fmcgm-panel select.fmcgm-other").select_option(cause)
+                ed.locator(".fmcgm-panel .fmcgm-edge-out").click()
+                expect_text = "refused" if cause != effect else ""
+                assert expect_text in ed.locator(".fmcgm-message").inner_text()
+            p.page.wait_for_timeout(150)  # two frames: the node grows if it must
+            m = p.page.evaluate(MEASURE, EDITOR_ID)
+            assert len(m["chips"]) == n
+            assert _layout_problems(m) == [], (n, shape)
+            measured[f"{n}-{shape}"] = round(m["node"][3])
+    p.page.screenshot(path=str(artifacts / "browser_editor_15_concepts.png"))
+    (artifacts / "editor_heights.json").write_text(json.dumps(measured, indent=1))
+    # Sanity of the check itself: a node squeezed below its content is caught.
+    p.page.evaluate("""(id) => { const node = app.graph.getNodeById(id); node.fmcgmEditor.fitNode = () => {};
+        node.setSize([260, 300]); node.fmcgmEditor.render(); }""", EDITOR_ID)
+    p.page.wait_for_timeout(150)
+    assert _layout_problems(p.page.evaluate(MEASURE, EDITOR_ID)) != []

@@ -1,43 +1,43 @@
-"""Run the shipped example workflows on tiny models through ComfyUI's real HTTP server.
+"""The tiny stand-ins for a user's models, and running shipped workflows on them.
 
-Shared by tests/test_workflows.py and scripts/demo.py. A workflow file is converted to an
-API prompt with the server's /object_info (as the frontend does on Queue), real model
-names are swapped for the tiny stand-ins, and slow settings are shrunk to CPU size. The
-causal-edit workflows run as an artist uses them: a first run extracts the graph (the
-Concept Manipulator then waits for an intervention), the intervention is picked from the
-graph the editor received, and a second run renders the counterfactual.
+Shared by the workflow tests (HTTP and frontend) and scripts/demo.py. The tiny models are
+saved under the names the shipped workflows use for the real ones (the SDXL checkpoint, the
+Qwen3-VL folder, the LPIPS backbone, ComfyUI's example picture), so a workflow file runs
+unchanged, with the stock CheckpointLoaderSimple (the test pack teaches it the tiny file).
+A user on a CPU lowers a few settings (steps, token budgets); ``FAST_SETTINGS`` are those.
 """
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-from fmcgm.workflow_format import ui_to_api
-
 REPO = Path(__file__).resolve().parent.parent
-TINY_SDXL = "tiny_sdxl.safetensors"
-TINY_VLM = "tiny-qwen3vl-dense"
+sys.path.insert(0, str(REPO / "scripts"))
+import build_workflows  # noqa: E402  (the shipped workflows' definitions and model names)
+
 TINY_VLM_SERVED = "tiny-qwen3vl"
-# Widget values shrunk so a whole workflow runs in seconds on a CPU.
+# Widget values a CPU user would lower, by input name (applied only where the node has them).
 FAST_SETTINGS = {"steps": 12, "warmup": 2, "max_new_tokens": 160, "max_concepts": 4, "width": 384,
                  "height": 384, "max_image_tokens": 64, "num_interventions": 2}
 EDITOR = "FMCGMCausalGraphEditor"
+EDITOR_UI_KEY = "fmcgm_graph_editor"  # what the editor node sends its widget after a run
 
 
 def prepare_models(models_dir: Path) -> Path:
-    """Tiny SDXL checkpoint, tiny Qwen3-VL folder and random LPIPS backbone under models_dir;
-    returns an extra_model_paths.yaml pointing ComfyUI at them."""
+    """Tiny SDXL, tiny Qwen3-VL and a random LPIPS backbone under the real models' names in
+    models_dir; returns an extra_model_paths.yaml pointing ComfyUI at them."""
     from tests.comfy_harness import bootstrap
     bootstrap()
     from tests.fixtures import tiny_sdxl
     from tests.fixtures.tiny_qwen3vl import build_tiny_qwen3vl
     from tests.fixtures.tiny_vgg16 import VGG16_FILE, save_random_vgg16
-    ckpt = models_dir / "checkpoints" / TINY_SDXL
+    ckpt = models_dir / "checkpoints" / build_workflows.SDXL
     if not ckpt.exists():
         tiny_sdxl.save(ckpt, seed=0)
-    vlm = models_dir / "LLM" / TINY_VLM
+    vlm = models_dir / "LLM" / build_workflows.QWEN
     if not (vlm / "config.json").exists():
         build_tiny_qwen3vl(vlm, variant="dense", seed=0)
     vgg = models_dir / "lpips" / VGG16_FILE
@@ -49,6 +49,10 @@ def prepare_models(models_dir: Path) -> Path:
     return paths
 
 
+def vlm_folder(models_dir: Path) -> Path:
+    return models_dir / "LLM" / build_workflows.QWEN
+
+
 class ServedVLM:
     """The OpenAI-compatible test server (tests/fixtures/openai_server.py) serving the tiny VLM."""
 
@@ -56,7 +60,7 @@ class ServedVLM:
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.fixtures.openai_server", "--model-dir",
                                       str(model_dir), "--model-name", TINY_VLM_SERVED], cwd=REPO,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                                     env={**os.environ, "OMP_NUM_THREADS": "1"})
         for line in self.proc.stdout:
             if line.startswith("LISTENING "):
                 self.url = line.split()[1].strip() + "/v1"
@@ -68,18 +72,13 @@ class ServedVLM:
         self.proc.wait(timeout=20)
 
 
-def tiny_prompt(prompt: dict, image: str, served_url: str | None = None) -> dict:
-    """The prompt with tiny models, the given input picture and CPU-sized settings."""
+def fast_prompt(prompt: dict, image: str | None = None, served_url: str | None = None) -> dict:
+    """An API prompt with CPU-sized settings, the given picture and the served VLM's address."""
     for node in prompt.values():
         inputs = node["inputs"]
-        if node["class_type"] == "CheckpointLoaderSimple":
-            node["class_type"] = "FMCGMTest_TinySDXLCheckpointLoader"
-            inputs["ckpt_name"] = TINY_SDXL
-        elif node["class_type"] == "FMCGMQwen3VLLoader":
-            inputs.update(model=TINY_VLM, dtype="fp32", device="cpu")
-        elif node["class_type"] == "FMCGMOpenAIVLM":
+        if node["class_type"] == "FMCGMOpenAIVLM" and served_url:
             inputs.update(base_url=served_url, model=TINY_VLM_SERVED)
-        elif node["class_type"] == "LoadImage":
+        elif node["class_type"] == "LoadImage" and image:
             inputs["image"] = image
         for key, value in FAST_SETTINGS.items():
             if key in inputs and not isinstance(inputs[key], list):
@@ -87,30 +86,32 @@ def tiny_prompt(prompt: dict, image: str, served_url: str | None = None) -> dict
     return prompt
 
 
-EDITOR_UI_KEY = "fmcgm_graph_editor"  # what the editor node sends its widget after a run
-
-
-def _editor_payload(entry: dict, node: str) -> dict:
+def editor_payload(entry: dict, node: str) -> dict:
     return json.loads(entry["outputs"][node][EDITOR_UI_KEY][0])
 
 
-def run_workflow(server, workflow_file: Path, image: str, served_url: str | None = None) -> list[dict]:
-    """Run a workflow file; returns the history entry of each run (one, or two for causal edits)."""
+def run_workflow(server, workflow_file: Path, image: str, served_url: str | None = None,
+                 intervention=None) -> list[dict]:
+    """Run a workflow file through the HTTP API; the history entry of each run (two for causal
+    edits: the first brings the graph into the editor, then ``intervention(graph)`` -> (concept,
+    value) is chosen on it, default: the first concept, a new value)."""
+    from fmcgm.workflow_format import ui_to_api
     object_info = server.get_json("/object_info")
-    prompt = tiny_prompt(ui_to_api(json.loads(workflow_file.read_text()), object_info), image, served_url)
-    editors = [key for key, node in prompt.items() if node["class_type"] == EDITOR and "graph" in node["inputs"]]
-    if not editors:
-        return [server.wait(server.queue(prompt))]
-    # First run: no intervention chosen yet; the editor receives the extracted graph.
-    for key in editors:
-        prompt[key]["inputs"].update(intervene_concept="", intervene_value="")
+    prompt = fast_prompt(ui_to_api(json.loads(workflow_file.read_text()), object_info), image, served_url)
+    editors = [key for key, node in prompt.items() if node["class_type"] == EDITOR]
     first = server.wait(server.queue(prompt))
-    if first["status"]["status_str"] != "success":
+    if not editors or first["status"]["status_str"] != "success":
         return [first]
-    concept = _editor_payload(first, editors[0])["graph"]["concepts"][0]
+    graph = editor_payload(first, editors[0])["graph"]
+    concept, value = (intervention or _first_concept)(graph)
     for key in editors:
-        prompt[key]["inputs"].update(intervene_concept=concept["name"], intervene_value=f"not {concept['value']}")
+        prompt[key]["inputs"].update(intervene_concept=concept, intervene_value=value)
     return [first, server.wait(server.queue(prompt))]
+
+
+def _first_concept(graph: dict) -> tuple[str, str]:
+    concept = graph["concepts"][0]
+    return concept["name"], f"not {concept['value']}"
 
 
 def saved_images(entry: dict) -> list[dict]:

@@ -49,6 +49,7 @@ function button(label, title, onClick) {
 const STYLE = `
 .fmcgm-editor { display: flex; flex-direction: column; gap: 4px; box-sizing: border-box; height: 100%;
   font: 12px/1.3 sans-serif; color: #ddd; padding: 2px; overflow: hidden; }
+.fmcgm-editor > * { flex: 0 0 auto; }
 .fmcgm-editor * { box-sizing: border-box; }
 .fmcgm-editor input, .fmcgm-editor select { font: inherit; color: #eee; background: #222; border: 1px solid #555;
   border-radius: 3px; padding: 2px 4px; min-width: 0; }
@@ -64,13 +65,13 @@ const STYLE = `
 .fmcgm-stale { background: #5a4300; color: #fff3cc; border: 1px solid #c99a00; border-radius: 3px; padding: 4px;
   display: none; gap: 4px; flex-direction: column; }
 .fmcgm-stale.shown { display: flex; }
-.fmcgm-diagram { position: relative; flex: 1 1 auto; min-height: 120px; overflow: auto; background: #1b1b1b;
-  border: 1px solid #444; border-radius: 4px; padding: 8px 4px; }
+.fmcgm-editor > .fmcgm-diagram { position: relative; flex: 1 0 auto; min-height: 90px; overflow: hidden;
+  background: #1b1b1b; border: 1px solid #444; border-radius: 4px; padding: 8px 4px; }
 .fmcgm-edges { position: absolute; left: 0; top: 0; pointer-events: none; overflow: visible; }
-.fmcgm-layer { display: flex; justify-content: center; gap: 14px; margin-bottom: 30px; flex-wrap: nowrap;
+.fmcgm-layer { display: flex; justify-content: center; gap: 8px 14px; margin-bottom: 26px; flex-wrap: wrap;
   position: relative; z-index: 1; }
 .fmcgm-layer:last-child { margin-bottom: 0; }
-.fmcgm-chip { max-width: 150px; padding: 4px 6px; border-radius: 5px; white-space: pre-wrap; word-break: break-word;
+.fmcgm-chip { flex: 0 0 auto; max-width: 160px; padding: 4px 6px; border-radius: 5px; white-space: pre-wrap; word-break: break-word;
   text-align: center; cursor: pointer; font: inherit; color: #000; background: #ffffff; border: 1.5px solid #333; }
 .fmcgm-chip.intervened, .fmcgm-sw.intervened { background: #E69F00; border: 3px solid #5C3A00; font-weight: bold; }
 .fmcgm-chip.descendant, .fmcgm-sw.descendant { background: #56B4E9; border: 2px dashed #0B3C5D; }
@@ -81,7 +82,7 @@ const STYLE = `
   border-radius: 2px; }
 .fmcgm-panel { border: 1px solid #444; border-radius: 4px; padding: 4px; display: flex; flex-direction: column; gap: 4px; }
 .fmcgm-panel-title { font-weight: bold; word-break: break-word; }
-.fmcgm-edge-list { display: flex; flex-direction: column; gap: 2px; max-height: 70px; overflow: auto; }
+.fmcgm-edge-list { display: flex; flex-direction: column; gap: 2px; }
 .fmcgm-empty { color: #aaa; padding: 8px; text-align: center; white-space: pre-wrap; }
 `;
 
@@ -155,7 +156,18 @@ function layersOf(graph) {
   graph.concepts.forEach((c) => visit(c.name));
   const rows = [];
   for (const c of graph.concepts) (rows[layer.get(c.name)] ||= []).push(c.name);
-  return rows.filter(Boolean);
+  // Each concept under the mean place of its causes, so edges cross less.
+  const place = new Map();
+  return rows.filter(Boolean).map((row) => {
+    const at = (name) => {
+      const ps = (parents.get(name) || []).filter((p) => place.has(p));
+      return ps.length ? ps.reduce((sum, p) => sum + place.get(p), 0) / ps.length : Infinity;
+    };
+    const ordered = row.map((name, i) => [at(name), i, name]).sort((a, b) => a[0] - b[0] || a[1] - b[1])
+      .map((entry) => entry[2]);
+    ordered.forEach((name, i) => place.set(name, (i + 0.5) / ordered.length));
+    return ordered;
+  });
 }
 
 function cloneGraph(graph) {
@@ -247,6 +259,7 @@ class CausalGraphEditor {
   say(text, kind = "info") {
     this.message.textContent = text;
     this.message.className = `fmcgm-message ${kind}`;
+    requestAnimationFrame(() => this.fitNode()); // a long message pushes, never overprints
   }
 
   // ------------------------------------------------------------ static parts
@@ -278,7 +291,8 @@ class CausalGraphEditor {
     this.doValue = el("input", "fmcgm-do-value");
     this.doValue.placeholder = "new value";
     this.doValue.title = "The intervened concept's new value";
-    this.doConcept.addEventListener("change", () => this.setIntervention(this.doConcept.value, this.doValue.value));
+    // "(no intervention)" clears the value too; another concept starts without the old one's value.
+    this.doConcept.addEventListener("change", () => this.setIntervention(this.doConcept.value, ""));
     this.doValue.addEventListener("input", () => this.setIntervention(this.doConcept.value, this.doValue.value, false));
     this.doValue.addEventListener("change", () => this.setIntervention(this.doConcept.value, this.doValue.value));
     doRow.append(el("span", null, "do("), this.doConcept, el("span", null, "="), this.doValue, el("span", null, ")"));
@@ -303,8 +317,44 @@ class CausalGraphEditor {
 
     r.append(this.stale, doRow, legend, this.diagram, this.message, this.panel, addRow, footer);
     if (typeof ResizeObserver !== "undefined") {
-      this.resizeObserver = new ResizeObserver(() => this.drawEdges());
+      this.resizeObserver = new ResizeObserver(() => {
+        this.drawEdges();
+        this.fitNode(); // a narrower node wraps layers onto more rows
+      });
       this.resizeObserver.observe(this.diagram);
+    }
+  }
+
+  // ------------------------------------------------------------ sizing: the node fits its content
+
+  // The height that shows every part at its own size, the diagram as tall as its layers
+  // (no scrolling, nothing clipped); null while the element is not laid out (off screen).
+  naturalHeight() {
+    if (!this.root.isConnected || !this.root.offsetWidth) return null;
+    const style = getComputedStyle(this.root);
+    const shown = [...this.root.children].filter((c) => getComputedStyle(c).display !== "none");
+    let total = parseFloat(style.paddingTop) + parseFloat(style.paddingBottom) +
+      (parseFloat(style.rowGap) || 0) * (shown.length - 1);
+    for (const child of shown) total += child === this.diagram ? this.diagramHeight() : child.offsetHeight;
+    return Math.ceil(total);
+  }
+
+  diagramHeight() {
+    const rows = [...this.diagram.children].filter((c) => c !== this.svg);
+    const last = rows[rows.length - 1];
+    const border = this.diagram.offsetHeight - this.diagram.clientHeight;
+    return Math.max(90, last ? last.offsetTop + last.offsetHeight + 8 + border : 90);
+  }
+
+  // Grow the node when its content needs more room than it has (never shrink what the user sized).
+  fitNode() {
+    const natural = this.naturalHeight();
+    if (natural === null) return;
+    this.minHeight = natural;
+    const need = this.node.computeSize?.()?.[1];
+    if (need && this.node.size[1] < need - 0.5) {
+      this.node.setSize([this.node.size[0], need]);
+      this.node.setDirtyCanvas?.(true, true);
     }
   }
 
@@ -370,6 +420,7 @@ class CausalGraphEditor {
     if (!graph || !graph.concepts.length) {
       this.diagram.append(el("div", "fmcgm-empty",
         "No graph yet.\nRun the workflow to bring in the incoming graph, or add concepts below."));
+      requestAnimationFrame(() => this.fitNode());
       return;
     }
     const roles = this.roles();
@@ -396,7 +447,10 @@ class CausalGraphEditor {
       }
       this.diagram.append(layer);
     }
-    requestAnimationFrame(() => this.drawEdges());
+    requestAnimationFrame(() => {
+      this.drawEdges();
+      this.fitNode();
+    });
   }
 
   drawEdges() {
@@ -458,7 +512,8 @@ class CausalGraphEditor {
 
     const actions = el("div", "fmcgm-row-ui");
     const intervene = button("Intervene on this", "Choose this concept for do(concept = value)", () => {
-      this.setIntervention(c.name, this.get("intervene_value"));
+      const same = conceptKey(this.get("intervene_concept")) === conceptKey(c.name);
+      this.setIntervention(c.name, same ? this.get("intervene_value") : "");
       this.doValue.focus();
     });
     intervene.classList.add("fmcgm-intervene");
@@ -530,7 +585,7 @@ class CausalGraphEditor {
 
   setIntervention(concept, value, rerender = true) {
     this.set("intervene_concept", concept || "");
-    this.set("intervene_value", value ?? "");
+    this.set("intervene_value", concept ? value ?? "" : "");
     if (rerender) this.render();
   }
 
@@ -636,11 +691,11 @@ app.registerExtension({
       const widget = this.addDOMWidget("graph_editor", "fmcgm_graph_editor", editor.root, {
         serialize: false,
         hideOnZoom: false,
-        getMinHeight: () => 360,
+        getMinHeight: () => editor.minHeight ?? 300,
       });
       widget.serialize = false; // no slot in widgets_values: the state is in the STRING widgets
       this.fmcgmEditor = editor;
-      this.setSize([Math.max(this.size[0], 440), Math.max(this.size[1], 520)]);
+      this.setSize([Math.max(this.size[0], 520), Math.max(this.size[1], 520)]);
       editor.render();
       return result;
     };

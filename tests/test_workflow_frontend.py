@@ -1,0 +1,278 @@
+"""Every shipped workflow, judged by ComfyUI's real frontend (the one this lane's ComfyUI is
+tested with: 1.32.9 on 0.3.75, 1.58.1 on 0.33.0), in Debian's Chromium driven by Playwright.
+
+As a new user: the tiny models sit where the real ones would (same file and folder names),
+the file is dropped on the canvas, nothing is missing, no two nodes overlap, and the frontend's
+own ``graphToPrompt()`` holds, input by input, what the workflow is defined to hold
+(scripts/build_workflows.py) with types that match ``/object_info``. Then it runs from the Run
+button with CPU-sized settings: the first run brings the graph into the editor with no
+intervention chosen, do() is picked by clicking in the editor, and the second run renders the
+counterfactual, its masks and its graph drawing at the expected sizes. Screenshots and run
+times go to test-artifacts/<lane>/.
+"""
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fmcgm.workflow_format import default_value, is_widget_spec, node_inputs, spec_options, ui_to_api
+from tests import browser_support as bs
+from tests import workflow_runner as wr
+from tests.comfy_harness import LANE
+
+REPO = Path(__file__).resolve().parent.parent
+WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
+DEFINITIONS = {wf.name: wf for wf in wr.build_workflows.definitions()}
+PICTURE = (96, 64)  # width, height: not square, as most photos are
+
+if not bs.chromium_available():
+    if os.environ.get("CI"):
+        raise RuntimeError(f"Chromium missing at {bs.CHROMIUM} in CI; .ci/run should have installed it")
+    pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """The server with tiny models under the real names, ComfyUI's example.png, a served tiny VLM."""
+    base = tmp_path_factory.mktemp("frontend-workflows")
+    paths = wr.prepare_models(base / "models")
+    (base / "input").mkdir(parents=True, exist_ok=True)
+    from tests.conftest import sample_picture_png
+    picture = Image.open(io.BytesIO(sample_picture_png(max(PICTURE)))).resize(PICTURE)
+    picture.save(base / "input" / wr.build_workflows.EXAMPLE_PICTURE)
+    served = wr.ServedVLM(wr.vlm_folder(base / "models"))
+    server = bs.start_server(base, ["--extra-model-paths-config", str(paths)])
+    yield server, served
+    served.stop()
+    assert server.stop() == 0, server.log()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=bs.CHROMIUM, headless=True, args=bs.ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def lane_artifacts(artifacts):
+    folder = artifacts / f"comfyui-{LANE}"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def test_every_definition_is_shipped():
+    assert sorted(DEFINITIONS) == sorted(p.stem for p in WORKFLOWS), "run scripts/build_workflows.py"
+    for path in WORKFLOWS:
+        assert path.with_suffix(".jpg").exists(), f"{path.name} has no thumbnail for the Templates dialog"
+
+
+# ----------------------------------------------------------------------------- what the file must hold
+
+def _is_link(value) -> bool:
+    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
+
+
+def _expected_inputs(entry: dict, info: dict) -> dict:
+    """The definition's inputs, and every other widget input at its default."""
+    expected = {}
+    for name, spec in node_inputs(info["input"]):
+        if name in entry["inputs"]:
+            expected[name] = entry["inputs"][name]
+        elif is_widget_spec(spec):
+            expected[name] = default_value(spec)
+    return expected
+
+
+def _type_problems(node_id: str, node: dict, object_info: dict, prompt: dict) -> list[str]:
+    """Each input against /object_info: numbers in range, combo values listed, links type-matched."""
+    info = object_info[node["class_type"]]
+    problems = []
+    for name, spec in node_inputs(info["input"]):
+        if name not in node["inputs"]:
+            continue
+        value, kind, options = node["inputs"][name], spec[0], spec_options(spec)
+        where = f"node {node_id} ({node['class_type']}).{name} = {value!r}"
+        if _is_link(value):
+            source = prompt[value[0]]["class_type"]
+            given = object_info[source]["output"][value[1]]
+            wanted = "COMBO" if isinstance(kind, list) else kind
+            if given != wanted and "*" not in (given, wanted):
+                problems.append(f"{where}: linked {given}, the input takes {wanted}")
+            continue
+        if isinstance(kind, list) or kind == "COMBO":
+            choices = kind if isinstance(kind, list) else options.get("options", [])
+            if value not in choices:
+                problems.append(f"{where}: not one of {choices[:8]}")
+        elif kind == "INT" and (not isinstance(value, int) or isinstance(value, bool)):
+            problems.append(f"{where}: not an integer")
+        elif kind == "FLOAT" and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            problems.append(f"{where}: not a number")
+        elif kind == "BOOLEAN" and not isinstance(value, bool):
+            problems.append(f"{where}: not a boolean")
+        elif kind == "STRING" and not isinstance(value, str):
+            problems.append(f"{where}: not text")
+        if kind in ("INT", "FLOAT") and isinstance(value, (int, float)):
+            if value < options.get("min", -float("inf")) or value > options.get("max", float("inf")):
+                problems.append(f"{where}: outside [{options.get('min')}, {options.get('max')}]")
+    return problems
+
+
+def _overlaps(bounds: dict[int, list[float]]) -> list[str]:
+    found = []
+    for (a, ra), (b, rb) in itertools.combinations(sorted(bounds.items()), 2):
+        w = min(ra[0] + ra[2], rb[0] + rb[2]) - max(ra[0], rb[0])
+        h = min(ra[1] + ra[3], rb[1] + rb[3]) - max(ra[1], rb[1])
+        if w > 0 and h > 0:
+            found.append(f"nodes {a} and {b} overlap by {w:.0f} x {h:.0f} px")
+    return found
+
+
+# ----------------------------------------------------------------------------- the run, as a user
+
+def _picture(server, info: dict) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(server.view(info))))
+
+
+def _images(entry: dict, node_id: str) -> list[dict]:
+    return entry["outputs"].get(node_id, {}).get("images", [])
+
+
+def _pick_intervention(p: bs.Page, editor_id: int, concept: str | None) -> tuple[str, str]:
+    """Click a concept in the editor, press "Intervene on this", type a value, Enter."""
+    from playwright.sync_api import expect
+    p.focus(editor_id)
+    ed = p.page.locator(f'.fmcgm-editor[data-node-id="{editor_id}"]')
+    chips = ed.locator(".fmcgm-chip")
+    expect(chips.first).to_be_visible()
+    chip = chips.filter(has_text=f"{concept}:").first if concept else chips.first
+    name = chip.get_attribute("data-concept")
+    chip.click()
+    ed.locator(".fmcgm-panel .fmcgm-intervene").click()
+    value = "sunny" if concept == "weather" else "something else"
+    ed.locator(".fmcgm-do-value").fill(value)
+    ed.locator(".fmcgm-do-value").press("Enter")
+    expect(ed.locator(f'.fmcgm-chip.intervened[data-concept="{name}"]')).to_have_count(1)
+    return name, value
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
+def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifacts):
+    server, served = stack
+    definition = DEFINITIONS[path.stem]
+    object_info = server.get_json("/object_info")
+    p = bs.Page(browser, server).open()
+    try:
+        # 1. Drop the file: every node known, nothing overlapping, nothing complained about.
+        assert p.drop_file(path) == []
+        assert p.page.locator(".p-dialog").count() == 0, p.page.locator(".p-dialog").all_inner_texts()
+        assert _overlaps(p.node_bounds()) == []
+        p.page.screenshot(path=str(lane_artifacts / f"{path.stem}_loaded.png"))
+
+        # 2. The frontend's prompt holds the definition, input by input, with the right types.
+        prompt = p.graph_to_prompt()
+        assert sorted(prompt, key=int) == sorted(definition.graph, key=int)
+        for node_id, entry in definition.graph.items():
+            sent = prompt[node_id]
+            assert sent["class_type"] == entry["class_type"]
+            info = object_info[entry["class_type"]]
+            assert sent["inputs"] == _expected_inputs(entry, info), f"node {node_id} ({entry['class_type']})"
+            assert _type_problems(node_id, sent, object_info, prompt) == []
+        editors = [int(k) for k, n in prompt.items() if n["class_type"] == wr.EDITOR]
+        for e in editors:  # nothing preset: the artist picks the intervention on the graph they see
+            assert (prompt[str(e)]["inputs"]["intervene_concept"], prompt[str(e)]["inputs"]["intervene_value"]) == ("", "")
+        # The Python converter (kept for scripting) reads the file as this frontend does.
+        strip = lambda pr: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in pr.items()}  # noqa: E731
+        assert strip(ui_to_api(json.loads(path.read_text()), object_info)) == strip(prompt)
+
+        # 3. Run it as a CPU user: lower the heavy settings, point at the VLM server, press Run.
+        p.set_widgets(wr.FAST_SETTINGS)
+        p.set_widgets({"base_url": served.url, "model": wr.TINY_VLM_SERVED}, "FMCGMOpenAIVLM")
+        times = {}
+        started = time.perf_counter()
+        _, first = p.run()
+        times["run 1"] = round(time.perf_counter() - started, 1)
+        outputs = [first]
+        if editors:
+            assert "14" not in first["outputs"], "rendered before an intervention was chosen"
+            concept = "weather" if "graph_json" in definition.graph["7"]["inputs"] else None
+            picked = _pick_intervention(p, editors[0], concept)
+            p.page.screenshot(path=str(lane_artifacts / f"{path.stem}_picked.png"))
+            started = time.perf_counter()
+            prompt_id, second = p.run()
+            times["run 2"] = round(time.perf_counter() - started, 1)
+            sent = second["prompt"][2][str(editors[0])]["inputs"]
+            assert (sent["intervene_concept"], sent["intervene_value"]) == picked
+            outputs.append(second)
+        final = outputs[-1]
+
+        # 4. The pictures a user expects.
+        width, height = PICTURE
+        counterfactuals = _images(final, "14")
+        assert counterfactuals, f"no counterfactual: {sorted(final['outputs'])}"
+        for info in counterfactuals:
+            assert _picture(server, info).shape == (height, width, 3)
+        masks = _images(final, "15")
+        assert masks and all(_picture(server, m).shape[:2] == (height, width) for m in masks)
+        drawing = _images(final, "9")
+        assert drawing and _picture(server, drawing[0]).shape[:2] == (wr.FAST_SETTINGS["height"], wr.FAST_SETTINGS["width"])
+        if "6" in definition.graph:  # the graph as read, from the first run
+            assert _images(first, "6")
+        for baseline in ("24", "28"):
+            if baseline in definition.graph:
+                assert _picture(server, _images(final, baseline)[0]).shape == (height, width, 3)
+        for evaluator in ("30", "31", "32"):
+            if evaluator in definition.graph:
+                assert "mean" in final["outputs"][evaluator]["text"][0]
+        p.page.wait_for_timeout(500)
+        p.page.screenshot(path=str(lane_artifacts / f"{path.stem}_rendered.png"))
+        assert p.page_errors == [] and p.console_errors == [], (p.page_errors, p.console_errors)
+        assert _overlaps(p.node_bounds()) == [], "a node grew over another while running"
+        record = lane_artifacts / "workflow_times.json"
+        known = json.loads(record.read_text()) if record.exists() else {}
+        known[path.stem] = times
+        record.write_text(json.dumps(known, indent=1))
+    finally:
+        p.close()
+
+
+def test_templates_dialog_shows_each_workflow_with_its_thumbnail(stack, browser, lane_artifacts):
+    """The frontend lists the pack's workflows, asks for <name>.jpg beside each, and opens one."""
+    server, _ = stack
+    listed = server.get_json("/api/workflow_templates")
+    assert sorted(listed["ComfyUI-FMCGM"]) == sorted(DEFINITIONS)
+    p = bs.Page(browser, server).open()
+    try:
+        asked = []
+        p.page.on("request", lambda r: asked.append(r.url) if "/workflow_templates/ComfyUI-FMCGM/" in r.url else None)
+        p.page.get_by_role("button", name="Templates").first.click()
+        for name in DEFINITIONS:
+            card = p.page.get_by_text(name, exact=True).first
+            card.scroll_into_view_if_needed()
+            card.wait_for(state="visible")
+        p.page.wait_for_timeout(1000)
+        p.page.screenshot(path=str(lane_artifacts / "templates_dialog.png"))
+        thumbnails = {u.rsplit("/", 1)[1] for u in asked if u.endswith(".jpg")}
+        from urllib.parse import unquote
+        assert {unquote(t) for t in thumbnails} >= {f"{name}.jpg" for name in DEFINITIONS}
+        loaded = p.page.evaluate("""() => [...document.querySelectorAll('img')]
+            .filter(i => i.src.includes('/workflow_templates/ComfyUI-FMCGM/')).map(i => [i.src, i.naturalWidth])""")
+        assert loaded and all(width > 0 for _, width in loaded), loaded
+        main = DEFINITIONS["FM-CGM causal edit"]
+        p.page.get_by_text(main.name, exact=True).first.click()
+        p.page.wait_for_function("(n) => app.graph.nodes.length === n", arg=len(main.graph) + 1, timeout=30_000)
+        assert sorted(str(n) for n in p.graph_to_prompt()) == sorted(main.graph)
+    finally:
+        p.close()
