@@ -7,10 +7,13 @@ prompts; the automatic mode asks for N diverse interventions on different concep
 
 Schemas are built per call so they can enumerate the graph's concept names. They suit
 grammar-constrained decoding (xgrammar) and OpenAI ``response_format``: every property is
-required, no additional properties, and every string and array is bounded. String length
-is bounded with ``pattern`` rather than minLength/maxLength, because xgrammar lets raw
-control characters through in length-bounded strings; the pattern also keeps quotes and
-backslashes (escapes) out of the model's strings.
+required, no additional properties, and every string and array is bounded (a random or weak
+model stops only where the schema makes it). Strings are bounded with minLength/maxLength,
+never a ``pattern``: engines turn ``{1,400}`` in a regex into one state per character, which
+at the real Qwen vocabulary cost xgrammar 150-250 ms per token and 15-130 s per compile
+(issue 9), on our backend and on a vLLM server alike. The local backend's grammar still keeps
+control characters, quotes and backslashes out of model-written strings
+(``vlm/schema_grammar.py``); what a server lets through, the answer parser cleans.
 """
 from __future__ import annotations
 
@@ -35,14 +38,13 @@ SYSTEM_PROMPT = (
     "the requested format and nothing else."
 )
 
-_TEXT_CHAR = r'[^\x00-\x1f"\\]'
-
 
 # ---------------------------------------------------------------- schema parts
 
 def text_schema(max_chars: int, min_chars: int = 1) -> dict[str, Any]:
-    """A single-line string of ``min_chars``..``max_chars`` characters, without quotes or backslashes."""
-    return {"type": "string", "pattern": f"^{_TEXT_CHAR}{{{min_chars},{max_chars}}}$"}
+    """A string of ``min_chars``..``max_chars`` characters (single-line and escape-free under the
+    local backend's grammar)."""
+    return {"type": "string", "minLength": min_chars, "maxLength": max_chars}
 
 
 def object_schema(properties: dict[str, Any]) -> dict[str, Any]:
@@ -57,11 +59,6 @@ def array_schema(items: dict[str, Any], max_items: int, min_items: int = 0) -> d
 
 def enum_schema(names: Sequence[str]) -> dict[str, Any]:
     return {"type": "string", "enum": list(names)}
-
-
-def openai_response_format(schema: dict[str, Any], name: str) -> dict[str, Any]:
-    """The ``response_format`` value of an OpenAI-compatible chat request for ``schema``."""
-    return {"type": "json_schema", "json_schema": {"name": name, "strict": True, "schema": schema}}
 
 
 def _json_example(value: Any) -> str:

@@ -1,7 +1,8 @@
 """Schema-constrained decoding for transformers ``generate`` through xgrammar.
 
 Why xgrammar: measured on this project's machine it was the only engine that is schema-valid
-at the real Qwen vocabulary, honours numeric bounds and costs ~1 ms/token there (vlm.md §3).
+at the real Qwen vocabulary, honours numeric bounds and costs well under 1 ms/token there
+with FM-CGM's schemas (benchmarks/bench_constrained_decoding.py).
 
 One ``SchemaGrammars`` per loaded model compiles each JSON schema once; one
 ``ConstrainedDecoding`` per ``generate`` call holds the matcher state (it is stateful and
@@ -16,12 +17,14 @@ import json
 import logging
 import os
 import time
+from collections import OrderedDict
 from typing import Any, Iterable, Optional
 
 import torch
 from transformers import LogitsProcessor
 
 from .base import VLMError
+from .schema_grammar import UnsupportedSchema, schema_to_ebnf
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +42,33 @@ def schema_key(schema: dict) -> str:
 
 
 class SchemaGrammars:
-    """Compiles JSON schemas for one tokenizer/vocabulary, caching each compiled grammar."""
+    """Compiles JSON schemas for one tokenizer/vocabulary, caching each compiled grammar.
+
+    Schemas in FM-CGM's subset go through ``schema_grammar.schema_to_ebnf`` (strings without
+    control characters at maxLength speed, < 0.1 s per compile at the real vocabulary); any
+    other schema through xgrammar's own converter. The tokenizer info (4-5 s at the real
+    vocabulary) is built once, on first use. The cache keeps the ``max_cached`` most recently
+    used grammars (~2 MB each at the real vocabulary; graph-specific schemas change per graph).
+    """
+
+    max_cached = 32
 
     def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: Iterable[int]):
         self._tokenizer = tokenizer
         self._vocab_size = vocab_size  # the model's logit rows, not len(tokenizer) (vlm.md pitfall 6)
         self._stop_token_ids = sorted(set(stop_token_ids))
         self._compiler: Any = None
-        self._cache: dict[str, Any] = {}
+        self._cache: OrderedDict[str, Any] = OrderedDict()
+        self.compilations = 0  # grammars actually compiled (cache misses)
+        self.last_compile_seconds = 0.0  # the latest compile() call, 0 when it hit the cache
+
+    def prepare(self) -> float:
+        """Build the tokenizer info now rather than at the first compile; returns the seconds it took
+        (0 when already built)."""
+        started = time.perf_counter()
+        had = self._compiler is not None
+        self._get_compiler()
+        return 0.0 if had else time.perf_counter() - started
 
     def _get_compiler(self) -> Any:
         if self._compiler is None:
@@ -54,23 +76,39 @@ class SchemaGrammars:
 
             info = xgr.TokenizerInfo.from_huggingface(self._tokenizer, vocab_size=self._vocab_size,
                                                       stop_token_ids=self._stop_token_ids)
-            self._compiler = xgr.GrammarCompiler(info, max_threads=max(1, min(8, os.cpu_count() or 1)))
+            # xgrammar's own cache would hold a second copy of what self._cache holds.
+            self._compiler = xgr.GrammarCompiler(info, max_threads=max(1, min(8, os.cpu_count() or 1)),
+                                                 cache_enabled=False)
         return self._compiler
 
     def compile(self, schema: dict) -> Any:
         """The xgrammar CompiledGrammar for ``schema`` (compiled on first use only)."""
         key = schema_key(schema)
-        if key not in self._cache:
-            started = time.perf_counter()
+        if key in self._cache:
+            self.last_compile_seconds = 0.0
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        compiler = self._get_compiler()
+        started = time.perf_counter()
+        try:
             try:
+                ebnf = schema_to_ebnf(schema)
+            except UnsupportedSchema as why:
+                log.debug("schema outside the fast subset (%s): xgrammar converts it", why)
                 # any_whitespace=False: only the schema bounds output length, so free whitespace
                 # would let a weak model pad until max_new_tokens (vlm.md pitfall 7).
-                self._cache[key] = self._get_compiler().compile_json_schema(
-                    key, any_whitespace=False, strict_mode=True)
-            except Exception as exc:  # xgrammar raises RuntimeError/ValueError for unsupported schemas
-                raise VLMError(f"The JSON schema could not be compiled into a grammar: {exc}") from exc
-            log.info("compiled JSON schema grammar in %.2f s", time.perf_counter() - started)
-        return self._cache[key]
+                compiled = compiler.compile_json_schema(key, any_whitespace=False, strict_mode=True)
+            else:
+                compiled = compiler.compile_grammar(ebnf)
+        except Exception as exc:  # xgrammar raises RuntimeError/ValueError for unsupported schemas
+            raise VLMError(f"The JSON schema could not be compiled into a grammar: {exc}") from exc
+        self.last_compile_seconds = time.perf_counter() - started
+        self.compilations += 1
+        self._cache[key] = compiled
+        if len(self._cache) > self.max_cached:
+            self._cache.popitem(last=False)
+        log.info("compiled JSON schema grammar in %.2f s", self.last_compile_seconds)
+        return compiled
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -108,6 +146,7 @@ class ConstrainedDecoding(LogitsProcessor):
         self._eos_ids = torch.tensor(sorted(set(eos_token_ids)), dtype=torch.long)
         self._prompt_len: Optional[int] = None
         self.seconds = 0.0  # time spent in this processor, for benchmarks
+        self.mask_seconds = 0.0  # of which in xgrammar's fill_next_token_bitmask
         self.reasoning_tokens = 0
 
     @property
@@ -155,7 +194,9 @@ class ConstrainedDecoding(LogitsProcessor):
 
         if self._matcher.is_terminated():
             return scores
+        started = time.perf_counter()
         self._matcher.fill_next_token_bitmask(self._bitmask)
+        self.mask_seconds += time.perf_counter() - started
         torch.bitwise_and(self._bitmask, self._keep_words, out=self._bitmask)
         # xgrammar masks CUDA and CPU tensors; anything else (mps) takes a round trip via CPU.
         device = scores.device

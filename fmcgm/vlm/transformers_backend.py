@@ -105,6 +105,7 @@ class GenerationStats:
     reasoning_tokens: int = 0
     constrained: bool = False
     constraint_seconds: float = 0.0  # spent in the grammar/reasoning logits processor
+    mask_seconds: float = 0.0  # of which xgrammar spent computing token masks
 
 
 class TransformersBackend:
@@ -239,7 +240,8 @@ class TransformersBackend:
             prompt_tokens=prompt_len, new_tokens=int(new_tokens.shape[0]),
             reasoning_tokens=processor.reasoning_tokens if processor else 0,
             constrained=processor is not None and processor.has_grammar,
-            constraint_seconds=processor.seconds if processor else 0.0)
+            constraint_seconds=processor.seconds if processor else 0.0,
+            mask_seconds=processor.mask_seconds if processor else 0.0)
         text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
         # The opening tag was part of the prompt; restore it so the answer is self-describing.
         return f"{THINK_OPEN}\n{text}" if reasoning else text
