@@ -327,24 +327,15 @@ def walk(schema: Any, visit: Callable[[dict], None]) -> None:
 @pytest.mark.parametrize("name", list(all_schemas()))
 def test_schemas_are_closed_bounded_and_strict_mode_compatible(name):
     def check(node: dict) -> None:
-        assert "minLength" not in node and "maxLength" not in node  # xgrammar: bound with pattern
+        assert "pattern" not in node  # a bounded regex costs xgrammar 150+ ms/token (issue 9)
         if node.get("type") == "object":
             assert node["additionalProperties"] is False
             assert node["required"] == list(node["properties"])
         if node.get("type") == "array":
             assert isinstance(node["maxItems"], int)
         if node.get("type") == "string" and "enum" not in node:
-            re.compile(node["pattern"])
-            assert re.search(r"\{\d+,\d+\}\$$", node["pattern"])
+            assert isinstance(node["maxLength"], int)
     walk(all_schemas()[name], check)
-
-
-def test_text_schema_pattern_rejects_quotes_newlines_and_overlong_text():
-    pattern = re.compile(prompts.text_schema(5)["pattern"])
-    assert pattern.match("hello") and not pattern.match("")
-    for bad in ["toolong", 'a"b', "a\\b", "a\nb"]:
-        assert not pattern.match(bad)
-    assert re.compile(prompts.text_schema(5, min_chars=0)["pattern"]).match("")
 
 
 def example_answers() -> dict[str, Any]:
