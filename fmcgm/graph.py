@@ -485,21 +485,11 @@ def repair_concepts(raw: Any) -> tuple[tuple[Concept, ...], list[str]]:
 
 def _repaired_concept(item: Any, number: int, repairs: list[str]) -> Optional[Concept]:
     raw_name, raw_value, raw_description = _read_concept(item)
-    name = as_clean_text(raw_name, f"concept #{number} name", repairs)
-    if name is None or not concept_key(name):
-        repairs.append(f"concept #{number} has no usable name ({short(item)}); dropped it")
+    name = _model_field(raw_name, "name", MAX_NAME_CHARS, f"concept #{number}", item, repairs)
+    if name is None:
         return None
-    if len(name) > MAX_NAME_CHARS:
-        repairs.append(f"concept #{number} has a name of {len(name):,} characters ({short(name)}); the limit is "
-                       f"{MAX_NAME_CHARS}; dropped it")
-        return None
-    value = as_clean_text(raw_value, f"concept #{number} {name!r} value", repairs)
+    value = _model_field(raw_value, "value", MAX_VALUE_CHARS, f"concept #{number} {name!r}", item, repairs)
     if value is None:
-        repairs.append(f"concept #{number} {name!r} has no usable value ({short(item)}); dropped it")
-        return None
-    if len(value) > MAX_VALUE_CHARS:
-        repairs.append(f"concept #{number} {name!r} has a value of {len(value):,} characters ({short(value)}); "
-                       f"the limit is {MAX_VALUE_CHARS}; dropped it")
         return None
     description = as_clean_text(raw_description, f"concept #{number} {name!r} description", repairs) or ""
     if len(description) > MAX_CONCEPT_DESCRIPTION_CHARS:
@@ -507,6 +497,19 @@ def _repaired_concept(item: Any, number: int, repairs: list[str]) -> Optional[Co
                        f"its first {MAX_CONCEPT_DESCRIPTION_CHARS}")
         description = description[:MAX_CONCEPT_DESCRIPTION_CHARS]
     return Concept(name, value, description)
+
+
+def _model_field(raw: Any, what: str, limit: int, label: str, item: Any, repairs: list[str]) -> Optional[str]:
+    """A concept's name or value from a model: clean text within ``limit``; None (reported) otherwise."""
+    text = as_clean_text(raw, f"{label} {what}", repairs)
+    if text is None or (what == "name" and not concept_key(text)):
+        repairs.append(f"{label} has no usable {what} ({short(item)}); dropped it")
+        return None
+    if len(text) > limit:
+        repairs.append(f"{label} has a {what} of {len(text):,} characters ({short(text)}); the limit is {limit}; "
+                       "dropped it")
+        return None
+    return text
 
 
 def _concept_items(raw: Any) -> list:

@@ -98,9 +98,5 @@ def quoted(names: Iterable[str], limit: int = 40) -> str:
     return ", ".join(short(n, QUOTE_CHARS) for n in list(names)[:limit]) or "none"
 
 
-def too_long(text: str, limit: int) -> bool:
-    return len(text) > limit
-
-
 def length_message(what: str, text: str, limit: int, fix: str = "shorten it") -> str:
     return f"{what} is {len(text):,} characters long ({short(text)}); the limit is {limit:,}: {fix}"

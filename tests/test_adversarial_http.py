@@ -144,6 +144,14 @@ def comfy(tmp_path_factory, scripted):
         assert server.stop() == 0, server.log()[-3000:]
 
 
+@pytest.fixture
+def stack(comfy, scripted):
+    """(ComfyUI server, its uploaded picture, the scripted server's URL, its backend) with the issue's script."""
+    url, served = scripted
+    served.script = dict(SCRIPT)
+    return (*comfy, url, served)
+
+
 def manipulator_prompt(url: str, image: str, **inputs) -> dict:
     manipulator = {"causal_graph": ["3", 0], "vlm": ["2", 0], "image": ["1", 0], "mode": "manual",
                    "concept": "weather", "value": "sunny", "descendant_values": "", "num_interventions": 2,
@@ -179,10 +187,8 @@ def error_of(entry: dict) -> str:
 
 
 @pytest.mark.parametrize("mode", ["manual", "automatic"])
-def test_the_issue_answer_through_comfyui_reaches_no_prompt_output(comfy, scripted, mode):
-    server, image = comfy
-    url, served = scripted
-    served.script = dict(SCRIPT)
+def test_the_issue_answer_through_comfyui_reaches_no_prompt_output(stack, mode):
+    server, image, url, _ = stack
     entry = run(server, manipulator_prompt(url, image, mode=mode))
     assert entry["status"]["status_str"] == "success", entry["status"]
     counterfactuals = captured(entry, "5")[0]
@@ -207,10 +213,8 @@ def test_the_issue_answer_through_comfyui_reaches_no_prompt_output(comfy, script
     assert "ignored the new value 'old' for 'age': it is not a descendant of 'weather'" in report
 
 
-def test_a_do_that_changes_nothing_changes_nothing_through_comfyui(comfy, scripted):
-    server, image = comfy
-    url, served = scripted
-    served.script = dict(SCRIPT)
+def test_a_do_that_changes_nothing_changes_nothing_through_comfyui(stack):
+    server, image, url, served = stack
     asked = len(served.requests)
     entry = run(server, manipulator_prompt(url, image, value="Rainy"))
     assert entry["status"]["status_str"] == "success", entry["status"]
@@ -222,10 +226,8 @@ def test_a_do_that_changes_nothing_changes_nothing_through_comfyui(comfy, script
     assert "the VLM was not asked" in report
 
 
-def test_bad_inputs_get_short_clear_errors_and_the_server_keeps_serving(comfy, scripted):
-    server, image = comfy
-    url, served = scripted
-    served.script = dict(SCRIPT)
+def test_bad_inputs_get_short_clear_errors_and_the_server_keeps_serving(stack):
+    server, image, url, served = stack
     asked = len(served.requests)
     huge_value = "v" * (2 * 1024 * 1024)
     message = error_of(run(server, manipulator_prompt(url, image, value=huge_value)))
