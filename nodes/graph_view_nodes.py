@@ -122,7 +122,8 @@ class FMCGMCausalGraphEditor(io.ComfyNode):
                 io.String.Input("intervene_concept", default="",
                                 tooltip="The concept to intervene on (empty: none chosen)."),
                 io.String.Input("intervene_value", default="",
-                                tooltip="The intervened concept's new value, do(concept = value)."),
+                                tooltip="The intervened concept's new value, do(concept = value). Its current "
+                                        "value changes nothing (every concept keeps its value)."),
                 io.String.Input("edit_base", default="", socketless=True,
                                 tooltip="Fingerprint of the incoming graph the edits were made on (set by the "
                                         "editor); used to warn when the incoming graph has changed since."),
