@@ -102,3 +102,27 @@ def default_value(spec):
     if default is None and isinstance(spec[0], list) and spec[0]:
         default = spec[0][0]
     return default
+
+
+def output_stem(title: str) -> str:
+    """A file name stem that says what an output is, from its node's title."""
+    import re
+    stem = re.sub(r"[^0-9a-z]+", "_", title.lower()).strip("_")
+    return stem or "output"
+
+
+def named_outputs(prompt: dict, outputs: dict) -> list[tuple[str, str, dict]]:
+    """(file name, node title, image info) for every picture a run produced, named by the node's
+    title ("Counterfactual (CSG)" -> counterfactual_csg.png, numbered when a node gave several);
+    ``outputs`` is a /history entry's "outputs"."""
+    named, used = [], set()
+    for node_id, output in outputs.items():
+        title = prompt.get(node_id, {}).get("_meta", {}).get("title") or f"node {node_id}"
+        images = output.get("images", [])
+        for index, info in enumerate(images, 1):
+            stem = output_stem(title) + (f"_{index}" if len(images) > 1 else "")
+            while stem in used:  # two nodes with one title
+                stem += f"_node{node_id}"
+            used.add(stem)
+            named.append((f"{stem}.png", title, info))
+    return named
