@@ -97,6 +97,16 @@ class Qwen3VLLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, model):
+        """Our own check of the folder (instead of ComfyUI's "value not in list"), so the message
+        says where folders are looked for and what to put there, before anything runs."""
+        try:
+            resolve_llm_folder(model)
+        except ValueError as error:
+            return str(error)
+        return True
+
+    @classmethod
     def execute(cls, model, dtype, attention, device, keep_loaded, max_image_tokens):
         import comfy.model_management as mm
         import torch

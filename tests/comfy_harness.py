@@ -133,7 +133,8 @@ def run_prompt(prompt: dict, executor=None, extra_data: dict | None = None):
     prompt_id = str(uuid.uuid4())
     valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
     if not valid[0]:
-        raise PromptError(f"prompt invalid: {valid[1]}", {"error": valid[1], "node_errors": valid[3]})
+        raise PromptError(f"prompt invalid: {valid[1]}; node errors: {valid[3]}",
+                          {"error": valid[1], "node_errors": valid[3]})
     if executor is None:
         executor = new_executor()
     executor.execute(prompt, prompt_id, dict(extra_data or {}), valid[2])
@@ -176,7 +177,7 @@ class ComfyServer:
         self.proc: subprocess.Popen | None = None
         self.log_path = base / "server.log"
 
-    def start(self, timeout: float = 120) -> "ComfyServer":
+    def start(self, timeout: float = 300) -> "ComfyServer":  # 0.33 takes 35 s on 2 idle cores
         for name in ("input", "output", "temp", "user"):
             (self.base / name).mkdir(parents=True, exist_ok=True)
         front = self.front_end_root
