@@ -21,10 +21,11 @@ import math
 import re
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
-# Answers longer than this are refused as too long: no useful answer is this long (32,768
-# tokens of text are ~130,000 characters), and the scan must stay fast on runaway
-# generations. The HTTP backend refuses the same length (``vlm.base.MAX_ANSWER_CHARS``).
-MAX_ANSWER_CHARS = 200_000
+from .vlm.base import MAX_ANSWER_CHARS
+
+# Answers longer than MAX_ANSWER_CHARS are refused as too long, on every path (the HTTP
+# backend refuses the same length): no useful answer is this long, and the scan must stay
+# fast on runaway generations.
 # How many top-level candidate positions one text gets before the scan gives up.
 MAX_CANDIDATES = 32
 # Blocks longer than this skip the slow pure-Python readers (literal_eval, repair): a
