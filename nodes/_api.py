@@ -29,6 +29,11 @@ def schema(**fields) -> io.Schema:
     for item in fields.get("inputs", []):
         if not getattr(item, "tooltip", None):
             raise ValueError(f"input {item.id!r} of {node_id} needs a tooltip")
+    for number, item in enumerate(fields.get("outputs", [])):
+        # ComfyUI versions label an unnamed output differently (its type, or its id), which
+        # moves labels in saved workflows and in scripts that read them: always name it.
+        if not item.display_name:
+            item.display_name = item.id or str(getattr(item, "io_type", "") or f"output {number}").lower()
     return io.Schema(**{k: v for k, v in fields.items() if k in _SCHEMA_FIELDS})
 
 

@@ -358,14 +358,21 @@ def thumbnail(wf: Workflow, path: Path) -> None:
     from fmcgm.render import render_graph
     graph = CausalGraph.from_dict(GRAPH_ONLY_EXAMPLE)
     drawing = render_graph(graph, "weather", {"weather": "sunny", "hair": "dry", "umbrella": "closed"},
-                           width=THUMBNAIL - 40, height=300).image
+                           width=THUMBNAIL - 40, height=290).image
     card = Image.new("RGB", (THUMBNAIL, THUMBNAIL), (24, 27, 33))
     draw = ImageDraw.Draw(card)
-    font = _thumbnail_font(ImageFont, bold=True, size=30)
-    draw.text((20, 18), wf.name, font=font, fill=(240, 240, 240))
-    card.paste(Image.fromarray(drawing), (20, 70))
+    font = _thumbnail_font(ImageFont, bold=True, size=28)
+    lines = [""]  # the title, wrapped to the card (the dialog shows it about 200 px wide)
+    for word in wf.name.split():
+        trial = f"{lines[-1]} {word}".strip()
+        if draw.textlength(trial, font=font) <= THUMBNAIL - 40 or not lines[-1]:
+            lines[-1] = trial
+        else:
+            lines.append(word)
+    draw.multiline_text((20, 14), "\n".join(lines[:2]), font=font, fill=(240, 240, 240), spacing=4)
+    card.paste(Image.fromarray(drawing), (20, 84))
     small = _thumbnail_font(ImageFont, bold=False, size=17)
-    y = 384
+    y = 386
     for title, _ in wf.stages[:6]:
         draw.text((24, y), "\u2022 " + title, font=small, fill=(200, 205, 215))
         y += 20

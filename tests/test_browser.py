@@ -339,6 +339,8 @@ def test_the_editor_fits_1_to_15_concepts_at_its_shipped_size(page, artifacts):
     p = page
     shipped = next(n for n in json.loads(SHIPPED.read_text())["nodes"] if n["id"] == EDITOR_ID)
     assert p.drop_file(SHIPPED) == []
+    p.page.keyboard.press("Escape")  # this server has no SDXL file: close the missing-models dialog
+    p.page.wait_for_function("() => !document.querySelector('.p-dialog-mask')")
     p.focus(EDITOR_ID)
     ed = editor(p, EDITOR_ID)
     measured = {}

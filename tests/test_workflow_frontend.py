@@ -18,6 +18,7 @@ import json
 import os
 import time
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -255,8 +256,10 @@ def test_templates_dialog_shows_each_workflow_with_its_thumbnail(stack, browser,
     assert sorted(listed["ComfyUI-FMCGM"]) == sorted(DEFINITIONS)
     p = bs.Page(browser, server).open()
     try:
-        asked = []
-        p.page.on("request", lambda r: asked.append(r.url) if "/workflow_templates/ComfyUI-FMCGM/" in r.url else None)
+        served = {}  # thumbnail file -> (status, content type), from the responses the page got
+        p.page.on("response", lambda r: served.__setitem__(unquote(r.url.rsplit("/", 1)[1]),
+                                                          (r.status, r.headers.get("content-type", "")))
+                  if "/workflow_templates/ComfyUI-FMCGM/" in r.url and r.url.endswith(".jpg") else None)
         p.page.get_by_role("button", name="Templates").first.click()
         for name in DEFINITIONS:
             card = p.page.get_by_text(name, exact=True).first
@@ -264,12 +267,12 @@ def test_templates_dialog_shows_each_workflow_with_its_thumbnail(stack, browser,
             card.wait_for(state="visible")
         p.page.wait_for_timeout(1000)
         p.page.screenshot(path=str(lane_artifacts / "templates_dialog.png"))
-        thumbnails = {u.rsplit("/", 1)[1] for u in asked if u.endswith(".jpg")}
-        from urllib.parse import unquote
-        assert {unquote(t) for t in thumbnails} >= {f"{name}.jpg" for name in DEFINITIONS}
-        loaded = p.page.evaluate("""() => [...document.querySelectorAll('img')]
-            .filter(i => i.src.includes('/workflow_templates/ComfyUI-FMCGM/')).map(i => [i.src, i.naturalWidth])""")
-        assert loaded and all(width > 0 for _, width in loaded), loaded
+        for name in DEFINITIONS:
+            assert served.get(f"{name}.jpg", (0, ""))[0] == 200, (name, served)
+            assert served[f"{name}.jpg"][1].startswith("image/jpeg")
+        shown = p.page.evaluate("""() => [...document.querySelectorAll('.p-dialog img, [role=dialog] img')]
+            .filter(i => i.complete && i.naturalWidth > 0).length""")
+        assert shown >= len(DEFINITIONS), f"only {shown} thumbnails drawn"
         main = DEFINITIONS["FM-CGM causal edit"]
         p.page.get_by_text(main.name, exact=True).first.click()
         p.page.wait_for_function("(n) => app.graph.nodes.length === n", arg=len(main.graph) + 1, timeout=30_000)
