@@ -134,6 +134,16 @@ def test_edit_the_graph_in_the_browser_and_the_backend_gets_it(page, artifacts):
     expect(chip(p, 2, "lighting")).to_have_class(re.compile(r"\binvariant\b"))  # sky -> lighting was removed
     expect(chip(p, 2, XSS)).to_have_class(re.compile(r"\binvariant\b"))
 
+    # "(no intervention)" clears the value too (a stale value would reach the manipulator).
+    ed.locator(".fmcgm-do-concept").select_option("")
+    assert (widget_values(p, 2)["intervene_concept"], widget_values(p, 2)["intervene_value"]) == ("", "")
+    expect(ed.locator(".fmcgm-chip.intervened")).to_have_count(0)
+    chip(p, 2, "weather").click()
+    ed.locator(".fmcgm-panel .fmcgm-intervene").click()
+    expect(ed.locator(".fmcgm-do-value")).to_have_value("")
+    ed.locator(".fmcgm-do-value").fill("sunny")
+    ed.locator(".fmcgm-do-value").press("Enter")
+
     expected = CausalGraph(
         tuple(Concept("weather", "stormy") if c.name == "weather" else c
               for c in original.concepts if c.name != "umbrella") + (Concept("season", "late autumn"),),
