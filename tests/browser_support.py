@@ -24,10 +24,13 @@ READY = """() => !!(window.app && window.app.graph && window.app.canvas
 # ask about update notifications; these settings are what a returning user has.
 SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.Notification.ShowVersionUpdates": False,
             "Comfy.Minimap.Visible": False}
-# Console errors every healthy 1.32.9 page prints (missing optional files, blocked calls to
-# api.comfy.org, a frontend setting read before it is registered).
+# Console errors every healthy page prints offline (missing optional files, blocked calls to
+# api.comfy.org, 1.32.9 reading a setting before it is registered, 1.58.1's default graph and
+# the missing-models dialog asking huggingface.co for download sizes, refused by the page's
+# Content Security Policy here).
 BENIGN_CONSOLE = re.compile(r"Failed to load resource|ERR_NAME_NOT_RESOLVED|ERR_FAILED|net::|"
-                            r"reading 'id'|user\.css|comfy\.templates\.json|api\.comfy\.org")
+                            r"reading 'id'|user\.css|comfy\.templates\.json|api\.comfy\.org|"
+                            r"https://huggingface\.co/.*Content Security Policy|Error fetching file size")
 
 
 def frontend_root() -> Path:
