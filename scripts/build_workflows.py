@@ -35,7 +35,7 @@ GAP = 60            # between columns and between nodes in a column
 GROUP_PAD = 30      # group border around its nodes
 GROUP_TITLE = 50    # room for the group's title bar
 MIN_WIDTH = 340
-NOTE_SIZE = (460, 760)
+NOTE_SIZE = (440, 560)
 # Nodes that show pictures get room for them up front: the frontend adds a 220 px preview
 # when the first picture arrives, and a node that grew then would cover its neighbour.
 PICTURE_NODES = {"SaveImage", "PreviewImage", "FMCGMCausalGraphViewer", "LoadImage"}
