@@ -178,6 +178,8 @@ def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifa
     try:
         # 1. Drop the file: every node known, nothing overlapping, nothing complained about.
         assert p.drop_file(path) == []
+        flagged = p.page.evaluate("() => app.graph.nodes.filter(n => n.has_errors).map(n => n.type)")
+        assert flagged == [], f"the frontend flags {flagged} (a model or value it cannot find?)"
         assert p.page.locator(".p-dialog").count() == 0, p.page.locator(".p-dialog").all_inner_texts()
         assert _overlaps(p.node_bounds()) == []
         p.page.screenshot(path=str(lane_artifacts / f"{path.stem}_loaded.png"))
@@ -240,6 +242,7 @@ def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifa
         p.page.wait_for_timeout(500)
         p.page.screenshot(path=str(lane_artifacts / f"{path.stem}_rendered.png"))
         assert p.page_errors == [] and p.console_errors == [], (p.page_errors, p.console_errors)
+        assert p.deprecations_since_ready() == []
         assert _overlaps(p.node_bounds()) == [], "a node grew over another while running"
         record = lane_artifacts / "workflow_times.json"
         known = json.loads(record.read_text()) if record.exists() else {}
