@@ -388,15 +388,12 @@ def _thumbnail_font(image_font, bold: bool, size: int):
 
 def main() -> None:
     sys.path.insert(0, str(REPO))
-    from playwright.sync_api import sync_playwright
-
     from tests import browser_support as bs
     with tempfile.TemporaryDirectory() as tmp:
         server = bs.start_server(Path(tmp))
         try:
             object_info = server.get_json("/object_info")
-            with sync_playwright() as pw:
-                browser = pw.chromium.launch(executable_path=bs.CHROMIUM, headless=True, args=bs.ARGS)
+            with bs.launched_browser() as browser:
                 page = bs.Page(browser, server).open()
                 WORKFLOWS.mkdir(exist_ok=True)
                 keep = set()
@@ -413,7 +410,6 @@ def main() -> None:
                     if stale.name not in keep:
                         stale.unlink()
                         print(f"removed {stale.relative_to(REPO)}")
-                browser.close()
         finally:
             server.stop()
 

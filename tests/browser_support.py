@@ -7,6 +7,7 @@ with this pack loaded. Playwright's bundled browser download is not available he
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -41,6 +42,28 @@ def frontend_root() -> Path:
 
 def chromium_available() -> bool:
     return Path(CHROMIUM).exists() or shutil.which(CHROMIUM) is not None
+
+
+def require_chromium() -> None:
+    """Skip the calling test module without Debian's Chromium, except in CI, where it is a setup error."""
+    import pytest
+    if chromium_available():
+        return
+    if os.environ.get("CI"):
+        raise RuntimeError(f"Chromium missing at {CHROMIUM} in CI; .ci/run should have installed it")
+    pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+
+@contextlib.contextmanager
+def launched_browser():
+    """Debian's Chromium under Playwright, headless, for one test module."""
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 def start_server(base: Path, extra_args: list[str] | None = None) -> ComfyServer:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 from pathlib import Path
 
@@ -23,10 +22,7 @@ from tests import browser_support as bs
 WORKFLOW = Path(__file__).parent / "data" / "graph_editor_workflow.json"
 XSS = "<img src=x onerror=alert(1)>"
 
-if not bs.chromium_available():
-    if os.environ.get("CI"):
-        raise RuntimeError(f"Chromium missing at {bs.CHROMIUM} in CI; .ci/run should have installed it")
-    pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
+bs.require_chromium()
 
 pytestmark = pytest.mark.slow
 
@@ -40,11 +36,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=bs.CHROMIUM, headless=True, args=bs.ARGS)
+    with bs.launched_browser() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture

@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import itertools
 import json
-import os
 import time
 from pathlib import Path
 from urllib.parse import unquote
@@ -34,10 +33,7 @@ WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 DEFINITIONS = {wf.name: wf for wf in wr.build_workflows.definitions()}
 PICTURE = (96, 64)  # width, height: not square, as most photos are
 
-if not bs.chromium_available():
-    if os.environ.get("CI"):
-        raise RuntimeError(f"Chromium missing at {bs.CHROMIUM} in CI; .ci/run should have installed it")
-    pytest.skip("Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True)
+bs.require_chromium()
 
 pytestmark = pytest.mark.slow
 
@@ -60,11 +56,8 @@ def stack(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=bs.CHROMIUM, headless=True, args=bs.ARGS)
+    with bs.launched_browser() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
