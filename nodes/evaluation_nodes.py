@@ -6,6 +6,7 @@ nothing is downloaded at run time.
 """
 from __future__ import annotations
 
+import json
 import os
 
 import folder_paths
@@ -116,7 +117,28 @@ class EvaluateCounterfactual(io.ComfyNode):
             if metric is not None:
                 metric.to("cpu")  # ComfyUI's memory manager does not see it: keep the GPU free
         report = summary.report()
-        return io.NodeOutput(summary.vlm_eff, summary.lpips, report, ui=ui.PreviewText(report))
+        return io.NodeOutput(summary.vlm_eff, summary.lpips, report,
+                             ui={**ui.PreviewText(report).as_dict(),
+                                 RESULTS_UI_KEY: (json.dumps(summary_record(summary)),)})
+
+
+RESULTS_UI_KEY = "fmcgm_evaluation"  # the results as JSON in /history, for scripts (python -m fmcgm evaluate)
+
+
+def summary_record(summary) -> dict:
+    """Every number of the report, per edited picture, as plain JSON (NaN and missing as null)."""
+    def number(value):
+        return None if value is None or value != value else float(value)
+
+    rows = []
+    for row in summary.rows:
+        cf, eff = row.counterfactual, row.effectiveness
+        rows.append({"index": row.index, "concept": cf.concept, "value": cf.value, "changed": list(cf.changed),
+                     "counterfactual_prompt": cf.counterfactual_prompt, "lpips": number(row.lpips),
+                     "effectiveness": eff.to_dict() if eff is not None else None})
+    graph = summary.rows[0].counterfactual.graph.to_dict() if summary.rows else None
+    return {"vlm_eff": number(summary.vlm_eff), "lpips": number(summary.lpips), "rows": rows, "graph": graph,
+            "notes": list(summary.notes)}
 
 
 NODES = [EvaluateCounterfactual]
