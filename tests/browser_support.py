@@ -79,7 +79,11 @@ class Page:
     def __init__(self, browser, server: ComfyServer, viewport=(1600, 1000)):
         self.server = server
         self.context = browser.new_context(viewport={"width": viewport[0], "height": viewport[1]})
-        self.context.add_init_script("localStorage.setItem('vueNodesBannerDismissed', 'true')")
+        self.context.add_init_script("localStorage.setItem('vueNodesBannerDismissed', 'true');"
+                                     # script attempts a page's Content Security Policy blocked
+                                     "window.__blocked = []; document.addEventListener("
+                                     "'securitypolicyviolation', e => { if (/script/.test(e.violatedDirective)) "
+                                     "window.__blocked.push(e.violatedDirective + ' ' + e.sample); });")
         # Nothing but our server: the page also calls api.comfy.org, which must not stall a test.
         self.context.route(re.compile(rf"^https?://(?!127\.0\.0\.1:{server.port}/)"), lambda route: route.abort())
         self.page = self.context.new_page()
@@ -119,6 +123,11 @@ class Page:
                 .filter(n => !LiteGraph.registered_node_types[n.type] || n.has_errors)
                 .map(n => n.type);
         }""", workflow)
+
+    def blocked_scripts(self) -> list[str]:
+        """Scripts the page's Content Security Policy stopped (an injection that failed to run is
+        still an injection)."""
+        return self.page.evaluate("window.__blocked")
 
     def deprecations_since_ready(self) -> list[str]:
         """Deprecation warnings printed after start-up, i.e. while our nodes were made, run, edited.

@@ -67,7 +67,7 @@ const STYLE = `
 .fmcgm-stale.shown { display: flex; }
 .fmcgm-editor > .fmcgm-diagram { position: relative; flex: 1 0 auto; min-height: 90px; overflow: hidden;
   background: #1b1b1b; border: 1px solid #444; border-radius: 4px; padding: 8px 4px; }
-.fmcgm-edges { position: absolute; left: 0; top: 0; pointer-events: none; overflow: visible; }
+.fmcgm-edges { position: absolute; left: 0; top: 0; width: 0; height: 0; pointer-events: none; overflow: visible; }
 .fmcgm-layer { display: flex; justify-content: center; gap: 8px 14px; margin-bottom: 26px; flex-wrap: wrap;
   position: relative; z-index: 1; }
 .fmcgm-layer:last-child { margin-bottom: 0; }
@@ -339,11 +339,16 @@ class CausalGraphEditor {
     return Math.ceil(total);
   }
 
-  diagramHeight() {
+  // Where the last layer (or the empty-graph text) ends, inside the diagram's padding box.
+  layersBottom() {
     const rows = [...this.diagram.children].filter((c) => c !== this.svg);
     const last = rows[rows.length - 1];
+    return last ? last.offsetTop + last.offsetHeight : 0;
+  }
+
+  diagramHeight() {
     const border = this.diagram.offsetHeight - this.diagram.clientHeight;
-    return Math.max(90, last ? last.offsetTop + last.offsetHeight + 8 + border : 90);
+    return Math.max(90, this.layersBottom() + 8 + border);
   }
 
   // Grow the node when its content needs more room than it has (never shrink what the user sized).
@@ -457,8 +462,9 @@ class CausalGraphEditor {
     if (!this.svg || !this.graph || !this.svg.isConnected) return;
     const svg = this.svg;
     svg.replaceChildren();
-    svg.setAttribute("width", String(this.diagram.scrollWidth));
-    svg.setAttribute("height", String(this.diagram.scrollHeight));
+    // Sized to the layers, never beyond: an SVG taller than them would make the diagram scroll.
+    svg.style.width = `${this.diagram.clientWidth}px`;
+    svg.style.height = `${this.layersBottom()}px`;
     const defs = document.createElementNS(SVG_NS, "defs");
     const markerId = `fmcgm-arrow-${this.id}`;
     const marker = document.createElementNS(SVG_NS, "marker");
