@@ -105,7 +105,8 @@ def run(n: int, checkpoint, seed_base: int = 0) -> dict:
                 records.append({"picture": i, "kind": concept, "value": value, "method": method,
                                 "factual": scene.values, "targets": s.targets, "invariants": s.invariants,
                                 "read": s.read, "effectiveness": s.effectiveness, "invariance": s.invariance,
-                                "pixel_outside": s.pixel_outside, "lpips": s.lpips})
+                                "pixel_outside": s.pixel_outside, "lpips": s.lpips,
+                                "region_distance": s.extra["region_distance"], "seed": seed_base + i})
         if i < 6:
             _keep_examples(i, picture, outputs, todo)
         print(f"picture {i + 1}/{n}: " + "; ".join(

@@ -186,11 +186,23 @@ def read_config(path) -> dict:
     return config
 
 
+_TINY_CACHE: dict[tuple, bool] = {}
+
+
 def is_tiny_checkpoint(path) -> bool:
+    """Whether ``path`` carries tiny SDXL sizes (header only; cached while the file is unchanged,
+    since loaders list every checkpoint each time the frontend asks for node definitions)."""
     try:
-        return METADATA_KEY in read_metadata(path)
-    except CheckpointError:
+        st = Path(path).stat()
+    except OSError:
         return False
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if key not in _TINY_CACHE:
+        try:
+            _TINY_CACHE[key] = METADATA_KEY in read_metadata(path)
+        except CheckpointError:
+            _TINY_CACHE[key] = False
+    return _TINY_CACHE[key]
 
 
 def load(path, unet_dtype: Optional[torch.dtype] = None):

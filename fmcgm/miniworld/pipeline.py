@@ -188,4 +188,16 @@ def score(original: np.ndarray, edited: np.ndarray, scene: world.Scene, concept:
     size = original.shape[0]
     outside = ~render.dilate(render.changed_region(scene, cf, changed, size), DILATE_PX)
     diff = np.abs(edited.astype(np.float32) - original.astype(np.float32)).mean(-1) / 255.0
-    return Score(targets, invariants, oracle.read(edited), float(diff[outside].mean()))
+    return Score(targets, invariants, oracle.read(edited), float(diff[outside].mean()),
+                 extra={"region_distance": region_distances(original, edited, scene)})
+
+
+def region_distances(original: np.ndarray, edited: np.ndarray, scene: world.Scene) -> dict:
+    """Mean |edited - original| (0-1) inside each concept's region of ``scene`` (shrunk by
+    ``DILATE_PX`` so that edges shared with a neighbour do not count)."""
+    diff = np.abs(edited.astype(np.float32) - original.astype(np.float32)).mean(-1) / 255.0
+    out = {}
+    for concept, mask in render.regions(scene, original.shape[0]).items():
+        inner = ~render.dilate(~mask, DILATE_PX)
+        out[concept] = float(diff[inner].mean()) if inner.any() else float("nan")
+    return out

@@ -25,6 +25,7 @@ Run: ``python scripts/train_miniworld.py --work .cache/miniworld-train`` (see ``
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import random
@@ -137,8 +138,11 @@ def _load(path: Path):
 
 
 def _gen(seed: int, stage: str, step: int) -> tuple[torch.Generator, random.Random]:
+    """The step's own generators: a hash of (seed, stage, step), so every step draws fresh numbers
+    and a resumed run draws exactly what an uninterrupted one would."""
     key = f"{seed}-{stage}-{step}"
-    return torch.Generator().manual_seed(int.from_bytes(key.encode(), "little") % (2 ** 63)), random.Random(key)
+    digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") >> 1
+    return torch.Generator().manual_seed(digest), random.Random(key)
 
 
 def _progress(total: int, start: int, desc: str):
