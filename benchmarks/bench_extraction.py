@@ -1,11 +1,12 @@
 """Concept extraction time per stage (description, concepts, edges) and the manipulator's two
 modes, on one Qwen3-VL folder.
 
-    python benchmarks/bench_extraction.py [--model-dir DIR] [--rounds 3] [--max-new-tokens 256]
+    python benchmarks/bench_extraction.py [--model-dir DIR] [--vocab tiny|real] [--rounds 3] [--max-new-tokens 256]
 
-Without --model-dir it builds the tiny random Qwen3-VL (tests/fixtures/tiny_qwen3vl.py), whose
-numbers only show where time goes (prefill with the image vs decoding) and what the grammar
-costs per stage; give a real folder on a GPU machine for real timings. Each stage's share of
+Without --model-dir it builds the tiny random Qwen3-VL (tests/fixtures/tiny_qwen3vl.py; with
+--vocab real, Qwen's 151,643-token tokenizer and 151,936 rows), whose numbers only show where
+time goes (prefill with the image vs decoding); the grammar's cost per stage is measured by
+bench_constrained_decoding.py. Give a real folder on a GPU machine for real timings. Each stage's share of
 the whole pipeline is printed as a ratio, so load from other jobs on a shared machine matters
 less than for absolute times.
 """
@@ -44,6 +45,8 @@ class TimedBackend:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-dir", type=Path)
+    parser.add_argument("--vocab", choices=("tiny", "real"), default="tiny",
+                        help="tokenizer of the built tiny model ('real': Qwen's BPE, needs dashscope)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-new-tokens", type=int, default=256)
     args = parser.parse_args()
@@ -60,7 +63,7 @@ def main() -> None:
         folder = args.model_dir
         if folder is None:
             from tests.fixtures.tiny_qwen3vl import build_tiny_qwen3vl
-            folder = build_tiny_qwen3vl(Path(tmp) / "tiny", variant="dense", seed=0)
+            folder = build_tiny_qwen3vl(Path(tmp) / "tiny", variant="dense", seed=0, vocab=args.vocab)
         backend = TimedBackend(TransformersBackend(str(folder), device="auto", max_image_tokens=256))
         image = Image.new("RGB", (256, 256), (120, 160, 200))
         stages = defaultdict(list)

@@ -366,3 +366,29 @@ def test_blocked_tokens_are_removed_on_top_of_the_grammar(backends):
     assert quote in free and len(free) < 512  # the grammar allows only string openings
     blocked = sorted(free)[:3] + [31, 63, 511]  # incl. the top bit of an int32 word
     assert allowed(blocked) == free - set(blocked)
+
+
+# -- the constrained-decoding benchmark ----------------------------------------------------------
+
+def test_constrained_decoding_benchmark_runs(tmp_path, capsys):
+    """A smoke run (tiny vocabulary, one round): every production stage measured both ways on the
+    same token count, compile repeats served by the cache. Figures are not asserted."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_constrained_decoding.py"
+    spec = importlib.util.spec_from_file_location("bench_constrained_decoding", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--vocab", "tiny", "--rounds", "1", "--tokens", "6", "--json", str(tmp_path / "out.json")])
+    stages = ["description", "concepts", "edges", "manipulator manual", "manipulator automatic", "evaluation judge"]
+    assert list(result["decoding"]) == stages and list(result["compile"]["stages"]) == stages
+    for stage in result["decoding"].values():
+        (constrained,), (unconstrained,) = stage["rounds"]["constrained"], stage["rounds"]["unconstrained"]
+        assert constrained["constrained"] and not unconstrained["constrained"]
+        assert constrained["tokens"] == unconstrained["tokens"] >= 2
+    compiled = {name: c["new_graph_compiled"] for name, c in result["compile"]["stages"].items()}
+    assert compiled == {"description": 0, "concepts": 0, "edges": 1, "manipulator manual": 1,
+                        "manipulator automatic": 1, "evaluation judge": 1}
+    assert not any(c["repeat"]["compiled"] for c in result["compile"]["stages"].values())
+    assert json.loads((tmp_path / "out.json").read_text())["rounds"] == 1
+    assert "goal (wall): overhead < 10% on every stage" in capsys.readouterr().out
