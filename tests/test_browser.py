@@ -318,6 +318,20 @@ def _layout_problems(m: dict) -> list[str]:
     return problems
 
 
+def _settled(p: bs.Page, timeout_s: float = 5.0) -> dict:
+    """The editor's boxes once two readings 200 ms apart agree (layout, growth and redraw done)."""
+    import time
+    deadline = time.monotonic() + timeout_s
+    last = p.page.evaluate(MEASURE, EDITOR_ID)
+    while time.monotonic() < deadline:
+        p.page.wait_for_timeout(200)
+        now = p.page.evaluate(MEASURE, EDITOR_ID)
+        if now == last:
+            return now
+        last = now
+    return last
+
+
 def _graph(n: int, shape: str, seed: int) -> CausalGraph:
     """n concepts with names and values as long as VLMs write them."""
     import random
@@ -368,8 +382,7 @@ def test_the_editor_fits_1_to_15_concepts_at_its_shipped_size(page, artifacts):
                 ed.locator(".fmcgm-panel .fmcgm-edge-out").click()
                 expect_text = "refused" if cause != effect else ""
                 assert expect_text in ed.locator(".fmcgm-message").inner_text()
-            p.page.wait_for_timeout(150)  # two frames: the node grows if it must
-            m = p.page.evaluate(MEASURE, EDITOR_ID)
+            m = _settled(p)  # the node grows over the next frames if it must
             assert len(m["chips"]) == n
             assert _layout_problems(m) == [], (n, shape)
             measured[f"{n}-{shape}"] = round(m["node"][3])
@@ -378,5 +391,4 @@ def test_the_editor_fits_1_to_15_concepts_at_its_shipped_size(page, artifacts):
     # Sanity of the check itself: a node squeezed below its content is caught.
     p.page.evaluate("""(id) => { const node = app.graph.getNodeById(id); node.fmcgmEditor.fitNode = () => {};
         node.setSize([260, 300]); node.fmcgmEditor.render(); }""", EDITOR_ID)
-    p.page.wait_for_timeout(150)
-    assert _layout_problems(p.page.evaluate(MEASURE, EDITOR_ID)) != []
+    assert _layout_problems(_settled(p)) != []
