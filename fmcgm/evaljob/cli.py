@@ -87,7 +87,7 @@ def cmd_evaluate(args) -> int:
                           comfyui=str(Path(args.comfyui).resolve()) if args.comfyui else None,
                           comfy_args=tuple(shlex.split(args.comfyui_args)), server_process=args.worker_servers,
                           interventions=args.interventions, assignments=tuple(args.assignments), size=args.size,
-                          max_pixels=args.max_pixels, save_pictures=args.save_pictures)
+                          max_pixels=args.max_pixels, save_pictures=args.save_pictures, verbose=args.verbose)
     options = JobOptions(results=Path(args.results), workers=args.workers, servers=tuple(args.server or ()),
                          ray_address=args.ray_address, cpu=args.cpu, gpus_per_worker=args.gpus_per_worker,
                          cpus_per_worker=args.cpus_per_worker, max_attempts=args.max_attempts)

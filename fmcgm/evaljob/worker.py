@@ -11,11 +11,13 @@ Ray then retries it on a restarted worker (``job``).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import socket
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,6 +43,7 @@ class WorkerConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS
     save_pictures: bool = False
     cpu: bool = False                    # no GPU for this worker: ComfyUI runs with --cpu
+    verbose: bool = False                # ComfyUI's log and warnings in the driver's output
     extra_env: dict = field(default_factory=dict)
 
     def job_settings(self) -> dict:
@@ -52,6 +55,9 @@ class ItemEvaluator:
     def __init__(self, config: WorkerConfig, server_url: Optional[str] = None):
         for key, value in config.extra_env.items():
             os.environ[key] = value
+        if not config.verbose:  # a batch log shows items; ComfyUI's start-up chatter is in the worker logs
+            logging.getLogger().setLevel(logging.ERROR)
+            warnings.filterwarnings("ignore", category=UserWarning)
         self.config = config
         self.name = f"{socket.gethostname()}:{os.getpid()}"
         self.scratch = Path(tempfile.mkdtemp(prefix="fmcgm-worker-"))
