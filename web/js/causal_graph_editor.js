@@ -17,6 +17,7 @@ const NODE_TYPE = "FMCGMCausalGraphEditor";
 const UI_KEY = "fmcgm_graph_editor";
 const STATE_WIDGETS = ["graph_json", "intervene_concept", "intervene_value", "edit_base"];
 const SVG_NS = "http://www.w3.org/2000/svg";
+const MARGIN = 8; // around the editor inside its node
 let editorCount = 0;
 
 // Same identity as fmcgm.graph.concept_key: "Hair_Color" and "hair color" are one concept.
@@ -697,7 +698,9 @@ app.registerExtension({
       const widget = this.addDOMWidget("graph_editor", "fmcgm_graph_editor", editor.root, {
         serialize: false,
         hideOnZoom: false,
-        getMinHeight: () => editor.minHeight ?? 300,
+        margin: MARGIN,
+        // The frontend sizes the element to the widget's height less a margin above and below.
+        getMinHeight: () => (editor.minHeight ?? 300) + 2 * MARGIN,
       });
       widget.serialize = false; // no slot in widgets_values: the state is in the STRING widgets
       this.fmcgmEditor = editor;
