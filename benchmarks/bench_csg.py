@@ -1,31 +1,38 @@
-"""CSG cost, side by side, on an SDXL-shaped random-weight model (default: tiny, CPU, float32, 1 thread).
+"""CSG cost, measured side by side, robust to a busy machine.
 
-    python benchmarks/bench_csg.py [--size 256] [--steps 50] [--rounds 2] [--json out.json]
-        [--preset tiny|sdxl] [--device cpu|cuda] [--dtype fp32|fp16|bf16] [--skip-diffusers]
+    python benchmarks/bench_csg.py [--sections diffusers,capture,three,flops,memory] [--size 256]
+        [--steps 20] [--warmup 4] [--rounds 3] [--capture-sizes 128,256,512] [--capture-calls 15]
+        [--preset tiny|sdxl] [--device cpu|cuda] [--dtype fp32|fp16|bf16] [--json out.json]
 
-``--preset sdxl`` is the real SDXL architecture (2.6 B UNet, CLIP-L + CLIP-G, the real VAE) with
-seeded random weights: real timings and memory without real weights (see benchmarks/device_check.sh
-for a GPU run). On cuda every timing is bracketed by ``torch.cuda.synchronize()`` and each phase
-reports ``torch.cuda.max_memory_allocated()`` (weights resident on the GPU included).
+Every comparison runs its variants interleaved, round by round (A, B, A, B, ...; the order is
+reversed every other round), so a change of load hits all of them alike; it prints the median and
+the spread (interquartile range from 8 rounds on, else min-max; n) of each, and ratios as the
+median and spread of the per-round ratios of paired runs. Both sides use the same weights and settings. On the CPU the
+clock is the thread's CPU time (the work done; the time spent waiting for a core that other
+processes hold is left out), on a GPU the wall time.
 
-1. inversion + edit: ours (ComfyUI) vs diffusers' LEditsPPPipelineStableDiffusionXL, same weights
-   and settings (2 concepts: intervened + descendant, s_e 8, lambda 0.7, intersect masks);
-2. attention-capture overhead: the same edit with and without capture (mask_mode "noise" has no
-   cross-attention mask, so nothing is captured), plus one batched UNet call with/without it;
-3. three edits of one picture: three independent inversion+edit runs vs one inversion and three
-   edits vs one inversion and one batched edit of the three counterfactuals;
-4. memory of captured attention maps: our accumulators vs diffusers' attention store (measured on
-   the chosen model and size, and computed for SDXL at 1024 px).
+Sections (default: all):
+- diffusers: inversion + a 2-concept edit (intervened + descendant, s_e 8, lambda 0.7, intersect
+  masks, warm-up --warmup), ours vs diffusers' LEditsPPPipelineStableDiffusionXL;
+- capture: one UNet call on 3 rows (uncond + 2 concepts) with and without attention capture,
+  the two variants alternating call by call, at every --capture-sizes;
+- three: three counterfactuals of one picture: 3 x (inversion + edit) vs one inversion and the
+  three edits (batching auto, separately, together);
+- flops: FLOPs of one SDXL UNet call at 1024 px on 3 rows, with and without capture (meta
+  device, torch.utils.flop_counter; matmul-like operations, softmax and sums counted by hand);
+- memory: captured maps, ours vs diffusers' attention store.
 
-Times are the best of --rounds (the least disturbed run on a shared machine). The tiny UNet is
-cheap, so fixed per-step costs weigh more here than on a real SDXL; ratios, not absolute
-times, are the point.
+``--preset sdxl`` is the real SDXL architecture with seeded random weights (real timings without
+real weights; benchmarks/device_check.sh runs it on a GPU). On cuda every timing is bracketed by
+``torch.cuda.synchronize()``. The tiny UNet is cheap, so fixed per-call costs weigh more here than
+on a real SDXL: ratios, not absolute times, are the point.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -37,10 +44,10 @@ sys.path.append(str(REPO))
 CONCEPTS = [("a blue ball", {}), ("dry yellow grass", {"role": "descendant"})]
 THREE = [[("a blue ball", {})], [("a green cube", {}), ("snow", {"role": "descendant"})],
          [("a yellow ball", {"reverse": True})]]
-
-
+SECTIONS = ("diffusers", "capture", "three", "flops", "memory")
 _CUDA = {"on": False}
-PEAKS: dict[str, dict] = {}
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+_CLOCK = {"now": time.perf_counter}
 
 
 def sync() -> None:
@@ -49,40 +56,71 @@ def sync() -> None:
         torch.cuda.synchronize()
 
 
-def best(fn, rounds, label=None):
-    """Best time of ``rounds`` calls; on cuda also the phase's peak GPU memory under ``label``."""
-    import torch
-    times, out = [], None
-    if _CUDA["on"]:
-        sync()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-    for _ in range(rounds):
-        sync()
-        t0 = time.perf_counter()
-        out = fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    if _CUDA["on"] and label:
-        PEAKS[label] = {"max_allocated_bytes": torch.cuda.max_memory_allocated(), "allocated_before_bytes": before}
-    return min(times), out
+def timed(fn):
+    sync()
+    t0 = _CLOCK["now"]()
+    out = fn()
+    sync()
+    return _CLOCK["now"]() - t0, out
+
+
+def interleave(variants: dict, rounds: int) -> dict:
+    """{name: [seconds per round]}: every round runs each variant once, in turn (reversed order
+    every other round)."""
+    times = {name: [] for name in variants}
+    names = list(variants)
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            times[name].append(timed(variants[name])[0])
+    return times
+
+
+def spread(xs: list) -> dict:
+    """Median and spread: the interquartile range from 8 values on, else min-max."""
+    lo, hi = (statistics.quantiles(xs, n=4)[0::2]) if len(xs) >= 8 else (min(xs), max(xs))
+    return {"median": statistics.median(xs), "lo": lo, "hi": hi, "spread": "IQR" if len(xs) >= 8 else "min-max",
+            "n": len(xs), "all": xs}
+
+
+def paired(num: list, den: list) -> dict:
+    return spread([a / b for a, b in zip(num, den)])
+
+
+def _fmt(st, unit="s", scale=1.0, digits=2):
+    f = f"{{:.{digits}f}}"
+    return (f"{f.format(st['median'] * scale)} {unit} ({st['spread']} {f.format(st['lo'] * scale)}-"
+            f"{f.format(st['hi'] * scale)}, n={st['n']})")
+
+
+def _ratio(st, digits=2):
+    f = f"{{:.{digits}f}}"
+    return f"{f.format(st['median'])} ({st['spread']} {f.format(st['lo'])}-{f.format(st['hi'])}, n={st['n']})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", type=int, default=256, help="image side in px (multiple of 32)")
-    parser.add_argument("--steps", type=int, default=50, help="inversion/edit steps (paper: 100)")
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {SECTIONS}")
+    parser.add_argument("--size", type=int, default=256, help="picture side in px for diffusers/three (multiple of 32)")
+    parser.add_argument("--steps", type=int, default=20, help="inversion/edit steps (paper: 100)")
+    parser.add_argument("--warmup", type=int, default=4, help="edit warm-up steps")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per comparison")
+    parser.add_argument("--capture-sizes", default="128,256,512", help="picture sides for the capture section")
+    parser.add_argument("--capture-calls", type=int, default=30, help="UNet calls per variant and size")
+    parser.add_argument("--clock", choices=("auto", "cpu", "wall"), default="auto",
+                        help="cpu: this thread's CPU time (single-threaded CPU runs: the work done, not the waits "
+                             "for a core other processes hold); wall: elapsed time. auto: cpu on --device cpu, "
+                             "wall on cuda")
+    parser.add_argument("--json", type=Path, help="also write the numbers here (rewritten after every section)")
     parser.add_argument("--preset", choices=("tiny", "sdxl"), default="tiny",
                         help="model sizes: tiny (default) or the real SDXL architecture, random weights")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
                         help="UNet and text encoder dtype, both pipelines (ComfyUI picks its own VAE dtype)")
-    parser.add_argument("--skip-diffusers", action="store_true",
-                        help="time only ours (diffusers' columns become empty)")
     args = parser.parse_args()
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
 
     from tests import comfy_harness
     comfy_harness.bootstrap()
@@ -101,282 +139,316 @@ def main() -> None:
         torch.backends.cudnn.allow_tf32 = True
     else:
         torch.set_num_threads(1)
-    import comfy.samplers
-    from fmcgm.csg import attention, guidance, inversion, sampler
-    from tests.fixtures import diffusers_ref, tiny_sdxl
+    clock = args.clock if args.clock != "auto" else ("wall" if _CUDA["on"] else "cpu")
+    if clock == "cpu" and (_CUDA["on"] or torch.get_num_threads() != 1):
+        parser.error("--clock cpu measures one CPU thread: use it with --device cpu (1 thread)")
+    _CLOCK["now"] = CLOCKS[clock]
+    args.clock = clock
+    from tests.fixtures import tiny_sdxl
 
-    N, W, R = args.steps, args.warmup, args.rounds
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     preset = tiny_sdxl.PRESETS[args.preset]
-    skip_d = args.skip_diffusers
-    t0 = time.perf_counter()
-    if preset is tiny_sdxl.TINY and dtype == torch.float32 and args.device == "cpu":
-        model, clip, vae = tiny_sdxl.build(0)  # the test suite's weights, bit for bit
-    else:
-        model, clip, vae = tiny_sdxl.build(0, preset, dtype, device=args.device)
-    sync()
-    t_build = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    pipe = None if skip_d else diffusers_ref.ledits_pipeline(model, clip, vae, real_token_lengths=True,
-                                                             dtype=dtype, device=args.device)
-    sync()
-    t_dbuild = time.perf_counter() - t0
-    img = torch.rand(1, args.size, args.size, 3, generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        latent = {"samples": vae.encode(img)}
+    res = {"settings": {**{k: v for k, v in vars(args).items() if k != "json"}, "json": str(args.json),
+                        "threads": torch.get_num_threads(), "load_avg": os.getloadavg(),
+                        "gpu": torch.cuda.get_device_name() if _CUDA["on"] else None}}
+    bench = None
+    if set(sections) & {"diffusers", "capture", "three", "memory"}:
+        bench = Bench(args, preset, dtype, need_diffusers=bool(set(sections) & {"diffusers", "memory"}))
+        res["settings"]["build_s"] = bench.build_s
+    for name in SECTIONS:
+        if name in sections:
+            t0 = time.perf_counter()
+            res[name] = flop_count() if name == "flops" else getattr(bench, name)()
+            res[name]["section_s"] = time.perf_counter() - t0
+            res["settings"]["load_avg_end"] = os.getloadavg()
+            if args.json:
+                args.json.write_text(json.dumps(res, indent=2))
+    report(res)
 
-    def concepts(specs):
+
+class Bench:
+    """The model, the picture and both pipelines, built once."""
+
+    def __init__(self, args, preset, dtype, need_diffusers: bool):
+        import torch
+        from fmcgm.csg import guidance
+        from tests.fixtures import diffusers_ref, tiny_sdxl
+        self.args = args
+        self.N, self.W, self.R = args.steps, args.warmup, args.rounds
+        t0 = time.perf_counter()
+        if preset is tiny_sdxl.TINY and dtype == torch.float32 and args.device == "cpu":
+            self.model, self.clip, self.vae = tiny_sdxl.build(0)  # the test suite's weights, bit for bit
+        else:
+            self.model, self.clip, self.vae = tiny_sdxl.build(0, preset, dtype, device=args.device)
+        self.pipe = diffusers_ref.ledits_pipeline(self.model, self.clip, self.vae, real_token_lengths=True,
+                                                  dtype=dtype, device=args.device) if need_diffusers else None
+        sync()
+        self.build_s = time.perf_counter() - t0
+        self.img = self.picture(args.size)
         with torch.inference_mode():
-            return tuple(guidance.encode_concept(clip, t, warmup=W, **kw) for t, kw in specs)
+            self.latent = {"samples": self.vae.encode(self.img)}
+        self.one = guidance.EditSet((guidance.CounterfactualEdit(self.concepts(CONCEPTS)),))
+        self.three = guidance.EditSet(tuple(guidance.CounterfactualEdit(self.concepts(c)) for c in THREE))
 
-    one = guidance.EditSet((guidance.Counterfactual(concepts(CONCEPTS)),))
-    three = [guidance.EditSet((guidance.Counterfactual(concepts(c)),)) for c in THREE]
-    three_batch = guidance.EditSet(tuple(e.counterfactuals[0] for e in three))
+    @staticmethod
+    def picture(size):
+        import torch
+        return torch.rand(1, size, size, 3, generator=torch.Generator().manual_seed(0))
 
-    def ours_invert(batch=1):
+    def concepts(self, specs):
+        import torch
+        from fmcgm.csg import guidance
         with torch.inference_mode():
-            return inversion.invert(model, latent, steps=N, skip=0.15, seed=0, batch=batch)
+            return tuple(guidance.encode_concept(self.clip, t, warmup=self.W, **kw) for t, kw in specs)
 
-    def ours_edit(inv, edits, **kw):
+    def invert(self, latent=None):
+        import torch
+        from fmcgm.csg import inversion
         with torch.inference_mode():
-            return sampler.edit(model, inv, edits, **kw)
+            return inversion.invert(self.model, latent or self.latent, steps=self.N, skip=0.15, seed=0)
 
-    def d_invert():
-        if skip_d:
-            return None
-        pipe.invert(image=img.movedim(-1, 1), num_inversion_steps=N, skip=0.15,
-                    generator=torch.Generator().manual_seed(0))
+    def edit(self, inv, edits, **kw):
+        import torch
+        from fmcgm.csg import sampler
+        with torch.inference_mode():
+            return sampler.edit(self.model, inv, edits, **kw)
 
-    def d_edit(prompts=None, reverse=None):
-        if skip_d:
-            return None
+    def d_invert(self):
+        import torch
+        self.pipe.invert(image=self.img.movedim(-1, 1), num_inversion_steps=self.N, skip=0.15,
+                         generator=torch.Generator().manual_seed(0))
+
+    def d_edit(self, prompts=None, reverse=None):
         prompts = prompts or [t for t, _ in CONCEPTS]
-        return pipe(editing_prompt=prompts, output_type="latent", edit_guidance_scale=8.0, edit_threshold=0.7,
-                    edit_warmup_steps=W, use_intersect_mask=True,
-                    reverse_editing_direction=reverse or [False] * len(prompts)).images
+        return self.pipe(editing_prompt=prompts, output_type="latent", edit_guidance_scale=8.0, edit_threshold=0.7,
+                         edit_warmup_steps=self.W, use_intersect_mask=True,
+                         reverse_editing_direction=reverse or [False] * len(prompts)).images
 
-    res = {"settings": {"size": args.size, "steps": N, "warmup": W, "rounds": R, "threads": torch.get_num_threads(),
-                        "preset": args.preset, "device": args.device, "dtype": args.dtype,
-                        "diffusers": not skip_d,
-                        "gpu": torch.cuda.get_device_name() if _CUDA["on"] else None},
-           "build_s": {"ours": t_build, "diffusers": None if skip_d else t_dbuild}}
+    # ------------------------------------------------------------ sections
 
-    # 1. inversion + edit vs diffusers
-    t_inv, inv = best(ours_invert, R, "ours_invert")
-    t_inv8, _ = best(lambda: ours_invert(8), R, "ours_invert_8_per_call")
-    t_edit, er = best(lambda: ours_edit(inv, one), R, "ours_edit")
-    t_edit_all, _ = best(lambda: ours_edit(inv, one, evaluate_inactive=True), R, "ours_edit_same_batches")
-    t_dinv, _ = (None, None) if skip_d else best(d_invert, R, "diffusers_invert")
-    t_dedit, _ = (None, None) if skip_d else best(d_edit, R, "diffusers_edit")
-    res["inversion_plus_edit"] = {
-        "ours_invert_s": t_inv, "ours_invert_8_per_call_s": t_inv8, "ours_edit_s": t_edit,
-        "ours_edit_same_batches_s": t_edit_all, "diffusers_invert_s": t_dinv, "diffusers_edit_s": t_dedit,
-        "ratio_total_ours_over_diffusers": _div(t_inv + t_edit, None if skip_d else t_dinv + t_dedit),
-        "ratio_total_same_batches": _div(t_inv + t_edit_all, None if skip_d else t_dinv + t_dedit),
-        "ours_unet_rows_edit": er.record.unet_rows, "diffusers_unet_rows_edit": N * (1 + len(CONCEPTS)),
-    }
+    def diffusers(self) -> dict:
+        phases = {"ours_invert": [], "ours_edit": [], "diffusers_invert": [], "diffusers_edit": []}
+        rows = {}
 
-    _dump(args.json, res)
+        def ours():
+            t, inv = timed(self.invert)
+            phases["ours_invert"].append(t)
+            t, er = timed(lambda: self.edit(inv, self.one))
+            phases["ours_edit"].append(t)
+            rows["ours"] = er.unet_rows
 
-    # 2. capture overhead (alternating, so that load from other jobs hits both alike)
-    t_with, t_noise = [], []
-    for _ in range(max(2, R)):
-        t_noise.append(best(lambda: ours_edit(inv, one, mask_mode="noise"), 1, "ours_edit_without_capture")[0])
-        t_with.append(best(lambda: ours_edit(inv, one, mask_mode="intersect"), 1, "ours_edit_intersect")[0])
-    t_with, t_noise = min(t_with), min(t_noise)
-    plan = guidance.build_plan(one, 1)
-    cap = attention.AttentionCapture()
+        def theirs():
+            phases["diffusers_invert"].append(timed(self.d_invert)[0])
+            phases["diffusers_edit"].append(timed(self.d_edit)[0])
 
-    def unet_calls(with_capture):
-        g = comfy.samplers.CFGGuider(model)
-        opts = attention.with_capture(model.model_options, model.model.diffusion_model, cap) if with_capture \
-            else model.model_options
-        g.model_options = opts
-        conds = {"negative": inv.uncond, "c0": plan.slots[0].conditioning, "c1": plan.slots[1].conditioning}
-        g.inner_set_conds(conds)
-        timings = []
+        times = interleave({"ours": ours, "diffusers": theirs}, self.R)
+        return {"ours_total": spread(times["ours"]), "diffusers_total": spread(times["diffusers"]),
+                "ratio_total": paired(times["ours"], times["diffusers"]),
+                "ratio_invert": paired(phases["ours_invert"], phases["diffusers_invert"]),
+                "ratio_edit": paired(phases["ours_edit"], phases["diffusers_edit"]),
+                **{k: spread(v) for k, v in phases.items()},
+                "unet_rows_edit": {"ours": rows["ours"], "diffusers": self.N * (1 + len(CONCEPTS))}}
+
+    def capture(self) -> dict:
+        return {str(size): self._capture_at(size) for size in
+                [int(s) for s in self.args.capture_sizes.split(",") if s.strip()]}
+
+    def _capture_at(self, size: int) -> dict:
+        """One UNet call on [uncond, concept 1, concept 2] through ``calc_cond_batch``, as the guider
+        makes it, with the capture layers active for both concepts or absent, alternating."""
+        import comfy.samplers
+        import torch
+        from fmcgm.csg import attention, guidance, inversion
+        with torch.inference_mode():
+            latent = {"samples": self.vae.encode(self.picture(size))}
+            inv = inversion.invert(self.model, latent, steps=2, skip=0.15, seed=0, zero_noise_steps=0)
+        plan = guidance.build_plan(self.one, 1)
+        cap = attention.AttentionCapture()
+        g = comfy.samplers.CFGGuider(self.model)
+        g.inner_set_conds({"negative": inv.uncond, "c0": plan.slots[0].conditioning,
+                           "c1": plan.slots[1].conditioning})
+        tw = {j: attention.token_weights(plan.slots[j].n_tokens) for j in (0, 1)}
+        out = {"plain": [], "capture": []}
+        calls = self.args.capture_calls
 
         def fn(mdl, xx, sigmas, extra_args=None, callback=None, disable=None):
-            inner = mdl.inner_model
-            cl = [inner.conds["negative"], inner.conds["c0"], inner.conds["c1"]]
-            tw = {0: attention.token_weights(plan.slots[0].n_tokens), 1: attention.token_weights(plan.slots[1].n_tokens)}
-            for _ in range(10):
-                if with_capture:
+            guider = mdl.inner_model
+            conds = [guider.conds["negative"], guider.conds["c0"], guider.conds["c1"]]
+            plain = extra_args["model_options"]
+            with_cap = attention.with_capture(plain, self.model.model.diffusion_model, cap)
+
+            def call(opts, capture):
+                if capture:
                     cap.begin({1: 0, 2: 1}, tw, tuple(xx.shape[-2:]))
-                sync()
-                t0 = time.perf_counter()
-                comfy.samplers.calc_cond_batch(inner.inner_model, cl, xx, sigmas[0:1], extra_args["model_options"])
-                sync()
-                timings.append(time.perf_counter() - t0)
-                if with_capture:
-                    cap.end()
+                t = timed(lambda: comfy.samplers.calc_cond_batch(guider.inner_model, conds, xx, sigmas[:1], opts))[0]
+                maps = cap.end()
+                assert bool(maps) == capture
+                return t
+            call(plain, False), call(with_cap, True)  # warm-up
+            for k in range(calls):
+                order = [(plain, False), (with_cap, True)] if k % 2 == 0 else [(with_cap, True), (plain, False)]
+                for opts, capture in order:
+                    out["capture" if capture else "plain"].append(call(opts, capture))
             return xx
+        before = cap.calls
         with torch.inference_mode():
-            raw = sampler.start_latent(model, inv)
-            g.sample(torch.zeros_like(raw), raw, comfy.samplers.KSAMPLER(fn), inv.sigmas[W:].clone())
-        return min(timings)
-    t_call_plain, t_call_cap = [], []
-    for _ in range(max(2, R)):
-        t_call_plain.append(unet_calls(False))
-        t_call_cap.append(unet_calls(True))
-    t_call_plain, t_call_cap = min(t_call_plain), min(t_call_cap)
-    res["capture_overhead"] = {
-        "edit_intersect_s": t_with, "edit_without_capture_s": t_noise, "ratio_edit": t_with / t_noise,
-        "unet_call_3_rows_plain_ms": 1000 * t_call_plain, "unet_call_3_rows_capture_ms": 1000 * t_call_cap,
-        "ratio_unet_call": t_call_cap / t_call_plain, "captured_layer_calls_per_step": cap.calls // (10 * max(2, R)),
-    }
+            raw = inv.start_latent
+            g.sample(torch.zeros_like(raw), raw, comfy.samplers.KSAMPLER(fn), inv.sigmas[:2].clone())
+        return {"plain_call": spread(out["plain"]), "capture_call": spread(out["capture"]),
+                "ratio": paired(out["capture"], out["plain"]), "latent": list(raw.shape[-2:]),
+                "captured_layer_calls_per_unet_call": (cap.calls - before) // (calls + 1)}
 
-    _dump(args.json, res)
+    def three(self) -> dict:
+        from fmcgm.csg import guidance
+        singles = [guidance.EditSet((cf,)) for cf in self.three.counterfactuals]
+        rows = {}
 
-    # 3. three edits of one picture
-    def independent():
-        for e in three:
-            ours_edit(ours_invert(), e)
+        def independent():
+            rows["independent"] = sum(self.edit(self.invert(), e).unet_rows for e in singles)
 
-    def shared_sequential():
-        i = ours_invert()
-        for e in three:
-            ours_edit(i, e)
+        def shared(batching):
+            def run():
+                er = self.edit(self.invert(), self.three, batching=batching)
+                rows[batching] = er.unet_rows
+                rows[batching + "_runs"] = [r.counterfactuals for r in er.runs]
+            return run
+        times = interleave({"independent": independent, "auto": shared("auto"),
+                            "separately": shared("separately"), "together": shared("together")}, self.R)
+        return {**{k: spread(v) for k, v in times.items()},
+                "speedup_one_inversion": paired(times["independent"], times["auto"]),
+                "auto_over_separately": paired(times["auto"], times["separately"]),
+                "together_over_separately": paired(times["together"], times["separately"]),
+                "unet_rows": rows}
 
-    def shared_batched():
-        ours_edit(ours_invert(), three_batch)
-
-    def d_independent():
-        for c in THREE:
-            d_invert()
-            d_edit([t for t, _ in c], [bool(kw.get("reverse")) for _, kw in c])
-    t_ind, _ = best(independent, R, "ours_three_independent")
-    t_seq, _ = best(shared_sequential, R, "ours_one_inversion_three_edits")
-    t_bat, _ = best(shared_batched, R, "ours_one_inversion_one_batched_edit")
-    t_dind, _ = (None, None) if skip_d else best(d_independent, R, "diffusers_three_independent")
-    res["three_edits"] = {
-        "three_independent_runs_s": t_ind, "one_inversion_three_edits_s": t_seq,
-        "one_inversion_one_batched_edit_s": t_bat, "diffusers_three_independent_runs_s": t_dind,
-        "ratio_shared_sequential": t_seq / t_ind, "ratio_shared_batched": t_bat / t_ind,
-        "ratio_batched_vs_diffusers_independent": _div(t_bat, t_dind),
-    }
-
-    _dump(args.json, res)
-
-    # 4. memory of the captured maps
-    store_peak = {"bytes": 0}
-    if not skip_d:
+    def memory(self) -> dict:
+        import torch
         from diffusers.pipelines.ledits_pp import pipeline_leditspp_stable_diffusion_xl as dmod
-    orig_forward = dmod.LeditsAttentionStore.forward
+        from fmcgm.csg import guidance, sampler
+        peak = {"bytes": 0}
+        stock = dmod.LeditsAttentionStore.forward
 
-    def counting_forward(self, attn, is_cross, place_in_unet):
-        orig_forward(self, attn, is_cross, place_in_unet)
-        step = sum(t.numel() * t.element_size() for v in self.step_store.values() for t in v)
-        kept = sum(t.numel() * t.element_size() for v in (self.attention_store.values()
-                                                          if isinstance(self.attention_store, dict) else [])
-                   for t in v)
-        store_peak["bytes"] = max(store_peak["bytes"], step + kept)
-    if not skip_d:
+        def counting_forward(store, attn, is_cross, place_in_unet):
+            stock(store, attn, is_cross, place_in_unet)
+            step = sum(t.numel() * t.element_size() for v in store.step_store.values() for t in v)
+            kept = sum(t.numel() * t.element_size() for v in (store.attention_store.values()
+                                                              if isinstance(store.attention_store, dict) else [])
+                       for t in v)
+            peak["bytes"] = max(peak["bytes"], step + kept)
         dmod.LeditsAttentionStore.forward = counting_forward
         try:
-            d_invert()
-            d_edit()
+            self.d_invert()
+            self.d_edit()
         finally:
-            dmod.LeditsAttentionStore.forward = orig_forward
-    g2 = sampler.make_guider(model, inv, plan)
-    with torch.inference_mode():
-        raw = sampler.start_latent(model, inv)
-        g2.sample(torch.zeros_like(raw), raw, sampler.stored_noise_sampler(inv), inv.sigmas.clone(), disable_pbar=True)
-    C = len(CONCEPTS)
-    sdxl_ours = C * 1 * 1024 * 4 + C * 1 * 20 * 1024 * 77 * 4         # accumulators + one transient P (fp32)
-    sdxl_diffusers = C * 50 * 20 * 1024 * 77 * 2 * 2                    # step store + averaged store (fp16)
-    res["captured_map_memory"] = {
-        "ours_peak_bytes": g2.capture.peak_bytes, "diffusers_store_peak_bytes": None if skip_d else store_peak["bytes"],
-        "ratio": None if skip_d else g2.capture.peak_bytes / max(1, store_peak["bytes"]),
-        "sdxl_1024px_ours_bytes_estimate": sdxl_ours, "sdxl_1024px_diffusers_bytes_estimate": sdxl_diffusers,
-    }
-
-    if _CUDA["on"]:
-        res["cuda_peak_memory"] = PEAKS
-    _print(res)
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=2))
+            dmod.LeditsAttentionStore.forward = stock
+        inv = self.invert()
+        guider = sampler.CSGGuider(self.model, inv, guidance.build_plan(self.one, 1))
+        with torch.inference_mode():
+            raw = sampler.start_latent(self.model, inv)
+            guider.sample(torch.zeros_like(raw), raw, sampler.stored_noise_sampler(inv), inv.sigmas.clone(),
+                          disable_pbar=True)
+        C = len(CONCEPTS)
+        return {"ours_peak_bytes": guider.capture.peak_bytes, "diffusers_store_peak_bytes": peak["bytes"],
+                "sdxl_1024px_ours_bytes": C * 1024 * 4 + C * 20 * 1024 * 77 * 4,      # sums + one transient P (fp32)
+                "sdxl_1024px_diffusers_bytes": C * 50 * 20 * 1024 * 77 * 2 * 2}      # step + averaged store (fp16)
 
 
-def _dump(path, res) -> None:
-    """Write what is measured so far (a run killed by a timeout still leaves its first sections)."""
-    if path:
-        out = dict(res, cuda_peak_memory=PEAKS) if _CUDA["on"] else res
-        path.write_text(json.dumps(out, indent=2))
+def flop_count(size: int = 1024, rows: int = 3) -> dict:
+    """FLOPs of one call of the real-size SDXL UNet on [uncond, concept 1, concept 2] at ``size`` px,
+    on the meta device (nothing is allocated or computed), without and with capture at the 50
+    LEDITS++ layers. The flop counter counts matmul-like operations (the attention's QK^T and PV
+    included, whichever kernel computes them); the capture's elementwise work (the softmax it
+    shares with the attention output, the head sum) is counted by hand."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from fmcgm.csg import attention
+    from tests.fixtures import tiny_sdxl
+    preset = tiny_sdxl.SDXL
+    mc = preset.model_class(dict(preset.unet, dtype=torch.float16))
+    mc.set_inference_dtype(torch.float16, None)
+    meta = torch.device("meta")
+    dm = mc.get_model({}, "", device=meta).diffusion_model
+    h = size // 8
+    x = torch.empty(rows, 4, h, h, device=meta, dtype=torch.float16)
+    t = torch.full((rows,), 500.0, device=meta)
+    ctx = torch.empty(rows, 77, 2048, device=meta, dtype=torch.float16)
+    y = torch.empty(rows, preset.unet["adm_in_channels"], device=meta, dtype=torch.float16)
+    cap = attention.AttentionCapture()
+    tw = {j: attention.token_weights(torch.tensor([3])).to(meta) for j in (0, 1)}
+
+    def count(capture: bool) -> int:
+        opts = {"cond_or_uncond": list(range(rows))}
+        if capture:
+            opts["patches_replace"] = attention.with_capture({}, dm, cap)["transformer_options"]["patches_replace"]
+            cap.begin({1: 0, 2: 1}, tw, (h, h))
+        with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+            dm(x, t, context=ctx, y=y, transformer_options=opts)
+        cap.end()
+        return fc.get_total_flops()
+    calls = cap.calls
+    plain, with_capture = count(False), count(True)
+    layers = cap.calls - calls
+    sites = attention.ledits_sites(dm)
+    heads = 20
+    nq, L = (h // 4) ** 2, 77
+    # per captured layer and concept row: head sum (H * Nq * L adds), token weighting (2 * Nq * L)
+    by_hand = layers * (rows - 1) * (heads * nq * L + 2 * nq * L)
+    return {"size_px": size, "rows": rows, "unet_flops_plain": plain, "unet_flops_capture": with_capture,
+            "counted_extra": with_capture - plain, "captured_layers": layers,
+            "ledits_layers": sum(s.depth for s in sites), "elementwise_extra_by_hand": by_hand,
+            "relative_extra": (with_capture - plain + by_hand) / plain}
 
 
-def _div(a, b):
-    return None if a is None or b is None else a / b
-
-
-def _s(x, unit=" s", fmt=".2f"):
-    return "" if x is None else f"{x:{fmt}}{unit}"
-
-
-def _r(x, fmt=".2f"):
-    return "n/a" if x is None else f"{x:{fmt}}"
-
-
-def _print(res) -> None:
+def report(res) -> None:
     s = res["settings"]
     where = f"{s['device']}, {s['dtype']}" + (f" ({s['gpu']})" if s.get("gpu") else "")
-    print(f"\nCSG benchmark: {s['preset']} SDXL, {where}, {s['size']} px, {s['steps']} steps, warm-up "
-          f"{s['warmup']}, best of {s['rounds']}, {s['threads']} thread(s)"
-          + ("" if s["diffusers"] else ", diffusers skipped") + "\n")
-    b = res["build_s"]
-    a = res["inversion_plus_edit"]
-    rows = [
-        ("0. build (random weights)", _s(b["ours"]), _s(b["diffusers"]), ""),
-        ("1. inversion + 2-concept edit", "ours", "diffusers", "ours / diffusers"),
-        ("   inversion", _s(a["ours_invert_s"]), _s(a["diffusers_invert_s"]),
-         _r(_div(a["ours_invert_s"], a["diffusers_invert_s"]))),
-        ("   inversion, 8 timesteps per call", _s(a["ours_invert_8_per_call_s"]), "",
-         _r(_div(a["ours_invert_8_per_call_s"], a["diffusers_invert_s"]))),
-        ("   edit (inactive concepts skipped)", _s(a["ours_edit_s"]), _s(a["diffusers_edit_s"]),
-         _r(_div(a["ours_edit_s"], a["diffusers_edit_s"]))),
-        ("   edit (diffusers' batches)", _s(a["ours_edit_same_batches_s"]), _s(a["diffusers_edit_s"]),
-         _r(_div(a["ours_edit_same_batches_s"], a["diffusers_edit_s"]))),
-        ("   total", _s(a["ours_invert_s"] + a["ours_edit_s"]),
-         _s(None if a["diffusers_invert_s"] is None else a["diffusers_invert_s"] + a["diffusers_edit_s"]),
-         _r(a["ratio_total_ours_over_diffusers"])),
-        ("   UNet rows in the edit", str(a["ours_unet_rows_edit"]), str(a["diffusers_unet_rows_edit"]),
-         f"{a['ours_unet_rows_edit'] / a['diffusers_unet_rows_edit']:.2f}"),
-    ]
-    c = res["capture_overhead"]
-    rows += [
-        ("2. attention capture", "with", "without", "with / without"),
-        ("   whole edit", _s(c["edit_intersect_s"]), _s(c["edit_without_capture_s"]), f"{c['ratio_edit']:.3f}"),
-        ("   one UNet call, 3 rows", _s(c["unet_call_3_rows_capture_ms"], " ms", ".1f"),
-         _s(c["unet_call_3_rows_plain_ms"], " ms", ".1f"), f"{c['ratio_unet_call']:.3f}"),
-    ]
-    t = res["three_edits"]
-    rows += [
-        ("3. three edits of one picture", "time", "", "vs 3 independent"),
-        ("   3 x (inversion + edit)", _s(t["three_independent_runs_s"]), "", "1.00"),
-        ("   1 inversion + 3 edits", _s(t["one_inversion_three_edits_s"]), "", f"{t['ratio_shared_sequential']:.2f}"),
-        ("   1 inversion + 1 batched edit", _s(t["one_inversion_one_batched_edit_s"]), "",
-         f"{t['ratio_shared_batched']:.2f}"),
-        ("   diffusers 3 x (invert + edit)", _s(t["diffusers_three_independent_runs_s"]), "",
-         _r(_div(t["diffusers_three_independent_runs_s"], t["three_independent_runs_s"]))),
-    ]
-    m = res["captured_map_memory"]
-    kib = lambda x: None if x is None else x / 1024  # noqa: E731
-    rows += [
-        ("4. captured attention maps", "ours", "diffusers", "ours / diffusers"),
-        (f"   peak, {s['preset']} model, {s['size']} px (measured)", _s(kib(m["ours_peak_bytes"]), " KiB", ".1f"),
-         _s(kib(m["diffusers_store_peak_bytes"]), " KiB", ".1f"), _r(m["ratio"], ".4f")),
-        ("   SDXL 1024 px, 2 concepts (computed)", f"{m['sdxl_1024px_ours_bytes_estimate'] / 2**20:.1f} MiB",
-         f"{m['sdxl_1024px_diffusers_bytes_estimate'] / 2**20:.1f} MiB",
-         f"{m['sdxl_1024px_ours_bytes_estimate'] / m['sdxl_1024px_diffusers_bytes_estimate']:.3f}"),
-    ]
-    if res.get("cuda_peak_memory"):
-        rows.append(("5. GPU memory per phase", "max allocated", "before", ""))
-        for label, p in res["cuda_peak_memory"].items():
-            rows.append((f"   {label}", f"{p['max_allocated_bytes'] / 2**30:.2f} GiB",
-                         f"{p['allocated_before_bytes'] / 2**30:.2f} GiB", ""))
-    w = [max(len(r[i]) for r in rows) for i in range(4)]
-    for r in rows:
-        print("  ".join(x.ljust(w[i]) for i, x in enumerate(r)))
+    load = ", ".join(f"{x:.1f}" for x in s["load_avg"])
+    print(f"\nCSG benchmark: {s['preset']} SDXL, {where}, {s['threads']} thread(s), {s['clock']} time, load average "
+          f"at start {load}; median (spread, n) of interleaved rounds\n")
+    if "diffusers" in res:
+        d = res["diffusers"]
+        print(f"1. inversion + 2-concept edit, {s['size']} px, {s['steps']} steps, warm-up {s['warmup']}: "
+              "ours vs diffusers LEditsPPPipelineStableDiffusionXL")
+        print(f"   ours       {_fmt(d['ours_total'])}  (inversion {_fmt(d['ours_invert'])}, edit {_fmt(d['ours_edit'])})")
+        print(f"   diffusers  {_fmt(d['diffusers_total'])}  (inversion {_fmt(d['diffusers_invert'])}, "
+              f"edit {_fmt(d['diffusers_edit'])})")
+        print(f"   ours / diffusers: total {_ratio(d['ratio_total'])}, inversion {_ratio(d['ratio_invert'])}, "
+              f"edit {_ratio(d['ratio_edit'])}; UNet rows in the edit {d['unet_rows_edit']['ours']} vs "
+              f"{d['unet_rows_edit']['diffusers']}\n")
+    if "capture" in res:
+        print("2. attention capture, one UNet call on 3 rows (uncond + 2 concepts), alternating call by call")
+        for size, c in res["capture"].items():
+            if size == "section_s":
+                continue
+            print(f"   {size:>4} px: with {_fmt(c['capture_call'], 'ms', 1000, 1)}, without "
+                  f"{_fmt(c['plain_call'], 'ms', 1000, 1)}; with / without {_ratio(c['ratio'], 3)} "
+                  f"({c['captured_layer_calls_per_unet_call']} captured layers per call)")
+        print()
+    if "flops" in res:
+        f = res["flops"]
+        print(f"3. FLOPs, SDXL UNet at {f['size_px']} px, {f['rows']} rows: {f['unet_flops_plain'] / 1e12:.2f} TFLOP "
+              f"without capture, {f['unet_flops_capture'] / 1e12:.2f} TFLOP with ({f['captured_layers']} of "
+              f"{f['ledits_layers']} LEDITS++ layers captured); extra: {f['counted_extra'] / 1e6:.1f} MFLOP counted + "
+              f"{f['elementwise_extra_by_hand'] / 1e6:.1f} MFLOP elementwise = {f['relative_extra'] * 100:.4f} %\n")
+    if "three" in res:
+        t = res["three"]
+        r = t["unet_rows"]
+        print(f"4. three counterfactuals of one picture ({s['size']} px, {s['steps']} steps): "
+              f"{len(THREE)} edits with {[len(c) for c in THREE]} concepts")
+        print(f"   3 x (inversion + edit)                {_fmt(t['independent'])}  ({r['independent']} UNet rows)")
+        for name in ("auto", "separately", "together"):
+            print(f"   1 inversion + edits, batching {name:<10} {_fmt(t[name])}  ({r[name]} UNet rows, "
+                  f"runs {r[name + '_runs']})")
+        print(f"   speed-up of one inversion (3 x (inversion + edit) / batching auto): "
+              f"{_ratio(t['speedup_one_inversion'])}")
+        print(f"   batched / one by one: auto {_ratio(t['auto_over_separately'])}, together "
+              f"{_ratio(t['together_over_separately'])}\n")
+    if "memory" in res:
+        m = res["memory"]
+        print(f"5. captured attention maps: ours {m['ours_peak_bytes'] / 1024:.1f} KiB, diffusers' store "
+              f"{m['diffusers_store_peak_bytes'] / 1024:.1f} KiB ({s['size']} px); SDXL 1024 px, 2 concepts "
+              f"(computed): ours {m['sdxl_1024px_ours_bytes'] / 2**20:.1f} MiB, diffusers "
+              f"{m['sdxl_1024px_diffusers_bytes'] / 2**20:.1f} MiB\n")
+    print(f"load average at end: {', '.join(f'{x:.1f}' for x in s['load_avg_end'])}")
 
 
 if __name__ == "__main__":

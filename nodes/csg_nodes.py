@@ -7,6 +7,8 @@ The inversion runs once; ComfyUI's cache reuses it for every edit of the same pi
 """
 from __future__ import annotations
 
+from fmcgm.roles import EDIT_ROLES, Role
+
 from ._api import CATEGORY, io, schema
 from ._types import CounterfactualSocket, EditsSocket, InversionSocket
 
@@ -79,18 +81,12 @@ def _outputs_for_inversion(model, inv):
     return io.NodeOutput(inv, {"samples": sampler.start_latent(model, inv)}, inv.sigmas.clone())
 
 
-def _progress(total):
-    import comfy.utils
-    pbar = comfy.utils.ProgressBar(total)
-    return lambda step, n: pbar.update_absolute(step, n)
-
-
 def _invert(model, latent, solver, steps, skip, seed, source, source_scale, negative, zero_noise_steps,
             sigma_table="model", batch=1):
     from fmcgm.csg import inversion
     inv = inversion.invert(model, latent, solver=solver, steps=steps, skip=skip, seed=seed, source=source,
                            source_scale=source_scale, uncond=negative, zero_noise_steps=zero_noise_steps,
-                           sigma_table=sigma_table, batch=batch, callback=_progress(steps))
+                           sigma_table=sigma_table, batch=batch, progress=True)
     return _outputs_for_inversion(model, inv)
 
 
@@ -103,24 +99,34 @@ class DPMSolverInversion(io.ComfyNode):
             node_id="FMCGMDPMSolverInversion",
             display_name="DPM-Solver++ Inversion (FM-CGM CSG)",
             category=CSG_CATEGORY,
-            description="Abduction step of CSG: edit-friendly DPM-Solver++(2M) SDE inversion as in LEDITS++. Stores "
-                        "one noise map per step so that sampling with them reproduces the picture; every CSG edit "
-                        "of this picture reuses it (ComfyUI caches it while the inputs stay the same).",
+            description="Abduction step of CSG: edit-friendly DPM-Solver++(2M) SDE inversion as in LEDITS++ (the "
+                        "paper's setting). Stores one noise map per step; sampling with them and no edit retraces the "
+                        "inverted path, and its last step returns the model's denoised estimate of the picture "
+                        "(close to it for a trained model, not equal). For an exact round trip use the Edit-Friendly "
+                        "DDPM Inversion. Every CSG edit of this picture reuses the inversion (ComfyUI caches it while "
+                        "the inputs stay the same). Shows progress with live previews, as KSampler does.",
             inputs=[
                 _model_in(), _latent_in(), _steps_in(), _skip_in(), _seed_in(),
                 io.Conditioning.Input("source", optional=True,
                                       tooltip="Optional prompt describing the picture, used with CFG during "
-                                              "inversion only. Leave empty for exact reconstruction (default)."),
+                                              "inversion only. Leave empty (default) so that an edit without "
+                                              "concepts retraces the inversion."),
                 io.Float.Input("source_scale", default=3.5, min=0.0, max=30.0, step=0.1,
-                               tooltip="CFG scale of the source prompt during inversion (paper: 3.5; no effect "
-                                       "without a source prompt)."),
+                               tooltip="CFG scale of the source prompt during inversion (paper: 3.5). As in "
+                                       "diffusers, the source prompt is used only above 1: at 1 or less the "
+                                       "inversion uses the unconditional prediction alone. No effect without a "
+                                       "source prompt."),
                 _negative_in(),
                 io.Int.Input("zero_noise_steps", default=3, min=0, max=800,
-                             tooltip="The last N editing steps add no noise (diffusers' SDXL default 3; 0 "
-                                     "reproduces the picture exactly when nothing is edited)."),
+                             tooltip="The last N editing steps add no noise (diffusers' SDXL default 3, against "
+                                     "noise artifacts). With 0 and nothing edited, sampling retraces the "
+                                     "inverted states exactly, but the last step still returns the model's "
+                                     "denoised estimate, not the input picture; only the DDPM inversion gives "
+                                     "the picture back exactly."),
                 io.Int.Input("timesteps_per_call", default=1, min=1, max=64,
                              tooltip="Evaluate this many timesteps in one model call (the noisy latents are "
-                                     "independent samples). Faster on a GPU; 1 matches diffusers most closely."),
+                                     "independent samples): fewer, larger calls. 1 matches diffusers most "
+                                     "closely; larger values change the noise maps only by rounding."),
                 io.Combo.Input("sigma_table", options=SIGMA_TABLES, default="model",
                                tooltip="model: the model's noise levels. diffusers: recompute them in float32 as "
                                        "diffusers does (bit-closer parity with the reference pipeline)."),
@@ -142,18 +148,23 @@ class DDPMInversion(io.ComfyNode):
             node_id="FMCGMDDPMInversion",
             display_name="Edit-Friendly DDPM Inversion (FM-CGM baseline)",
             category=BASELINE_CATEGORY,
-            description="Paper baseline: edit-friendly DDPM inversion (Huberman-Spiegelglas et al.) with the factual "
-                        "prompt. Follow with Regenerate From Inversion and the full counterfactual prompt.",
+            description="The exact inversion: edit-friendly DDPM inversion (Huberman-Spiegelglas et al.). Its "
+                        "schedule ends at the first training step, with a stored noise map for it, so regenerating "
+                        "with the same prompt and scale (or a CSG edit without concepts) returns the picture's "
+                        "latent (1.5e-8 max abs on the test model). Paper baseline: follow with Regenerate From "
+                        "Inversion and the full counterfactual prompt; CSG Sampler accepts it too.",
             inputs=[
                 _model_in(), _latent_in(),
                 io.Conditioning.Input("source", optional=True,
                                       tooltip="The fully specified factual prompt (all concepts), used with CFG."),
                 io.Float.Input("source_scale", default=3.5, min=0.0, max=30.0, step=0.1,
-                               tooltip="CFG scale of the source prompt during inversion (edit-friendly DDPM: 3.5)."),
+                               tooltip="CFG scale of the source prompt during inversion (edit-friendly DDPM: 3.5). "
+                                       "As in diffusers, used only above 1: at 1 or less the inversion uses the "
+                                       "unconditional prediction alone."),
                 _steps_in(), _skip_in(), _seed_in(), _negative_in(),
                 io.Int.Input("zero_noise_steps", default=0, min=0, max=800,
-                             tooltip="The last N steps add no noise (0 = exact reconstruction with the same "
-                                     "prompt and scale)."),
+                             tooltip="The last N steps add no noise. 0 (default): regenerating with the same "
+                                     "prompt and scale returns the picture exactly."),
             ],
             outputs=_inversion_outputs(),
         )
@@ -214,7 +225,8 @@ class RegenerateFromInversion(io.ComfyNode):
     @classmethod
     def execute(cls, model, inversion, positive, cfg, negative=None):
         from fmcgm.csg import sampler
-        return io.NodeOutput({"samples": sampler.regenerate(model, _inversion(inversion), positive, cfg, negative)})
+        return io.NodeOutput({"samples": sampler.regenerate(model, _inversion(inversion), positive, cfg, negative,
+                                                            progress=True)})
 
 
 # ---------------------------------------------------------------- edit concepts
@@ -233,7 +245,7 @@ class CSGEditConcept(io.ComfyNode):
                 io.Clip.Input("clip", tooltip="The text encoder of the model being edited."),
                 io.String.Input("text", default="", multiline=False,
                                 tooltip="Short phrase for the concept's new value, e.g. 'a woman' (at most 75 tokens)."),
-                io.Combo.Input("role", options=["intervened", "descendant"], default="intervened",
+                io.Combo.Input("role", options=[str(r) for r in EDIT_ROLES], default=str(Role.INTERVENED),
                                tooltip="intervened: the concept set by do(); descendant: a concept changed by it."),
                 *_edit_params(),
                 io.Boolean.Input("reverse", default=False,
@@ -297,9 +309,9 @@ class CSGEditsFromCounterfactual(io.ComfyNode):
     @classmethod
     def execute(cls, clip, counterfactual, edit_guidance, threshold, warmup, cooldown, include_intervened,
                 attention_tokens, protect_invariants=0.0, protect_threshold=0.7):
-        from fmcgm.csg import guidance
+        from fmcgm.csg import causal_edits
         items = counterfactual if isinstance(counterfactual, (list, tuple)) else [counterfactual]
-        return io.NodeOutput(guidance.edits_from_counterfactuals(
+        return io.NodeOutput(causal_edits.edits_from_counterfactuals(
             clip, items, include_intervened=include_intervened, attention_tokens=attention_tokens,
             protect_strength=protect_invariants, protect_threshold=protect_threshold,
             scale=edit_guidance, threshold=threshold, warmup=warmup, cooldown=None if cooldown < 0 else cooldown))
@@ -385,16 +397,18 @@ class CSGSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, inversion, edit_guidance, threshold, warmup, cooldown, mask_mode, source_mode,
                 edits=None, concept_1=None, concept_2=None, concept_3=None, concept_4=None, region=None):
+        import torch
         from fmcgm.csg import models, preview, sampler
         inv = _inversion(inversion)
         es = _collect_edits(edits, [concept_1, concept_2, concept_3, concept_4], edit_guidance, threshold,
                             warmup, cooldown)
         res = sampler.edit(model, inv, es, mask_mode=mask_mode, source_mode=source_mode,
-                           user_mask=_region(region, inv))
+                           user_mask=_region(region, inv), progress=True)
         lf = model.model.latent_format
-        img = preview.preview(models.latent_in(model, res.latent), res.masks,
+        masks = torch.cat([res.masks, res.protect_masks], dim=1)  # protect masks after the concepts'
+        img = preview.preview(models.latent_in(model, res.latent), masks,
                               getattr(lf, "latent_rgb_factors", None), getattr(lf, "latent_rgb_factors_bias", None))
-        return io.NodeOutput({"samples": res.latent}, preview.masks_to_mask_batch(res.masks), img)
+        return io.NodeOutput({"samples": res.latent}, preview.masks_to_mask_batch(masks), img)
 
 
 class CSGGuider(io.ComfyNode):
@@ -418,8 +432,8 @@ class CSGGuider(io.ComfyNode):
         es = _collect_edits(edits, [concept_1, concept_2, concept_3, concept_4], edit_guidance, threshold,
                             warmup, cooldown)
         plan = guidance.build_plan(es, inv.batch)
-        return io.NodeOutput(sampler.make_guider(model, inv, plan, mask_mode=mask_mode, source_mode=source_mode,
-                                                 user_mask=_region(region, inv)))
+        return io.NodeOutput(sampler.CSGGuider(model, inv, plan, mask_mode=mask_mode, source_mode=source_mode,
+                                               user_mask=_region(region, inv)))
 
 
 class StoredNoiseSampler(io.ComfyNode):

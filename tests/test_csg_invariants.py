@@ -32,7 +32,7 @@ def concept(tiny, text, **kw):
 
 def one_cf(*concepts):
     from fmcgm.csg import guidance
-    return guidance.EditSet((guidance.Counterfactual(tuple(concepts)),))
+    return guidance.EditSet((guidance.CounterfactualEdit(tuple(concepts)),))
 
 
 def run_edit(model, inv, edits, **kw):
@@ -68,6 +68,32 @@ def test_zero_scale_edit_is_the_zero_edit(tiny, inv):
     d0 = zero.record.steps[0]["D_u"]
     assert float((res.record.steps[0]["D_u"] - d0).abs().max()) < 1e-5 * (1 + float(d0.abs().max()))
     assert float((res.latent - zero.latent).abs().max()) < 1e-2 * float(zero.latent.abs().max())
+
+
+def test_only_the_ddpm_inversion_gives_the_picture_back(tiny):
+    """Zero edit, no source prompt, zero_noise_steps 0. Both retrace the inverted states exactly,
+    but DPM-Solver++'s last step goes to sigma 0 deterministically and returns the model's denoised
+    prediction at x[N-1] (as diffusers does): not the input latent. The DDPM schedule ends at
+    sigma(t=0) > 0 with a stored noise map for that step, which lands on the input."""
+    from fmcgm.csg import guidance, inversion
+    errors = {}
+    for solver in ("dpmpp_2m_sde", "ddpm"):
+        with torch.inference_mode():
+            i = inversion.invert(tiny["model"], tiny["latent"], solver=solver, steps=N, skip=SKIP, seed=5,
+                                 zero_noise_steps=0)
+        res = run_edit(tiny["model"], i, guidance.EditSet(), allow_empty=True, record_steps=True)
+        errors[solver] = float((model_space(tiny, res.latent) - i.x0).abs().max())
+        if solver == "dpmpp_2m_sde":
+            assert torch.allclose(model_space(tiny, res.latent), res.record.steps[-1]["D_u"], atol=1e-6)
+    scale = float(inv_scale(tiny))
+    print(f"\n[reconstruction] zero edit vs input latent (absmax {scale:.2f}): DPM-Solver++ "
+          f"{errors['dpmpp_2m_sde']:.3g}, DDPM {errors['ddpm']:.2g} max abs")
+    assert errors["ddpm"] < 1e-6 * scale
+    assert errors["dpmpp_2m_sde"] > 1e-2 * scale
+
+
+def inv_scale(tiny):
+    return model_space(tiny, tiny["latent"]["samples"]).abs().max()
 
 
 def test_warmup_steps_follow_the_reconstruction(tiny, inv):
@@ -108,7 +134,7 @@ def test_source_prompt_breaks_reconstruction_unless_consistent_mode(tiny):
 
 def test_csg_without_changed_descendants_is_single_concept_ledits(tiny, inv):
     """Manipulator output with no changed descendant -> exactly the intervened concept's edit."""
-    from fmcgm.csg import guidance
+    from fmcgm.csg import causal_edits
     from fmcgm.graph import CausalGraph, Concept, Edge
     from fmcgm.manipulator import apply_intervention
     graph = CausalGraph((Concept("object", "a red ball"), Concept("ground", "green grass")),
@@ -116,7 +142,7 @@ def test_csg_without_changed_descendants_is_single_concept_ledits(tiny, inv):
     cf = apply_intervention(graph, "object", "a blue ball", proposed={"ground": "green grass"})
     assert cf.changed == ()
     with torch.inference_mode():
-        es = guidance.edits_from_counterfactuals(tiny["clip"], [cf], warmup=2)
+        es = causal_edits.edits_from_counterfactuals(tiny["clip"], [cf], warmup=2)
     assert [c.text for c in es.counterfactuals[0].concepts] == [cf.edit_prompts[0].prompt]
     via_cf = run_edit(tiny["model"], inv, es)
     direct = run_edit(tiny["model"], inv, one_cf(concept(tiny, cf.edit_prompts[0].prompt, warmup=2)))
@@ -175,7 +201,8 @@ def test_three_counterfactuals_in_one_batch_equal_three_runs(tiny, inv):
     cfs = [(concept(tiny, "a blue ball", warmup=2),),
            (concept(tiny, "a green cube", warmup=2), concept(tiny, "snow", warmup=4, role="descendant")),
            (concept(tiny, "a yellow ball", warmup=3, reverse=True),)]
-    batch = run_edit(tiny["model"], inv, guidance.EditSet(tuple(guidance.Counterfactual(c) for c in cfs)))
+    batch = run_edit(tiny["model"], inv, guidance.EditSet(tuple(guidance.CounterfactualEdit(c) for c in cfs)),
+                     batching="together")
     assert batch.latent.shape[0] == 3 and batch.masks.shape[:2] == (3, 2)
     for k, c in enumerate(cfs):
         single = run_edit(tiny["model"], inv, one_cf(*c))
@@ -233,7 +260,7 @@ def test_hooks_are_gone_after_an_error_and_after_cancel(tiny, inv):
     import comfy.model_management as mm
     from fmcgm.csg import guidance, sampler
     plan = guidance.build_plan(one_cf(concept(tiny, "a blue ball", warmup=0)), 1)
-    guider = sampler.make_guider(tiny["model"], inv, plan)
+    guider = sampler.CSGGuider(tiny["model"], inv, plan)
     opts_before = guider.model_options
     seen = {"steps": 0}
 
@@ -246,7 +273,7 @@ def test_hooks_are_gone_after_an_error_and_after_cancel(tiny, inv):
     try:
         with torch.inference_mode(), pytest.raises(mm.InterruptProcessingException):
             guider.sample(torch.zeros_like(latent), latent, sampler.stored_noise_sampler(inv), inv.sigmas.clone(),
-                          callback=sampler._progress_callback(N, cancel_at_3))
+                          callback=cancel_at_3)
     finally:
         mm.interrupt_current_processing(False)
     assert seen["steps"] == 3 and guider.record.predict_calls == 3  # stopped within the step
@@ -321,7 +348,7 @@ def test_errors_name_the_input(tiny, inv):
         == "latent"
     # latent of another size than the inversion's (guider form)
     plan = guidance.build_plan(edits, 1)
-    guider = sampler.make_guider(tiny["model"], inv, plan)
+    guider = sampler.CSGGuider(tiny["model"], inv, plan)
     wrong = torch.zeros(1, 4, 8, 8)
     n, msg = name_of(lambda: guider.sample(wrong, wrong, sampler.stored_noise_sampler(inv), inv.sigmas.clone()))
     assert n == "latent_image" and "differs from the inversion" in msg
@@ -342,16 +369,25 @@ def test_errors_name_the_input(tiny, inv):
 
 # ---------------------------------------------------------------- progress, region, other layouts
 
-def test_progress_bar_counts_every_step(tiny, inv):
+def test_progress_and_live_previews_every_step(tiny, inv, monkeypatch):
+    """As KSampler (``latent_preview.prepare_callback``): with a preview method set, every step of the
+    inversion and of the edit updates the progress bar with a preview picture of the x0 estimate."""
     import comfy.utils
+    from comfy.cli_args import LatentPreviewMethod, args
+    from fmcgm.csg import inversion
+    monkeypatch.setattr(args, "preview_method", LatentPreviewMethod.Latent2RGB)
     seen = []
-    old = comfy.utils.PROGRESS_BAR_HOOK
-    comfy.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None: seen.append((value, total)))
-    try:
-        run_edit(tiny["model"], inv, one_cf(concept(tiny, "a blue ball", warmup=2)))
-    finally:
-        comfy.utils.set_progress_bar_global_hook(old)
-    assert seen == [(i, N) for i in range(1, N + 1)]
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK",
+                        lambda value, total, preview, node_id=None: seen.append((value, total, preview)))
+    run_edit(tiny["model"], inv, one_cf(concept(tiny, "a blue ball", warmup=2)), progress=True)
+    assert [(v, t) for v, t, _ in seen] == [(i, N) for i in range(1, N + 1)]
+    assert all(p is not None and p[0] == "JPEG" and p[1].size == (16, 16) for _, _, p in seen)
+    seen.clear()
+    with torch.inference_mode():
+        inversion.invert(tiny["model"], tiny["latent"], steps=N, skip=SKIP, seed=5, batch=4, progress=True)
+    values = [v for v, _, _ in seen]
+    assert values == sorted(set(values)) and values[-1] == N and len(values) == 4  # one update per model call
+    assert all(p is not None for _, _, p in seen)
 
 
 def test_user_region_limits_guidance(tiny, inv):
@@ -443,10 +479,10 @@ def test_two_pictures_two_counterfactuals_in_one_batch(tiny):
         lat = {"samples": tiny["vae"].encode(imgs)}
         inv2 = inversion.invert(tiny["model"], lat, steps=12, skip=SKIP, seed=1, batch=4)
     assert inv2.noise.shape == (12, 2, 4, 16, 16)
-    cf1 = guidance.Counterfactual((concept(tiny, "a blue ball", warmup=2),))
-    cf2 = guidance.Counterfactual((concept(tiny, "a green cube", warmup=2),
+    cf1 = guidance.CounterfactualEdit((concept(tiny, "a blue ball", warmup=2),))
+    cf2 = guidance.CounterfactualEdit((concept(tiny, "a green cube", warmup=2),
                                    concept(tiny, "snow", warmup=3, role="descendant")))
-    both = run_edit(tiny["model"], inv2, guidance.EditSet((cf1, cf2)))
+    both = run_edit(tiny["model"], inv2, guidance.EditSet((cf1, cf2)), batching="together")
     assert both.latent.shape[0] == 4 and both.masks.shape[:2] == (4, 2)
     for k, cf in enumerate((cf1, cf2)):
         alone = run_edit(tiny["model"], inv2, guidance.EditSet((cf,)))

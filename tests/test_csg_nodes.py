@@ -105,7 +105,7 @@ def test_csg_graph_runs_and_matches_the_library(comfy, csg_image, comfy_dirs):
     x = _outputs(ex, "3")[0]["samples"]
     with torch.inference_mode():
         inv = inversion.invert(model, {"samples": x}, steps=STEPS, skip=0.15, seed=3)
-        es = guidance.EditSet((guidance.Counterfactual((
+        es = guidance.EditSet((guidance.CounterfactualEdit((
             guidance.encode_concept(clip, "a blue ball", warmup=3),
             guidance.encode_concept(clip, "dry yellow grass", warmup=3, role="descendant"))),))
         ref = sampler.edit(model, inv, es)
@@ -260,3 +260,36 @@ def test_edits_from_the_concept_manipulator(comfy, csg_image):
     assert [c.role for c in concepts] == ["intervened", "descendant"]  # the ball, then the changed grass
     latent, masks, _ = _outputs(ex, "8")
     assert latent["samples"].shape == (1, 4, 16, 16) and masks.shape[0] == 2
+
+
+def test_live_previews_while_inverting_and_editing(comfy, csg_image, monkeypatch):
+    """What the frontend shows while the nodes run, as for KSampler: the progress hook the server
+    installs (``comfy.utils.set_progress_bar_global_hook``) gets, for the inversion node and for the
+    CSG Sampler, a progress value with a preview picture at every step, and the edit's preview
+    changes as the edit forms. The preview method is chosen as a user does: ``--preview-method``
+    (0.3.75 reads the flag) and the frontend's per-prompt setting (0.33 reads it from extra_data). The
+    node of a progress update is the server's ``last_node_id``, as main.py's hook reads it."""
+    import numpy as np
+    from comfy import utils as comfy_utils
+    from comfy.cli_args import LatentPreviewMethod, args
+    monkeypatch.setattr(args, "preview_method", LatentPreviewMethod.Latent2RGB)
+    executor = comfy.new_executor()
+    events = []
+
+    def hook(value, total, preview, node_id=None):
+        events.append((node_id or executor.server.last_node_id, value, total, preview))
+    old = comfy_utils.PROGRESS_BAR_HOOK
+    comfy_utils.set_progress_bar_global_hook(hook)
+    try:
+        comfy.run_prompt(_csg_graph(csg_image), executor=executor,
+                         extra_data={"client_id": "fmcgm-tests", "preview_method": "latent2rgb"})
+    finally:
+        comfy_utils.set_progress_bar_global_hook(old)
+    for node in ("4", "7"):  # the inversion, the CSG Sampler
+        mine = [e for e in events if e[0] == node]
+        values = [v for _, v, _, _ in mine]
+        assert values == sorted(set(values)) and values[-1] == STEPS and all(t == STEPS for _, _, t, _ in mine), node
+        assert len(mine) >= STEPS - 1 and all(p is not None and p[0] == "JPEG" for *_, p in mine), node
+        assert mine[0][3][1].size == (16, 16)  # latent2rgb: one pixel per latent cell
+    edit = [np.asarray(p[1], dtype=np.float32) for n, _, _, p in events if n == "7"]
+    assert np.abs(edit[-1] - edit[0]).mean() > 1.0  # the picture forms: first and last previews differ

@@ -96,65 +96,113 @@ def _fake_attention(rows_per_chunk, chunks, nq=16, L=77, heads=4, d=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     q = torch.randn(rows_per_chunk * len(chunks), nq, heads * d, generator=g)
     k = torch.randn(rows_per_chunk * len(chunks), L, heads * d, generator=g)
-    return q, k
+    v = torch.randn(rows_per_chunk * len(chunks), L, heads * d, generator=g)
+    return q, k, v
 
 
-def _reference_map(q, k, heads, weights):
+def _reference(q, k, v, heads, weights=None):
+    """Textbook attention: (output [b, nq, H*d], map = mean over heads of P summed over weighted tokens)."""
     b, nq, hd = q.shape
     d = hd // heads
     qh = q.reshape(b, nq, heads, d).transpose(1, 2)
     kh = k.reshape(b, -1, heads, d).transpose(1, 2)
+    vh = v.reshape(b, -1, heads, d).transpose(1, 2)
     p = torch.softmax(qh @ kh.transpose(-1, -2) / math.sqrt(d), dim=-1)  # [b, H, nq, L]
-    return (p.mean(1) * weights[:, None, :]).sum(-1)  # mean over heads, sum over tokens
+    out = (p @ vh).transpose(1, 2).reshape(b, nq, hd)
+    return out, None if weights is None else (p.mean(1) * weights[:, None, :]).sum(-1)
 
 
-def test_capture_is_keyed_by_cond_index_not_batch_position():
+def test_capture_layer_returns_attention_from_the_probabilities_it_captures():
+    """One softmax: the replacement's output is the layer's attention (all rows, uncond included)
+    and the captured map is made from the same probabilities; chunks are keyed by cond index, so a
+    reversed or split batch (calc_cond_batch does both) gives the same maps."""
     heads, rows = 4, 2
-    q, k = _fake_attention(rows, [0, 1, 2], heads=heads)
+    q, k, v = _fake_attention(rows, [0, 1, 2], heads=heads)
     tw = {0: attention.token_weights(torch.tensor([3, 3])), 1: attention.token_weights(torch.tensor([5, 1]))}
     opts = {"n_heads": heads, "block": ("input", 7), "activations_shape": [6, 32, 4, 4]}
 
     def run(order):
         cap = attention.AttentionCapture()
+        fn = cap.make_replacement()
         cap.begin({1: 0, 2: 1}, tw, (16, 16))
         perm = torch.cat([torch.arange(c * rows, (c + 1) * rows) for c in order])
-        cap.record(q[perm], k[perm], dict(opts, cond_or_uncond=list(order)))
+        out = fn(q[perm], k[perm], v[perm], dict(opts, cond_or_uncond=list(order)))
+        assert torch.allclose(out, _reference(q[perm], k[perm], v[perm], heads)[0], atol=1e-5)
+        assert cap.calls == 1
         return cap.end()
 
-    a, b = run([0, 1, 2]), run([2, 1, 0])  # calc_cond_batch reverses the order in practice
+    a, b = run([0, 1, 2]), run([2, 1, 0])
     for slot in (0, 1):
         assert torch.allclose(a[slot], b[slot], atol=1e-6)
-    ref1 = _reference_map(q[2:4], k[2:4], heads, tw[0]).reshape(rows, 4, 4)
+    ref1 = _reference(q[2:4], k[2:4], v[2:4], heads, tw[0])[1].reshape(rows, 4, 4)
     assert torch.allclose(a[0], ref1, atol=1e-6)
     # split over two UNet calls (low memory): same result
     cap = attention.AttentionCapture()
+    fn = cap.make_replacement()
     cap.begin({1: 0, 2: 1}, tw, (16, 16))
-    cap.record(q[2:4], k[2:4], dict(opts, cond_or_uncond=[1]))
-    cap.record(torch.cat([q[4:6], q[0:2]]), torch.cat([k[4:6], k[0:2]]), dict(opts, cond_or_uncond=[2, 0]))
+    fn(q[2:4], k[2:4], v[2:4], dict(opts, cond_or_uncond=[1]))
+    fn(torch.cat([q[4:6], q[0:2]]), torch.cat([k[4:6], k[0:2]]), torch.cat([v[4:6], v[0:2]]),
+       dict(opts, cond_or_uncond=[2, 0]))
     split = cap.end()
     for slot in (0, 1):
         assert torch.allclose(a[slot], split[slot], atol=1e-6)
 
 
-def test_capture_averages_layers_and_ignores_other_levels_and_middle():
+def test_capture_averages_layers_and_ignores_other_levels_middle_and_idle_steps(comfy_dirs):
     heads = 2
-    q, k = _fake_attention(1, [0, 1], heads=heads)
+    q, k, v = _fake_attention(1, [0, 1], heads=heads)
     tw = {0: attention.token_weights(torch.tensor([2]))}
     cap = attention.AttentionCapture()
-    cap.begin({1: 0}, tw, (16, 16))
+    fn = cap.make_replacement()
     base = {"n_heads": heads, "cond_or_uncond": [0, 1], "activations_shape": [2, 8, 4, 4]}
-    cap.record(q, k, dict(base, block=("input", 7)))
-    assert not cap.wants(q, dict(base, block=("middle", 0)))
-    q64, _ = _fake_attention(1, [0, 1], nq=64, heads=heads)
-    assert not cap.wants(q64, dict(base, block=("input", 4), activations_shape=[2, 8, 8, 8]))
-    assert cap.wants(q, dict(base, block=("output", 1)))
+    cap.begin({1: 0}, tw, (16, 16))
+    fn(q, k, v, dict(base, block=("input", 7)))
+    assert cap.picked(q, dict(base, block=("middle", 0))) is None
+    q64, k64, v64 = _fake_attention(1, [0, 1], nq=64, heads=heads)
+    assert cap.picked(q64, dict(base, block=("input", 4), activations_shape=[2, 8, 8, 8])) is None
+    assert cap.picked(q, dict(base, block=("output", 1))) == [(1, 0)]
     one = cap.end()[0]
     cap.begin({1: 0}, tw, (16, 16))
-    cap.record(q, k, dict(base, block=("input", 7)))
-    cap.record(q, k, dict(base, block=("output", 0)))
+    fn(q, k, v, dict(base, block=("input", 7)))
+    fn(q, k, v, dict(base, block=("output", 0)))
     two = cap.end()[0]
     assert torch.allclose(one, two, atol=1e-6)  # mean over (layer, head) maps
     assert cap.sums == {} and not cap.active
+    calls = cap.calls
+    out = fn(q, k, v, dict(base, block=("input", 7)))  # no step in progress: plain attention, no capture
+    assert cap.calls == calls and torch.allclose(out, _reference(q, k, v, heads)[0], atol=1e-5)
+
+
+def test_capture_chains_to_an_existing_patch_and_is_removed_on_steps_without_masks(comfy_dirs):
+    """With another node's attn2 patch the output is that patch's; the probabilities are computed
+    beside it. ``without_capture`` restores the model options exactly as they were."""
+    heads = 2
+    q, k, v = _fake_attention(1, [0, 1], heads=heads)
+    seen = []
+
+    def other(q_, k_, v_, extra_options):
+        seen.append(extra_options["block"])
+        return torch.zeros_like(q_)
+
+    cap = attention.AttentionCapture()
+    fn = cap.make_replacement(other)
+    cap.begin({1: 0}, {0: attention.token_weights(torch.tensor([2]))}, (16, 16))
+    out = fn(q, k, v, {"n_heads": heads, "cond_or_uncond": [0, 1], "block": ("input", 7)})
+    assert float(out.abs().max()) == 0 and seen == [("input", 7)] and cap.calls == 1
+    assert torch.allclose(cap.end()[0], _reference(q[1:], k[1:], v[1:], heads,
+                                                   attention.token_weights(torch.tensor([2])))[1].reshape(1, 4, 4))
+    table = {("input", 7): other, ("output", 2, 1): other}
+    opts = {"transformer_options": {"patches_replace": {"attn2": dict(table)}, "sample_sigmas": 1}}
+    from tests.fixtures import tiny_sdxl
+    dm = tiny_sdxl.build(0)[0].model.diffusion_model
+    patched = attention.with_capture(opts, dm, cap)
+    assert len(patched["transformer_options"]["patches_replace"]["attn2"]) > len(table)
+    back = attention.without_capture(patched)
+    assert back["transformer_options"]["sample_sigmas"] == 1
+    restored = back["transformer_options"]["patches_replace"]["attn2"]
+    assert all(restored[key] is other for key in table) and all(f is other for f in restored.values())
+    assert "patches_replace" not in attention.without_capture(attention.with_capture({}, dm, cap))[
+        "transformer_options"]
 
 
 def test_token_weights_select_columns_after_the_start_token():
@@ -172,8 +220,8 @@ def _concept(value, **kw):
 
 
 def test_plan_stacks_counterfactuals_into_slots_with_padding():
-    es = guidance.EditSet((guidance.Counterfactual((_concept(1), _concept(2, reverse=True, scale=5.0))),
-                           guidance.Counterfactual((_concept(3),))))
+    es = guidance.EditSet((guidance.CounterfactualEdit((_concept(1), _concept(2, reverse=True, scale=5.0))),
+                           guidance.CounterfactualEdit((_concept(3),))))
     plan = guidance.build_plan(es, batch=2)
     assert plan.rows == 4 and len(plan.slots) == 2
     s0, s1 = plan.slots
@@ -186,7 +234,7 @@ def test_plan_stacks_counterfactuals_into_slots_with_padding():
 
 
 def test_plan_dedupes_identical_phrases_and_rejects_empty_lists():
-    es = guidance.EditSet((guidance.Counterfactual((_concept(1), _concept(1))),))
+    es = guidance.EditSet((guidance.CounterfactualEdit((_concept(1), _concept(1))),))
     assert len(guidance.build_plan(es, 1).slots) == 1
     with pytest.raises(CSGInputError) as err:
         guidance.build_plan(guidance.EditSet(), 1)
@@ -199,8 +247,8 @@ def test_guidance_flips_sign_with_reverse_and_masks_do_not_change():
     D_u, D_c = torch.randn(1, 4, 16, 16), torch.randn(1, 4, 16, 16)
     S = torch.rand(1, 4, 4)
     sigma = torch.tensor([2.0])
-    fwd = guidance.build_plan(guidance.EditSet((guidance.Counterfactual((_concept(1, warmup=0),)),)), 1)
-    rev = guidance.build_plan(guidance.EditSet((guidance.Counterfactual((_concept(1, warmup=0, reverse=True),)),)), 1)
+    fwd = guidance.build_plan(guidance.EditSet((guidance.CounterfactualEdit((_concept(1, warmup=0),)),)), 1)
+    rev = guidance.build_plan(guidance.EditSet((guidance.CounterfactualEdit((_concept(1, warmup=0, reverse=True),)),)), 1)
     a = guidance.combine(D_u, {0: D_c}, sigma, 0, fwd, {0: S})
     b = guidance.combine(D_u, {0: D_c}, sigma, 0, rev, {0: S})
     assert torch.equal(a.mu[0], b.mu[0])

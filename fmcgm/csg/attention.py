@@ -3,21 +3,26 @@
 LEDITS++ (diffusers) records the softmax cross-attention probabilities of every ``attn2`` in the
 down and up blocks whose query map is the 1/4-latent level (SDXL: input 7-8 and output 0-2; the
 middle block is excluded), averages them over layers and heads, and sums the columns of the
-concept's real tokens. Here that happens *as the maps are produced*: each captured call adds
-``sum over heads of (P * token weights).sum(tokens)`` -> [rows, h/4 * w/4] into one accumulator
-per concept slot, so nothing raw is kept.
+concept's real tokens. Here that happens *as the maps are produced*: each captured call adds its
+probabilities ([rows, heads, h/4 * w/4, 77]) to one sum per step (a single in-place addition);
+heads and the concept's token columns are summed once, at the end of the step, so no per-layer
+map is kept.
 
-The replacement wraps whatever ``attn2`` replacement the model already has for that layer (an
-IP-Adapter-style patch): its output is used unchanged, and the probabilities are computed from
-q and k alongside. Without one, the output is ComfyUI's ``optimized_attention`` (what the layer
-computes unpatched). Patches are only added to a copy of ``model_options`` for the time of one
-sampling run (see ``sampler.CSGGuider``).
+Capture costs one softmax, not two: at a captured layer the replacement computes the attention
+probabilities P once, returns P @ v as the layer's output and reduces P for the concept rows.
+Steps on which no concept needs a mask do not go through the replacement at all (the guider
+passes the model options without it, ``without_capture``). When another node already replaced
+that layer's ``attn2`` (an IP-Adapter-style patch), its output is used unchanged and P is
+computed from q and k beside it (the only case with a second pass). Patches are only added to a
+copy of ``model_options`` for the time of one sampling run (see ``sampler.CSGGuider``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+
+CAPTURE_MARK = "fmcgm_capture"
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,24 @@ def ledits_sites(diffusion_model, factor: int = 4) -> list[Site]:
     return [s for s in cross_attention_sites(diffusion_model) if s.block[0] != "middle" and s.factor == factor]
 
 
+def attention_probabilities(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) per head in float32: [b, Nq, H*d], [b, L, H*d] -> [b * H, Nq, L]
+    (the scale applied to the product, as diffusers' ``get_attention_scores``)."""
+    b, nq, inner = q.shape
+    L, d = k.shape[1], inner // heads
+    qh = q.float().reshape(b, nq, heads, d).transpose(1, 2).reshape(b * heads, nq, d)
+    kh = k.float().reshape(b, L, heads, d).permute(0, 2, 3, 1).reshape(b * heads, d, L)
+    return torch.bmm(qh, kh).mul_(d ** -0.5).softmax(-1)
+
+
+def attention_output(probs: torch.Tensor, v: torch.Tensor, heads: int, dtype) -> torch.Tensor:
+    """P @ v with the heads merged back: [b * H, Nq, L], [b, L, H*d] -> [b, Nq, H*d]."""
+    b, L, inner = v.shape
+    nq, d = probs.shape[1], inner // heads
+    vh = v.float().reshape(b, L, heads, d).transpose(1, 2).reshape(b * heads, L, d)
+    return torch.bmm(probs, vh).view(b, heads, nq, d).transpose(1, 2).reshape(b, nq, inner).to(dtype)
+
+
 class AttentionCapture:
     """Accumulates token-summed, head/layer-averaged cross-attention maps per concept slot.
 
@@ -63,123 +86,137 @@ class AttentionCapture:
     ``calc_cond_batch`` -> ``end()`` returns {slot: S [rows, h/4, w/4]}. Chunks of the UNet batch are
     attributed through ``transformer_options["cond_or_uncond"]`` (the index of the cond in the list
     given to ``calc_cond_batch``), never by batch position, so split or reordered batches are fine.
+    A captured layer only adds its probabilities to the step's sum (one in-place addition); heads
+    and token columns are reduced once, at ``end()``.
     """
 
     def __init__(self, factor: int = 4):
         self.factor = factor
-        self.active = False
         self.calls = 0          # captured layer calls (all steps), for tests and benchmarks
         self.peak_bytes = 0     # largest accumulator + transient footprint seen
         self._reset()
 
     def _reset(self):
-        self.slot_of_cond: dict[int, int] = {}
-        self.token_weights: dict[int, torch.Tensor] = {}
-        self.sums: dict[int, torch.Tensor] = {}
-        self.counts: dict[int, int] = {}
-        self._wcache: dict = {}
+        self.slot_of_cond: dict = {}
+        self.token_weights: dict = {}
+        self.sums: dict = {}    # (slots of the picked chunks, heads) -> [chunks * rows, H, Nq, L] sum of P
+        self.heads: dict = {}   # same key -> layers added
+        self._picked: dict = {}
         self.hw = None
 
-    def begin(self, slot_of_cond: dict[int, int], token_weights: dict[int, torch.Tensor], latent_hw: tuple):
+    @property
+    def active(self) -> bool:
+        return bool(self.slot_of_cond)
+
+    def begin(self, slot_of_cond: dict, token_weights: dict, latent_hw: tuple):
         self._reset()
         self.slot_of_cond = dict(slot_of_cond)
         self.token_weights = token_weights
         h, w = latent_hw
         self.hw = (h // self.factor, w // self.factor)
-        self.active = True
 
-    def end(self) -> dict[int, torch.Tensor]:
-        self.active = False
-        out = {}
-        for slot, acc in self.sums.items():
-            out[slot] = (acc / max(self.counts[slot], 1)).reshape(acc.shape[0], *self.hw)
+    def end(self) -> dict:
+        total, count = {}, {}
+        for (slots, heads), acc in self.sums.items():
+            rows = acc.shape[0] // len(slots)
+            head_sum = acc.sum(1)
+            for j, slot in enumerate(slots):
+                part = head_sum[j * rows:(j + 1) * rows]
+                S = torch.bmm(part, self._weights(slot, rows, part.shape[-1], part.device)).squeeze(-1)
+                total[slot] = total[slot] + S if slot in total else S
+                count[slot] = count.get(slot, 0) + self.heads[(slots, heads)] * heads
+        out = {slot: (S / max(count[slot], 1)).reshape(S.shape[0], *self.hw) for slot, S in total.items()}
         self._reset()
         return out
 
     def close(self):
         """Drop all state (called when sampling ends, also on error or cancel)."""
-        self.active = False
         self._reset()
 
-    def wants(self, q: torch.Tensor, extra_options: dict) -> bool:
-        if not self.active or self.hw is None:
-            return False
+    def picked(self, q: torch.Tensor, extra_options: dict):
+        """[(chunk index, slot)] of the rows to capture in this layer call, or None."""
+        if not self.slot_of_cond or q.shape[1] != self.hw[0] * self.hw[1]:
+            return None
         block = extra_options.get("block")
         if block is None or block[0] == "middle":
-            return False
-        if q.shape[1] != self.hw[0] * self.hw[1]:
-            return False
+            return None
         act = extra_options.get("activations_shape")
         if act is not None and tuple(act[-2:]) != self.hw:
-            return False
-        return any(c in self.slot_of_cond for c in extra_options.get("cond_or_uncond", []))
+            return None
+        chunks = tuple(extra_options.get("cond_or_uncond", ()))
+        got = self._picked.get(chunks)
+        if got is None:
+            got = [(ci, self.slot_of_cond[c]) for ci, c in enumerate(chunks) if c in self.slot_of_cond]
+            self._picked[chunks] = got
+        return got or None
 
-    def _weights(self, slot: int, rows: int, L: int, device) -> torch.Tensor:
-        """Token weights of ``slot`` as [rows, L] on ``device`` (cached for the step)."""
-        key = (slot, rows, L, str(device))
-        w = self._wcache.get(key)
-        if w is None:
-            w = self.token_weights[slot].to(device=device, dtype=torch.float32)
-            if w.shape[-1] < L:  # context repeated to a longer batch (cond_cat): only the first copy counts
-                w = torch.nn.functional.pad(w, (0, L - w.shape[-1]))
-            w = w[:, :L]
-            if w.shape[0] != rows:
-                w = w[:1].expand(rows, -1) if w.shape[0] == 1 else \
-                    w.repeat((rows + w.shape[0] - 1) // w.shape[0], 1)[:rows]
-            self._wcache[key] = w
-        return w
+    def _weights(self, slot, rows: int, L: int, device) -> torch.Tensor:
+        """Token weights of ``slot`` as [rows, L, 1]."""
+        t = self.token_weights[slot].to(device=device, dtype=torch.float32)
+        if t.shape[-1] < L:  # context repeated to a longer batch (cond_cat): only the first copy counts
+            t = torch.nn.functional.pad(t, (0, L - t.shape[-1]))
+        t = t[:, :L]
+        if t.shape[0] != rows:
+            t = t[:1].expand(rows, -1) if t.shape[0] == 1 else t.repeat((rows + t.shape[0] - 1) // t.shape[0], 1)[:rows]
+        return t.unsqueeze(-1)
 
-    def record(self, q: torch.Tensor, k: torch.Tensor, extra_options: dict):
-        heads = extra_options["n_heads"]
-        chunks = extra_options["cond_or_uncond"]
-        rows = q.shape[0] // len(chunks)
-        nq, d = q.shape[1], q.shape[2] // heads
-        L = k.shape[1]
-        picked = [(ci, self.slot_of_cond[c]) for ci, c in enumerate(chunks) if c in self.slot_of_cond]
-        if not picked:
-            return
-        # all captured chunks in one go: [n*rows, H, nq, L] probabilities, reduced at once
-        if len(picked) == len(chunks):
-            qs, ks = q, k
+    @staticmethod
+    def _rows_of(t: torch.Tensor, picked, rows: int) -> torch.Tensor:
+        """The picked chunks' rows of ``t``, in picked order (a view when they are contiguous)."""
+        first = picked[0][0]
+        if all(ci == first + j for j, (ci, _) in enumerate(picked)):
+            return t[first * rows:(first + len(picked)) * rows]
+        return torch.cat([t[ci * rows:(ci + 1) * rows] for ci, _ in picked])
+
+    def _add(self, probs: torch.Tensor, picked, heads: int):
+        """Add the picked chunks' probabilities ([chunks * rows, H, Nq, L]); heads are summed at ``end``."""
+        key = (tuple(slot for _, slot in picked), heads)
+        acc = self.sums.get(key)
+        if acc is None:
+            self.sums[key] = probs.clone()
+            self.heads[key] = 1
         else:
-            idx = torch.cat([torch.arange(ci * rows, (ci + 1) * rows) for ci, _ in picked]).to(q.device)
-            qs, ks = q.index_select(0, idx), k.index_select(0, idx)
-        n = qs.shape[0]
-        qs = qs.float().reshape(n, nq, heads, d).transpose(1, 2)
-        ks = ks.float().reshape(n, L, heads, d).transpose(1, 2)
-        probs = torch.softmax(torch.matmul(qs * (d ** -0.5), ks.transpose(-1, -2)), dim=-1)  # [n, H, nq, L]
-        w = torch.cat([self._weights(slot, rows, L, q.device) for _, slot in picked])
-        s = torch.matmul(probs.sum(1), w.unsqueeze(-1)).squeeze(-1)  # heads summed, tokens weighted: [n, nq]
-        for j, (_, slot) in enumerate(picked):
-            part = s[j * rows:(j + 1) * rows]
-            if slot in self.sums:
-                self.sums[slot] += part
-                self.counts[slot] += heads
-            else:
-                self.sums[slot] = part.clone()
-                self.counts[slot] = heads
+            acc += probs
+            self.heads[key] += 1
         self.calls += 1
-        acc_bytes = sum(t.numel() * 4 for t in self.sums.values())
-        self.peak_bytes = max(self.peak_bytes, acc_bytes + probs.numel() * 4)
+        self.peak_bytes = max(self.peak_bytes, 4 * (sum(t.numel() for t in self.sums.values()) + probs.numel()))
+
+    def attend(self, q, k, v, extra_options: dict, picked) -> torch.Tensor:
+        """The layer's attention output from the same probabilities that are captured."""
+        heads = extra_options["n_heads"]
+        b, nq = q.shape[:2]
+        rows = b // len(extra_options["cond_or_uncond"])
+        probs = attention_probabilities(q, k, heads)
+        self._add(self._rows_of(probs.view(b, heads, nq, -1), picked, rows), picked, heads)
+        return attention_output(probs, v, heads, q.dtype)
+
+    def record(self, q, k, extra_options: dict, picked):
+        """Capture only (another patch computes the output): probabilities of the picked rows."""
+        heads = extra_options["n_heads"]
+        rows = q.shape[0] // len(extra_options["cond_or_uncond"])
+        qs, ks = self._rows_of(q, picked, rows), self._rows_of(k, picked, rows)
+        probs = attention_probabilities(qs, ks, heads)
+        self._add(probs.view(qs.shape[0], heads, qs.shape[1], -1), picked, heads)
 
     def make_replacement(self, existing=None):
-        """An ``attn2`` replacement function: output from ``existing`` (or standard attention),
-        probabilities captured on the side."""
+        """An ``attn2`` replacement function that captures for the active concept rows."""
         capture = self
 
         def csg_attn2_capture(q, k, v, extra_options):
+            picked = capture.picked(q, extra_options)
             if existing is not None:
                 out = existing(q, k, v, extra_options)
-            else:
-                from comfy.ldm.modules import attention as attn_mod
-                out = attn_mod.optimized_attention(q, k, v, extra_options["n_heads"],
-                                                   attn_precision=extra_options.get("attn_precision"),
-                                                   transformer_options=extra_options)
-            if capture.wants(q, extra_options):
-                capture.record(q, k, extra_options)
-            return out
+                if picked:
+                    capture.record(q, k, extra_options, picked)
+                return out
+            if picked:
+                return capture.attend(q, k, v, extra_options, picked)
+            from comfy.ldm.modules import attention as attn_mod
+            return attn_mod.optimized_attention(q, k, v, extra_options["n_heads"],
+                                                attn_precision=extra_options.get("attn_precision"),
+                                                transformer_options=extra_options)
 
-        csg_attn2_capture.fmcgm_capture = capture
+        setattr(csg_attn2_capture, CAPTURE_MARK, capture)
         csg_attn2_capture.fmcgm_wrapped = existing
         return csg_attn2_capture
 
@@ -200,6 +237,32 @@ def with_capture(model_options: dict, diffusion_model, capture: AttentionCapture
             attn2[key3] = capture.make_replacement(existing)
     pr["attn2"] = attn2
     return opts
+
+
+def without_capture(model_options: dict) -> dict:
+    """``model_options`` as the sampler passes them, with every capture replacement swapped back
+    for what it wrapped (or removed), so a step that needs no maps runs ComfyUI's own attention."""
+    to = model_options.get("transformer_options", {})
+    table = to.get("patches_replace", {}).get("attn2")
+    if not table:
+        return model_options
+    attn2 = {}
+    for key, fn in table.items():
+        if getattr(fn, CAPTURE_MARK, None) is None:
+            attn2[key] = fn
+        elif fn.fmcgm_wrapped is not None:
+            attn2[key] = fn.fmcgm_wrapped
+    pr = dict(to["patches_replace"])
+    if attn2:
+        pr["attn2"] = attn2
+    else:
+        pr.pop("attn2")
+    to = dict(to)
+    if pr:
+        to["patches_replace"] = pr
+    else:
+        to.pop("patches_replace")
+    return dict(model_options, transformer_options=to)
 
 
 def token_weights(n_tokens: torch.Tensor, length: int = 77) -> torch.Tensor:

@@ -17,10 +17,11 @@ whose only use is their cross-attention mask M1_k (threshold lambda_p); with P =
 edited concept's mask becomes mu_j * (1 - strength * P). Without protect concepts, or with
 strength 0, nothing is added and the results are unchanged.
 
-Several counterfactuals of one image are edited *as one batch*: concept j of every counterfactual
-shares "slot" j, a CONDITIONING whose rows are the counterfactuals' j-th concepts, so one UNet
-call per step evaluates [uncond, slot 0, slot 1, ...] for all counterfactuals at once (rows of a
-counterfactual with fewer concepts are padded and carry no guidance).
+Several counterfactuals of one image can be edited *as one batch* (a ``Plan``): concept j of
+every counterfactual shares "slot" j, a CONDITIONING whose rows are the counterfactuals' j-th
+concepts, so one UNet call per step evaluates [uncond, slot 0, slot 1, ...] for all of them at
+once (rows of a counterfactual with fewer concepts are padded and carry no guidance).
+``batch_groups`` says which counterfactuals share a batch without padding.
 """
 from __future__ import annotations
 
@@ -30,8 +31,9 @@ import torch
 
 from . import masks as masks_mod
 from .errors import CSGInputError
+from ..roles import EDIT_ROLES, Role
 
-ROLES = ("intervened", "descendant")
+ROLES = EDIT_ROLES
 PROTECT = "protect"
 NEVER = 1 << 30
 
@@ -42,7 +44,7 @@ class EditConcept:
     conditioning: list                 # ComfyUI CONDITIONING of the phrase
     n_tokens: int | None = None        # real tokens of the prompt (None: unknown, all but the start token)
     text: str | None = None
-    role: str = "intervened"
+    role: str = Role.INTERVENED
     scale: float = 8.0                 # s_e, edit guidance scale
     threshold: float = 0.7             # lambda, mask quantile
     warmup: int = 10                   # no guidance for steps < warmup
@@ -57,14 +59,14 @@ class EditConcept:
 
 
 @dataclass(frozen=True, eq=False)
-class Counterfactual:
+class CounterfactualEdit:
     concepts: tuple
     label: str = ""
     protect: tuple = ()                # EditConcepts (role "protect") whose M1 masks suppress the edits
     protect_strength: float = 0.0      # 0 = off (no extra rows), 1 = no edit where a protect mask is on
 
-    def with_protection(self, protect, strength: float) -> "Counterfactual":
-        return Counterfactual(self.concepts, self.label, tuple(protect), float(strength))
+    def with_protection(self, protect, strength: float) -> "CounterfactualEdit":
+        return CounterfactualEdit(self.concepts, self.label, tuple(protect), float(strength))
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,10 +77,10 @@ class EditSet:
     def add_concept(self, concept: EditConcept, new_counterfactual: bool = False, label: str = "") -> "EditSet":
         cfs = list(self.counterfactuals)
         if new_counterfactual or not cfs:
-            cfs.append(Counterfactual((concept,), label))
+            cfs.append(CounterfactualEdit((concept,), label))
         else:
             last = cfs[-1]
-            cfs[-1] = Counterfactual(last.concepts + (concept,), last.label or label, last.protect,
+            cfs[-1] = CounterfactualEdit(last.concepts + (concept,), last.label or label, last.protect,
                                      last.protect_strength)
         return EditSet(tuple(cfs))
 
@@ -122,6 +124,11 @@ class Slot:
 
     def active(self, step: int) -> torch.Tensor:
         return self.present & (step >= self.warmup) & (step < self.cooldown)
+
+    def needs_maps(self, rows: torch.Tensor) -> bool:
+        """Whether an attention mask M1 of ``rows`` ([R] bool) needs captured maps: at threshold 0
+        the mask keeps every cell whatever the maps say."""
+        return bool((rows & (self.threshold > 0)).any())
 
 
 @dataclass(eq=False)
@@ -211,10 +218,29 @@ def _stack_slot(entries, j: int, K: int, B: int, input_name: str, protect: bool 
     return Slot(cond, present, scale, thr, warm, cool, ntok, labels)
 
 
+def _step_shape(cf: CounterfactualEdit) -> tuple:
+    """What decides a counterfactual's rows at every step: each concept's active interval and
+    the number of protect concepts."""
+    spans = tuple((c.warmup, NEVER if c.cooldown is None else c.cooldown) for c in dedupe(cf.concepts))
+    return spans, len(dedupe(cf.protect)) if cf.protect_strength > 0 else 0
+
+
+def batch_groups(edits: EditSet) -> list[list[int]]:
+    """Counterfactuals (indices, first-seen order) that can share one batch with no padded rows:
+    those whose concepts are active on the same steps slot by slot. Batching them evaluates the
+    same rows in fewer UNet calls, which is never slower (a call's cost grows less than linearly
+    with its rows: benchmarks/bench_csg.py); a padded row would cost a full evaluation for nothing,
+    so counterfactuals of different shapes are edited one group after another."""
+    groups: dict = {}
+    for k, cf in enumerate(edits.counterfactuals):
+        groups.setdefault(_step_shape(cf), []).append(k)
+    return list(groups.values())
+
+
 def build_plan(edits: EditSet, batch: int, input_name: str = "edits", allow_empty: bool = False) -> Plan:
     """Stack the counterfactuals' concepts into slots (see module doc). ``allow_empty`` gives the
     zero edit (no concepts: the inversion's reconstruction dynamics)."""
-    cfs = [Counterfactual(dedupe(cf.concepts), cf.label, cf.protect, cf.protect_strength)
+    cfs = [CounterfactualEdit(dedupe(cf.concepts), cf.label, cf.protect, cf.protect_strength)
            for cf in edits.counterfactuals]
     cfs = [cf for cf in cfs if cf.concepts]
     if not cfs and allow_empty:
@@ -261,6 +287,7 @@ class StepResult:
     m2: dict
     protect: torch.Tensor | None = None   # P = max_k M1_k [R, 1, h, w] (None: protection off or unused)
     protect_m1: dict = field(default_factory=dict)   # protect slot -> M1_k [R, 1, h, w] (0 on padded rows)
+    guidance: dict = field(default_factory=dict)     # slot -> s_e * (eps_c - eps_u) before masking
 
 
 def protect_key(m: int) -> tuple:
@@ -274,10 +301,13 @@ def protection(plan: Plan, attn_maps: dict, latent_hw: tuple) -> tuple:
     P, m1s = None, {}
     for m, slot in enumerate(plan.protect):
         S = attn_maps.get(protect_key(m))
-        if S is None:
+        if S is not None:
+            m1 = masks_mod.attention_mask(S, slot.threshold.to(S.device), latent_hw)
+        elif not slot.needs_maps(slot.present):
+            m1 = torch.ones(slot.present.shape[0], 1, *latent_hw)
+        else:
             raise RuntimeError("no cross-attention maps were captured for a protect concept; is the model's "
                                "attention replaced by another node that bypasses attn2 replacements?")
-        m1 = masks_mod.attention_mask(S, slot.threshold.to(S.device), latent_hw)
         m1 = m1 * slot.present.to(m1.device).view(-1, 1, 1, 1).float()
         m1s[m] = m1
         P = m1 if P is None else torch.maximum(P, m1)
@@ -295,7 +325,7 @@ def combine(D_u: torch.Tensor, D_slots: dict, sigma: torch.Tensor, step: int, pl
     (1 - strength * P) (spec 2.5); without, this factor is not even formed."""
     sig = sigma.reshape(-1, *([1] * (D_u.ndim - 1))).float()
     gamma = torch.zeros_like(D_u, dtype=torch.float32)
-    mus, acts, m1s, m2s = {}, {}, {}, {}
+    mus, acts, m1s, m2s, gs = {}, {}, {}, {}, {}
     keep = P = None
     pm1s = {}
     for j, D_c in D_slots.items():
@@ -316,8 +346,8 @@ def combine(D_u: torch.Tensor, D_slots: dict, sigma: torch.Tensor, step: int, pl
                 keep = 1.0 - plan.protect_strength.to(g.device).view(-1, 1, 1, 1) * P
             mu = mu * keep
         gamma = gamma + mu * g
-        mus[j], m1s[j], m2s[j] = mu, m1, m2
-    return StepResult(gamma, mus, acts, m1s, m2s, P, pm1s)
+        mus[j], m1s[j], m2s[j], gs[j] = mu, m1, m2, g
+    return StepResult(gamma, mus, acts, m1s, m2s, P, pm1s, gs)
 
 
 START_TOKEN, END_TOKEN = 49406, 49407
@@ -375,63 +405,8 @@ def edits_from_conditionings(conditionings, input_names=None, **params) -> EditS
             continue
         if not isinstance(cond, list) or not cond:
             raise CSGInputError(name, "is not a CONDITIONING (connect a text encoder's output)")
-        role = "intervened" if not concepts else "descendant"
+        role = Role.INTERVENED if not concepts else Role.DESCENDANT
         concepts.append(EditConcept(conditioning=cond, n_tokens=None, text=None, role=role, **params))
     if not concepts:
         return EditSet()
-    return EditSet((Counterfactual(tuple(concepts), "conditioning inputs"),))
-
-
-def protect_concepts(clip, phrases, threshold: float = 0.7, attention_tokens: str = "prompt",
-                     input_name: str = "protect") -> tuple:
-    """Protect concepts (spec 2.5) for ``phrases``: only their cross-attention mask is used."""
-    return tuple(encode_concept(clip, p, input_name=f"{input_name}: {p}", attention_tokens=attention_tokens,
-                                role=PROTECT, scale=0.0, threshold=threshold, warmup=0) for p in phrases)
-
-
-def invariant_phrases(cf) -> list:
-    """Factual phrases of the intervened concept's non-descendants (what the intervention must leave
-    unchanged), in the manipulator's phrase format; concepts without a value are left out."""
-    from fmcgm.manipulator import edit_phrase
-    graph = cf.graph
-    out = []
-    for name in graph.non_descendants(cf.concept):
-        value = graph.concept(name).value
-        if isinstance(value, str) and value.strip():
-            out.append(edit_phrase(name, value))
-    return out
-
-
-def edits_from_counterfactuals(clip, counterfactuals, include_intervened: bool = True,
-                               attention_tokens: str = "prompt", protect_strength: float = 0.0,
-                               protect_threshold: float = 0.7, **params) -> EditSet:
-    """FM-CGM manipulator output (``fmcgm.manipulator.Counterfactual`` items: ``edit_prompts`` with the
-    intervened concept first, then every changed descendant) -> one counterfactual each (spec D1).
-
-    ``protect_strength`` > 0 adds each counterfactual's non-descendants as protect concepts (spec 2.5):
-    their factual phrases' cross-attention masks (quantile ``protect_threshold``) suppress the edits
-    there, mu_j * (1 - strength * P). 0 (default) adds nothing."""
-    if not (0.0 <= float(protect_strength) <= 1.0):
-        raise CSGInputError("protect_invariants", f"must be in [0, 1], got {protect_strength}")
-    if not (0.0 <= float(protect_threshold) <= 1.0):
-        raise CSGInputError("protect_threshold", f"must be in [0, 1], got {protect_threshold}")
-    cfs = []
-    for k, cf in enumerate(counterfactuals):
-        prompts = list(getattr(cf, "edit_prompts", ()) or ())
-        if not include_intervened:
-            prompts = [p for p in prompts if getattr(p, "role", "descendant") != "intervened"]
-        concepts = tuple(encode_concept(clip, p.prompt, input_name=f"counterfactual {k + 1}: {p.concept}",
-                                        attention_tokens=attention_tokens,
-                                        role=getattr(p, "role", "descendant"), **params) for p in prompts)
-        if not concepts:
-            raise CSGInputError("counterfactual", f"counterfactual {k + 1} has no edit prompts"
-                                + ("" if include_intervened else " once the intervened concept is left out"))
-        label = f"do({getattr(cf, 'concept', '?')} = {getattr(cf, 'value', '?')})"
-        out = Counterfactual(concepts, label)
-        if protect_strength > 0 and getattr(cf, "graph", None) is not None:
-            protect = protect_concepts(clip, invariant_phrases(cf), protect_threshold, attention_tokens,
-                                       f"counterfactual {k + 1}: protect")
-            if protect:
-                out = out.with_protection(protect, protect_strength)
-        cfs.append(out)
-    return EditSet(tuple(cfs))
+    return EditSet((CounterfactualEdit(tuple(concepts), "conditioning inputs"),))

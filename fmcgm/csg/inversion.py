@@ -12,15 +12,34 @@
 All three run inside ComfyUI's own sampling machinery: a ``CFGGuider`` (conds, model loading,
 patches, batching are ComfyUI's) driving a ``KSAMPLER`` whose function computes the inversion.
 Latents are in ComfyUI's VE form x = x0 + sigma * n, model space (VAE latent x scale factor).
+
+Reconstruction (no edit, no source prompt, ``zero_noise_steps`` 0): sampling with the stored maps
+retraces the inverted states x[0..N-1] bit for bit. Only the DDPM inversion then returns the
+picture itself: its schedule ends at sigma(t=0) > 0 with a stored noise map for the last step,
+which lands exactly on the input (1.9e-8 off on the tiny test model). DPM-Solver++ ends with a
+deterministic step to sigma 0 that returns the model's denoised prediction at x[N-1] (diffusers
+does the same): close to the picture for a trained model, not equal to it (0.86 max abs off the
+input latent on the tiny random-weight test model).
+
+Source prompt: the noise-map inversions follow diffusers' ``invert``, which runs classifier-free
+guidance with the source prompt only when ``source_guidance_scale > 1``; at a scale <= 1 it uses
+the unconditional prediction alone, and so do these (the source prompt is then ignored, with a
+log line and a note in ``Inversion.info``).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
+import comfy.model_management
+import comfy.samplers
 import torch
 
 from . import models, schedule as sched
 from .errors import CSGInputError
+from .progress import Progress
+
+log = logging.getLogger("FMCGM.csg")
 
 
 @dataclass(frozen=True, eq=False)
@@ -30,6 +49,7 @@ class Inversion:
     schedule: sched.Schedule
     x0: torch.Tensor                 # model space, float32, CPU, [B, C, h, w]
     x_T: torch.Tensor                # start state at sigmas[0] (VE, model space), float32, CPU
+    start_latent: torch.Tensor       # x_T as a raw LATENT; its process_latent_in is x_T bit for bit
     noise: torch.Tensor | None       # stored noise maps [N, B, C, h, w] (None for ddim)
     uncond: list                     # CONDITIONING used as the unconditional branch
     source: list | None              # source-prompt CONDITIONING used during inversion, if any
@@ -59,6 +79,8 @@ class Inversion:
     def describe(self) -> str:
         B, C, h, w = self.latent_shape
         src = "none" if self.source is None else f"scale {self.source_scale}"
+        if "source_ignored" in self.info:
+            src = f"ignored ({self.info['source_ignored']})"
         return (f"{self.solver} inversion: {self.steps} steps (of {self.schedule.total}), skip {self.schedule.skip}, "
                 f"t {self.schedule.timesteps[0]}..{self.schedule.timesteps[-1]}, latent {B}x{C}x{h}x{w}, "
                 f"source {src}, seed {self.seed}, zero-noise steps {self.zero_noise_steps}")
@@ -78,11 +100,6 @@ def check_latent(latent: dict, input_name: str = "latent") -> torch.Tensor:
                                         f"attention masks work at 1/4 latent resolution); resize to "
                                         f"{(w // 4) * 32}x{(h // 4) * 32} or {((w + 3) // 4) * 32}x{((h + 3) // 4) * 32}")
     return x
-
-
-def _interrupt_check():
-    import comfy.model_management
-    comfy.model_management.throw_exception_if_processing_interrupted()
 
 
 def _lam(s):
@@ -120,12 +137,13 @@ class _InvertFunction:
     """A k-diffusion style sampler function (used through ``comfy.samplers.KSAMPLER``) that ignores
     sampling and instead computes the inversion of the incoming x0. Results go to ``self.out``."""
 
-    def __init__(self, solver, seed, batch, zero_noise_steps, keep_trajectory):
+    def __init__(self, solver, seed, batch, zero_noise_steps, keep_trajectory, latent_round_trip):
         self.solver = solver
         self.seed = seed
         self.batch = max(1, int(batch))
         self.zero_noise_steps = zero_noise_steps
         self.keep_trajectory = keep_trajectory
+        self.round_trip = latent_round_trip   # model space -> (raw LATENT, model space as sampling sees it)
         self.out = {}
 
     def __call__(self, model, x, sigmas, extra_args=None, callback=None, disable=None):
@@ -134,15 +152,16 @@ class _InvertFunction:
         N = len(sigmas) - 1
         s_in = x0.new_ones([x0.shape[0]])
         evals = [0]
+        n_total = N if self.solver != "dpmpp_2m_sde" or float(sigmas[N]) > 0 else N - 1
 
         def evaluate(xi, si_list):
             """Model x0-predictions (CFG-combined by the guider) at states xi for sigmas si_list."""
-            _interrupt_check()
+            comfy.model_management.throw_exception_if_processing_interrupted()
             sig = torch.cat([sigmas[i] * s_in for i in si_list])
             D = model(xi, sig, **extra_args)
             evals[0] += len(si_list)
-            if callback is not None:
-                callback({"x": xi[-x0.shape[0]:], "i": si_list[-1], "sigma": sigmas[si_list[-1]],
+            if callback is not None:  # progress counts evaluations (DDIM walks the sigmas upward)
+                callback({"x": xi[-x0.shape[0]:], "i": evals[0] * N // n_total - 1, "sigma": sigmas[si_list[-1]],
                           "sigma_hat": sigmas[si_list[-1]], "denoised": D[-x0.shape[0]:]})
             return D
 
@@ -154,6 +173,9 @@ class _InvertFunction:
         for j in range(N - 1, -1, -1):  # diffusers' draw order: smallest t first
             noises[j] = torch.randn(tuple(x0.shape), generator=g, dtype=torch.float32)
         xs = [x0 + sigmas[j] * noises[j].to(x0.device, x0.dtype) for j in range(N)]
+        # the edit starts from a raw LATENT; invert from the value it becomes in model space, so
+        # that replaying the noise maps retraces the states exactly
+        start_raw, xs[0] = self.round_trip(xs[0])
         end = sigmas[N]
         xs.append(x0 * torch.sqrt(1.0 + end ** 2.0) if float(end) > 0 else x0)  # target of the last step
         z = torch.zeros((N, *x0.shape), dtype=torch.float32)
@@ -183,7 +205,7 @@ class _InvertFunction:
             z[i] = zi.float().cpu()
         if self.zero_noise_steps > 0:
             z[N - self.zero_noise_steps:] = 0
-        self.out = {"noise": z, "evaluations": evals[0], "x_T": xs[0].float().cpu(),
+        self.out = {"noise": z, "evaluations": evals[0], "x_T": xs[0].float().cpu(), "start_latent": start_raw,
                     "trajectory": torch.stack([t.float().cpu() for t in xs]) if self.keep_trajectory else None}
         return xs[0]
 
@@ -201,19 +223,33 @@ class _InvertFunction:
             x = x0h + s_t * e
             s_prev = s_t
             traj.append(x.float().cpu())
-        self.out = {"noise": None, "evaluations": N, "x_T": x.float().cpu(),
+        start_raw, x = self.round_trip(x)
+        traj[-1] = x.float().cpu()
+        self.out = {"noise": None, "evaluations": N, "x_T": x.float().cpu(), "start_latent": start_raw,
                     "trajectory": torch.stack(traj[::-1]) if self.keep_trajectory else None}
         return x
+
+
+def source_used(solver: str, source: list | None, source_scale: float) -> bool:
+    """Whether the inversion runs CFG with the source prompt. The noise-map inversions follow
+    diffusers' ``invert`` (``do_classifier_free_guidance = source_guidance_scale > 1``); the DDIM
+    baseline uses the source prompt at any scale but 0 (scale 1 = the source prompt alone)."""
+    if source is None:
+        return False
+    if solver == "ddim":
+        return float(source_scale) != 0.0
+    return float(source_scale) > 1.0
 
 
 def invert(model, latent: dict, *, solver: str = "dpmpp_2m_sde", steps: int = 100, skip: float = 0.15,
            seed: int = 0, source: list | None = None, source_scale: float = 3.5, uncond: list | None = None,
            zero_noise_steps: int = 3, sigma_table: str = "model", batch: int = 1, keep_trajectory: bool = False,
-           callback=None, disable_pbar: bool = True) -> Inversion:
+           callback=None, progress: bool = False, disable_pbar: bool = True) -> Inversion:
     """Invert ``latent`` (VAEEncode output) with ``model``. ``uncond`` defaults to diffusers' zero
-    unconditional; ``source`` (CONDITIONING) adds CFG with ``source_scale`` during inversion only.
-    ``batch`` > 1 evaluates that many timesteps per model call (the x_t are independent samples)."""
-    import comfy.samplers
+    unconditional; ``source`` (CONDITIONING) adds CFG with ``source_scale`` during inversion only
+    (``source_used``). ``batch`` > 1 evaluates that many timesteps per model call (the x_t are
+    independent samples). ``progress`` shows KSampler's progress bar with live previews of the
+    denoised estimates; ``callback(step, x0, x, total_steps)`` is called after every evaluation."""
     models.check_supported(model)
     raw = check_latent(latent)
     if solver not in sched.SOLVERS:
@@ -225,7 +261,12 @@ def invert(model, latent: dict, *, solver: str = "dpmpp_2m_sde", steps: int = 10
         raise CSGInputError("source", "is an empty CONDITIONING")
     if uncond is None:
         uncond = models.zero_conditioning(model)
-    use_source = source is not None and float(source_scale) != 0.0
+    use_source = source_used(solver, source, source_scale)
+    info = {"batch": batch}
+    if source is not None and not use_source:
+        info["source_ignored"] = (f"source_scale {float(source_scale):g} <= 1: the unconditional prediction "
+                                  "alone was used (diffusers' rule)")
+        log.warning("[FMCGM] inversion: %s; the source prompt has no effect", info["source_ignored"])
 
     guider = comfy.samplers.CFGGuider(model)
     if use_source:
@@ -234,20 +275,22 @@ def invert(model, latent: dict, *, solver: str = "dpmpp_2m_sde", steps: int = 10
     else:
         guider.inner_set_conds({"positive": uncond})
         guider.set_cfg(1.0)
-    fn = _InvertFunction(solver, seed, batch if solver != "ddim" else 1, int(zero_noise_steps), keep_trajectory)
+    def round_trip(x):
+        raw_x = models.latent_out(model, x)
+        return raw_x.float().cpu(), models.latent_in(model, raw_x)
+
+    fn = _InvertFunction(solver, seed, batch if solver != "ddim" else 1, int(zero_noise_steps), keep_trajectory,
+                         round_trip)
     sampler = comfy.samplers.KSAMPLER(fn)
     raw = raw.float()
-    total = len(sch.sigmas) - 1
-
-    def cb(step, x0, x, total_steps):
-        if callback is not None:
-            callback(step + 1, total)
+    cb = Progress(model, len(sch.sigmas) - 1, callback).callback() if progress else callback
     guider.sample(torch.zeros_like(raw), raw, sampler, sch.sigmas.clone(), callback=cb,
                   disable_pbar=disable_pbar, seed=int(seed))
     x0 = models.latent_in(model, raw).float().cpu()
-    return Inversion(solver=solver, schedule=sch, x0=x0, x_T=fn.out["x_T"], noise=fn.out.get("noise"),
+    return Inversion(solver=solver, schedule=sch, x0=x0, x_T=fn.out["x_T"], start_latent=fn.out["start_latent"],
+                     noise=fn.out.get("noise"),
                      uncond=uncond, source=source if use_source else None,
                      source_scale=float(source_scale) if use_source else 0.0,
                      zero_noise_steps=int(zero_noise_steps) if solver != "ddim" else 0, seed=int(seed),
                      model_id=models.identity(model), trajectory=fn.out.get("trajectory"),
-                     info={"evaluations": fn.out.get("evaluations"), "batch": batch})
+                     info={**info, "evaluations": fn.out.get("evaluations")})

@@ -21,6 +21,11 @@ import torch.nn.functional as F
 MASK_MODES = ("intersect", "cross_attn", "noise")
 
 
+def uses_attention(mode: str) -> bool:
+    """Whether ``mode`` has the cross-attention mask M1 (and so needs captured maps)."""
+    return mode in ("intersect", "cross_attn")
+
+
 def smoothing_kernel() -> torch.Tensor:
     """The 3x3 kernel of diffusers' LeditsGaussianSmoothing (kernel 3, sigma 0.5). Its exponent is
     -((x - mean) / (2 sigma))^2, i.e. a Gaussian of std sqrt(2) * sigma; normalised to sum 1."""
@@ -71,10 +76,13 @@ def combine(mode: str, g: torch.Tensor, S: torch.Tensor | None, lam: torch.Tenso
         raise ValueError(f"mask mode must be one of {MASK_MODES}, got {mode!r}")
     m1 = m2 = None
     if mode in ("intersect", "cross_attn"):
-        if S is None:
+        if S is not None:
+            m1 = attention_mask(S, lam, g.shape[-2:])
+        elif not bool((lam > 0).any()):  # the 0-quantile keeps every cell: no maps needed
+            m1 = torch.ones(g.shape[0], 1, *g.shape[-2:], device=g.device)
+        else:
             raise RuntimeError("no cross-attention maps were captured for a concept; is the model's "
                                "attention replaced by another node that bypasses attn2 replacements?")
-        m1 = attention_mask(S, lam, g.shape[-2:])
     if mode in ("intersect", "noise"):
         m2 = noise_mask(g, lam)
     if mode == "intersect":
