@@ -66,7 +66,8 @@ def _require_extra() -> None:
 
 def cmd_evaluate(args) -> int:
     from .datasets import coco_items, imagefolder_items, sample
-    from .job import JobOptions, run_job
+    from .job import JobError, JobOptions, run_job
+    from .store import ResultsLocked
     from .prompt import VLMServer
     from .worker import WorkerConfig
     _require_extra()
@@ -91,7 +92,11 @@ def cmd_evaluate(args) -> int:
     options = JobOptions(results=Path(args.results), workers=args.workers, servers=tuple(args.server or ()),
                          ray_address=args.ray_address, cpu=args.cpu, gpus_per_worker=args.gpus_per_worker,
                          cpus_per_worker=args.cpus_per_worker, max_attempts=args.max_attempts)
-    summary = run_job(config, items, options)
+    try:
+        summary = run_job(config, items, options)
+    except (JobError, ResultsLocked) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"done: {summary.written} item(s) written ({summary.failed} failed), {summary.skipped} were already there; "
           f"python -m fmcgm table {args.results}", file=sys.stderr)
     return 0

@@ -27,6 +27,10 @@ from .store import PICTURE_FAILURE, WORKER_FAILURE, ResultStore, slug
 from .worker import ItemEvaluator, WorkerConfig
 
 
+class JobError(RuntimeError):
+    """The job cannot go on (what is written stays); the message says why."""
+
+
 class Attempts:
     """How often each item was started, across worker restarts (a Ray actor)."""
 
@@ -42,11 +46,20 @@ class EvaluationWorker(ItemEvaluator):
     """``ItemEvaluator`` as a Ray actor: counts attempts and says what it starts (in the driver's log)."""
 
     def __init__(self, config: WorkerConfig, server_url: Optional[str], attempts, max_attempts: int):
-        super().__init__(config, server_url)
         self.attempts, self.max_attempts = attempts, max_attempts
+        self.startup_error = None
+        try:
+            super().__init__(config, server_url)
+        except Exception as error:  # said by describe(): a worker that cannot start is not restarted in a loop
+            self.startup_error = f"{type(error).__name__}: {error}"
+
+    def describe(self) -> dict:
+        return {"error": self.startup_error} if self.startup_error else super().describe()
 
     def evaluate(self, item: Item) -> dict:
         import ray
+        if self.startup_error:
+            raise JobError(f"the worker could not start: {self.startup_error}")
         attempt = ray.get(self.attempts.start.remote(item.key))
         if attempt > self.max_attempts:
             reason = (f"the worker died {self.max_attempts} times running this item (out of memory? see the Ray "
@@ -135,9 +148,12 @@ def run_job(config: WorkerConfig, items: list[Item], options: JobOptions, out=No
         urls = list(options.servers) or [None] * count
         workers = [actor.remote(config, url, attempts, options.max_attempts) for url in urls]
         descriptions = ray.get([w.describe.remote() for w in workers])
+        errors = sorted({d["error"] for d in descriptions if "error" in d})
+        if errors:
+            raise JobError(f"{len(errors)} kind(s) of worker start-up failure: " + "; ".join(errors))
         settings = {d["settings"] for d in descriptions}
         if len(settings) != 1:
-            raise RuntimeError(f"the workers disagree on the settings ({sorted(settings)}): their ComfyUI or node "
+            raise JobError(f"the workers disagree on the settings ({sorted(settings)}): their ComfyUI or node "
                                "versions differ; give every worker the same")
         settings_hash = settings.pop()
         described = descriptions[0]
@@ -159,7 +175,7 @@ def run_job(config: WorkerConfig, items: list[Item], options: JobOptions, out=No
             try:
                 result = pool.get_next_unordered()
             except ray.exceptions.ActorDiedError as error:
-                raise RuntimeError(f"a worker could not be restarted ({error}); what is written is kept: run again "
+                raise JobError(f"a worker could not be restarted ({error}); what is written is kept: run again "
                                    "to resume") from None
             rows = result["rows"]
             if result["pictures"]:

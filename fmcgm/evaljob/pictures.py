@@ -13,6 +13,7 @@ UNet 64 for clean down/upsampling), aspect ratio kept as closely as that allows.
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +58,9 @@ def load_picture(path, size: int = DEFAULT_SIZE, max_pixels: int = DEFAULT_MAX_P
 
     path = Path(path)
     try:
-        image = Image.open(path)
+        with warnings.catch_warnings():  # our own limit decides, below, with the reason recorded
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
     except FileNotFoundError:
         raise PictureError(f"missing: {path} does not exist") from None
     except Image.DecompressionBombError as error:

@@ -25,6 +25,10 @@ RUN_FAILURE = "run"          # running the item failed: a rerun tries again
 WORKER_FAILURE = "worker"    # the worker process died on it too often: a rerun tries again
 
 
+class ResultsLocked(RuntimeError):
+    """Another driver is writing to the results folder."""
+
+
 def _schema():
     import pyarrow as pa
     floats, ints = pa.list_(pa.float64()), pa.list_(pa.int64())
@@ -67,7 +71,7 @@ class ResultStore:
             handle.seek(0)
             holder = handle.read().strip() or "?"
             handle.close()
-            raise RuntimeError(f"another evaluation (pid {holder}) is writing to {self.folder}; wait for it or stop "
+            raise ResultsLocked(f"another evaluation (pid {holder}) is writing to {self.folder}; wait for it or stop "
                                "it first") from None
         handle.seek(0)
         handle.truncate()

@@ -1,0 +1,232 @@
+"""``python -m fmcgm evaluate`` on a local Ray cluster: tiny SDXL in each worker's in-process
+ComfyUI, the tiny Qwen3-VL served over HTTP to all of them, a small dataset in each layout
+(with a corrupt, a 16-bit, a grayscale and a huge picture among the good ones).
+
+The reference is a one-worker run. Two workers with one of them killed (SIGKILL) in the middle
+of an item, and a driver killed (SIGKILL) in the middle of the run and started again, must end
+with exactly the reference's rows: every item once per method, the killed worker's item
+retried, nothing written twice, nothing lost.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+
+import pytest
+
+from tests import comfy_harness, workflow_runner
+from tests.conftest import sample_picture_png
+from tests.runner_support import FAST, REPO, comfy_args, fmcgm
+from tests.runner_support import tiny_models  # noqa: F401  (fixture)
+
+pytest.importorskip("ray", reason="the evaluation needs the eval extra (requirements-test.txt installs it)")
+pytest.importorskip("pyarrow")
+
+VOLATILE = {"worker", "seconds", "finished_at"}  # where and when, not what
+STARTS = re.compile(r"fmcgm-worker \S+:(\d+) starts (\S+)/(\S+) \(attempt (\d+)\)")
+BAD = {("MS-COCO", "900"): "corrupt", ("MS-COCO", "901"): "16-bit",
+       ("CelebA-HQ", "gray.png"): "grayscale", ("CelebA-HQ", "huge.png"): "huge"}
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def huge_png(side: int = 30000) -> bytes:
+    """A PNG whose header says side x side pixels, with almost no data: it must be refused unread."""
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) \
+        + _png_chunk(b"IEND", b"")
+
+
+def picture(size: int, tint: float) -> bytes:
+    import numpy as np
+    from PIL import Image
+    pixels = np.asarray(Image.open(io.BytesIO(sample_picture_png(size))), dtype=np.float32)
+    out = io.BytesIO()
+    Image.fromarray((pixels * tint).clip(0, 255).astype("uint8")).save(out, format="PNG")
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    """MS-COCO captions layout and a Hugging Face imagefolder, two usable pictures and two bad ones each."""
+    import numpy as np
+    from PIL import Image
+    base = tmp_path_factory.mktemp("datasets")
+    coco = base / "coco"
+    (coco / "val2017").mkdir(parents=True)
+    images, annotations = [], []
+    for number, (name, data) in enumerate([("000000000100.jpg", picture(64, 1.0)), ("000000000101.jpg", picture(80, 0.7)),
+                                           ("000000000900.jpg", sample_picture_png(64)[:300]),
+                                           ("000000000901.png", None)]):
+        image_id = int(name[:12])
+        if data is None:  # 16-bit RGB
+            data_io = io.BytesIO()
+            Image.fromarray(np.full((64, 64), 40000, dtype=np.uint16)).save(data_io, format="PNG")
+            data = data_io.getvalue()
+        (coco / "val2017" / name).write_bytes(data)
+        images.append({"id": image_id, "file_name": name, "width": 64, "height": 64})
+        annotations += [{"id": 2 * number + 1, "image_id": image_id, "caption": f"a red disc over a green bar {number}"},
+                        {"id": 2 * number + 2, "image_id": image_id, "caption": "a second caption, not used"}]
+    (coco / "captions_val2017.json").write_text(json.dumps({"images": images, "annotations": annotations}))
+    faces = base / "celeba"
+    faces.mkdir()
+    (faces / "a.png").write_bytes(picture(64, 0.85))
+    (faces / "b.png").write_bytes(picture(72, 0.6))
+    Image.fromarray(np.full((64, 64), 128, dtype=np.uint8)).save(faces / "gray.png")
+    (faces / "huge.png").write_bytes(huge_png())
+    (faces / "metadata.jsonl").write_text("\n".join(json.dumps({"file_name": f, "text": f"a portrait {f}"})
+                                                    for f in ("a.png", "b.png", "gray.png", "huge.png")))
+    return ["--coco", "MS-COCO", str(coco / "captions_val2017.json"), str(coco / "val2017"),
+            "--imagefolder", "CelebA-HQ", str(faces)]
+
+
+@pytest.fixture(scope="module")
+def served_vlm(tiny_models):  # noqa: F811
+    server = workflow_runner.ServedVLM(workflow_runner.vlm_folder(tiny_models.parent))
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def job_args(tmp_path_factory, tiny_models, served_vlm, datasets):  # noqa: F811
+    comfy = tmp_path_factory.mktemp("comfy")
+    models_only = [a for a in comfy_args(comfy, tiny_models)[:4]]  # --cpu --disable-api-nodes + the models
+    return [*datasets, "--samples", "10", "--vlm-url", served_vlm, "--vlm-model", workflow_runner.TINY_VLM_SERVED,
+            "--comfyui", str(comfy_harness.COMFY_ROOT), "--comfyui-args", " ".join(models_only),
+            "--interventions", "1", "--size", "64", *[a for s in FAST for a in ("--set", s)]]
+
+
+def read_rows(results) -> list[dict]:
+    import pyarrow.parquet as pq
+    rows = []
+    for path in sorted(results.rglob("*.parquet")):
+        assert not path.name.startswith("."), path
+        rows += pq.read_table(path).to_pylist()
+    return rows
+
+
+def comparable(rows: list[dict]) -> dict:
+    keys = [(r["dataset"], r["item"], r["method"]) for r in rows]
+    assert len(keys) == len(set(keys)), "a row was written twice"
+    return {(r["dataset"], r["item"], r["method"]): {k: v for k, v in r.items() if k not in VOLATILE} for r in rows}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, job_args):
+    results = tmp_path_factory.mktemp("reference")
+    done = fmcgm("evaluate", "--results", str(results), "--workers", "1", *job_args, timeout=1500)
+    assert done.returncode == 0, done.stderr[-6000:]
+    return results, comparable(read_rows(results)), done.stderr
+
+
+def test_one_worker_scores_every_usable_picture_and_records_why_the_others_failed(reference):
+    results, rows, log = reference
+    items = {(d, i) for d, i, _ in rows}
+    assert len(items) == 8 and len(rows) == 8 * 3, sorted(rows)
+    assert {m for _, _, m in rows} == {"CSG", "DDIM Inversion", "DDPM Inversion"}
+    for (dataset, item, method), row in rows.items():
+        if (dataset, item) in BAD:
+            assert (row["status"], row["failure"]) == ("failed", "picture"), row
+            assert row["reason"].startswith(BAD[(dataset, item)]), row["reason"]
+        else:
+            assert row["status"] == "ok", row
+            assert len(row["interventions"]) == len(row["lpips"]) == len(row["vlm_eff"]) >= 1
+            assert all(0.0 <= v < 1.0 for v in row["lpips"]), row["lpips"]
+            assert all(v is None or 0.0 <= v <= 1.0 for v in row["vlm_eff"])
+            assert row["picture_size"].startswith("64x64"), row["picture_size"]
+    coco = rows[("MS-COCO", "100", "CSG")]
+    assert coco["caption"] == "a red disc over a green bar 0"  # the first caption by annotation id
+    table = fmcgm("table", str(results), timeout=120)
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert lines[1].split() == ["Method", "CelebA-HQ", "MS-COCO", "Average"], table.stdout
+    assert [line.split()[0] for line in lines[3:6]] == ["DDIM", "DDPM", "CSG"], table.stdout
+    counts = next(line for line in lines if line.startswith("CSG") and "/" in line)
+    assert counts.count("(picture 2)") == 2, table.stdout  # both datasets: two bad pictures each
+
+
+def _driver(results, job_args, workers: int = 2) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "fmcgm", "evaluate", "--results", str(results), "--workers",
+                             str(workers), *job_args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _lines_until(proc: subprocess.Popen, log: list, stop, timeout: float = 900):
+    """Read the driver's output until ``stop(line)`` is true; returns that line's match."""
+    deadline = time.monotonic() + timeout
+    for line in proc.stdout:
+        log.append(line)
+        found = stop(line)
+        if found:
+            return found
+        assert time.monotonic() < deadline, "".join(log[-50:])
+    raise AssertionError(f"the driver ended (exit {proc.wait()}) first:\n{''.join(log[-80:])}")
+
+
+def test_a_worker_killed_mid_item_is_restarted_and_its_item_retried(tmp_path, job_args, reference):
+    proc, log = _driver(tmp_path / "results", job_args), []
+    try:
+        def good_item_started(line):
+            match = STARTS.search(line)
+            return match if match and (match[2], match[3]) not in BAD else None
+        started = _lines_until(proc, log, good_item_started)
+        time.sleep(2)  # inside the item's ComfyUI run
+        os.kill(int(started[1]), signal.SIGKILL)
+        log += proc.stdout.readlines()
+        assert proc.wait(timeout=900) == 0, "".join(log[-80:])
+    finally:
+        proc.kill()
+    text = "".join(log)
+    retried = re.search(rf"starts {re.escape(started[2])}/{re.escape(started[3])} \(attempt 2\)", text)
+    assert retried, text[-6000:]
+    assert comparable(read_rows(tmp_path / "results")) == reference[1]
+
+
+def _session_processes(pid: int) -> list:
+    import psutil
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def test_a_driver_killed_mid_run_resumes_without_losing_or_repeating_anything(tmp_path, job_args, reference):
+    import psutil
+    results = tmp_path / "results"
+    proc, log = _driver(results, job_args), []
+    try:
+        _lines_until(proc, log, lambda line: " VLM-Eff " in line and line.startswith("["))  # a scored item written
+        children = _session_processes(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        proc.kill()
+    before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in results.rglob("*.parquet")}
+    assert 0 < len(before) < 8, "".join(log)
+    # Ray's processes of the killed driver go with it (its local cluster shares its fate)
+    gone, alive = psutil.wait_procs(children, timeout=180)
+    for process in alive:
+        process.kill()
+    assert not alive, [p.cmdline()[:3] for p in alive]
+    proc, log2 = _driver(results, job_args), []
+    try:
+        log2 += proc.stdout.readlines()
+        assert proc.wait(timeout=900) == 0, "".join(log2[-80:])
+    finally:
+        proc.kill()
+    text = "".join(log2)
+    assert f"{len(before)} already in" in text, text[-4000:]
+    for path, identity in before.items():  # written once, never again
+        assert (path.stat().st_ino, path.stat().st_mtime_ns) == identity, path
+    assert comparable(read_rows(results)) == reference[1]
