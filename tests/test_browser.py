@@ -359,6 +359,7 @@ def test_the_editor_fits_1_to_15_concepts_at_its_shipped_size(page, artifacts):
     inside the node (which grows itself where its content needs it)."""
     p = page
     shipped = next(n for n in json.loads(SHIPPED.read_text())["nodes"] if n["id"] == EDITOR_ID)
+    p.page.set_viewport_size({"width": 1600, "height": 2400})  # a tall screen: 15 layers in a chain
     assert p.drop_file(SHIPPED) == []
     p.page.keyboard.press("Escape")  # this server has no SDXL file: close the missing-models dialog
     p.page.wait_for_function("() => !document.querySelector('.p-dialog-mask')")
