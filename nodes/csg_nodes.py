@@ -15,9 +15,9 @@ from ._types import CounterfactualSocket, EditsSocket, InversionSocket
 
 CSG_CATEGORY = f"{CATEGORY}/csg"
 BASELINE_CATEGORY = f"{CATEGORY}/csg/baselines"
-MAX_CONCEPT_INPUTS = 4
 MASK_MODES = ["intersect", "cross_attn", "noise"]
 SOURCE_MODES = ["diffusers", "consistent"]
+BATCHING = ["auto", "together", "separately"]
 SIGMA_TABLES = ["model", "diffusers"]
 ATTENTION_TOKENS = ["prompt", "all"]
 
@@ -62,17 +62,17 @@ def _inversion_outputs():
             io.Sigmas.Output(display_name="sigmas")]
 
 
-def _edit_params(prefix_tooltip=""):
+def _edit_params():
     return [
         io.Float.Input("edit_guidance", default=8.0, min=0.0, max=50.0, step=0.1,
-                       tooltip=prefix_tooltip + "Edit guidance scale s_e per concept (paper: 8.0)."),
+                       tooltip="Edit guidance scale s_e per concept (paper: 8.0)."),
         io.Float.Input("threshold", default=0.7, min=0.0, max=1.0, step=0.01,
-                       tooltip=prefix_tooltip + "Mask threshold lambda: the quantile above which a pixel is edited; "
+                       tooltip="Mask threshold lambda: the quantile above which a pixel is edited; "
                                                 "0.7 edits about the top 30 % (paper: 0.7)."),
         io.Int.Input("warmup", default=10, min=0, max=800,
-                     tooltip=prefix_tooltip + "Steps without edit guidance at the start (paper: 10)."),
+                     tooltip="Steps without edit guidance at the start (paper: 10)."),
         io.Int.Input("cooldown", default=-1, min=-1, max=800,
-                     tooltip=prefix_tooltip + "Step from which guidance stops; -1 = never."),
+                     tooltip="Step from which guidance stops; -1 = never."),
     ]
 
 
@@ -319,30 +319,19 @@ class CSGEditsFromCounterfactual(io.ComfyNode):
 
 # ---------------------------------------------------------------- editing
 
-def _concept_inputs():
-    return [io.Conditioning.Input(f"concept_{i}", optional=True,
-                                  tooltip=("The intervened concept's phrase (CLIP Text Encode)." if i == 1 else
-                                           f"Descendant concept {i - 1}'s new value.") +
-                                          " Uses this node's settings; for per-concept settings and exact token "
-                                          "masks use CSG Edit Concept nodes.")
-            for i in range(1, MAX_CONCEPT_INPUTS + 1)]
-
-
 def _edit_inputs():
     return [
         _model_in(),
-        InversionSocket.Input("inversion", tooltip="From DPM-Solver++ Inversion (same MODEL)."),
-        EditsSocket.Input("edits", optional=True,
-                          tooltip="Edit concepts / counterfactuals (CSG Edit Concept, CSG Edits From Counterfactual)."),
-        *_concept_inputs(),
-        *_edit_params("For the concept_N inputs: "),
+        InversionSocket.Input("inversion", tooltip="From DPM-Solver++ Inversion (or the DDPM one), same MODEL."),
+        EditsSocket.Input("edits", tooltip="Edit concepts grouped by counterfactual: CSG Edit Concept nodes, or CSG "
+                                           "Edits From Counterfactual for the Concept Manipulator's output."),
         io.Combo.Input("mask_mode", options=MASK_MODES, default="intersect",
                        tooltip="intersect: cross-attention mask AND noise-estimate mask (paper); cross_attn or "
-                               "noise: one of them."),
+                               "noise: one of them (noise needs no attention capture)."),
         io.Combo.Input("source_mode", options=SOURCE_MODES, default="diffusers",
                        tooltip="Only with a source prompt in the inversion. diffusers: edit base is the "
                                "unconditional (reference pipeline); consistent: adds the source CFG term so the "
-                               "zero edit reproduces the picture (one more branch per step)."),
+                               "zero edit retraces the inversion (one more branch per step)."),
         io.Mask.Input("region", optional=True,
                       tooltip="Optional user mask: edits only where it is > 0 (multiplied into the guidance)."),
     ]
@@ -354,15 +343,6 @@ def _inversion(inv):
     if not isinstance(inv, Inversion):
         raise CSGInputError("inversion", f"expected an FMCGM_INVERSION, got {type(inv).__name__}")
     return inv
-
-
-def _collect_edits(edits, concepts, edit_guidance, threshold, warmup, cooldown):
-    from fmcgm.csg import guidance
-    base = edits if edits is not None else guidance.EditSet()
-    names = [f"concept_{i}" for i in range(1, MAX_CONCEPT_INPUTS + 1)]
-    extra = guidance.edits_from_conditionings(concepts, names, scale=edit_guidance, threshold=threshold,
-                                              warmup=warmup, cooldown=None if cooldown < 0 else cooldown)
-    return base.extend(extra)
 
 
 def _region(region, inv):
@@ -387,23 +367,28 @@ class CSGSampler(io.ComfyNode):
             description="Action + prediction steps of CSG: denoises the inversion with LEDITS++-style semantic guidance "
                         "toward the intervened concept and its changed descendants, each inside its own mask "
                         "(cross-attention AND noise-estimate), so the rest of the picture follows the stored "
-                        "reconstruction. Several counterfactuals are edited as one batch.",
-            inputs=_edit_inputs(),
+                        "reconstruction. Renders every counterfactual of 'edits' from the one inversion; shows "
+                        "progress with live previews, as KSampler does.",
+            inputs=[*_edit_inputs(),
+                    io.Combo.Input("batching", options=list(BATCHING), default="auto", optional=True,
+                                   tooltip="How several counterfactuals share UNet calls. auto: batch those whose "
+                                           "concepts are active on the same steps (no padded rows; never slower "
+                                           "than one by one), the others one after another. together: one batch "
+                                           "(rows of shorter counterfactuals are padded; can pay on a GPU with "
+                                           "memory to spare). separately: one run each. Results agree up to "
+                                           "rounding.")],
             outputs=[io.Latent.Output(display_name="latent"),
                      io.Mask.Output(display_name="concept_masks"),
                      io.Image.Output(display_name="mask_preview")],
         )
 
     @classmethod
-    def execute(cls, model, inversion, edit_guidance, threshold, warmup, cooldown, mask_mode, source_mode,
-                edits=None, concept_1=None, concept_2=None, concept_3=None, concept_4=None, region=None):
+    def execute(cls, model, inversion, edits, mask_mode, source_mode, region=None, batching="auto"):
         import torch
         from fmcgm.csg import models, preview, sampler
         inv = _inversion(inversion)
-        es = _collect_edits(edits, [concept_1, concept_2, concept_3, concept_4], edit_guidance, threshold,
-                            warmup, cooldown)
-        res = sampler.edit(model, inv, es, mask_mode=mask_mode, source_mode=source_mode,
-                           user_mask=_region(region, inv), progress=True)
+        res = sampler.edit(model, inv, edits, mask_mode=mask_mode, source_mode=source_mode,
+                           user_mask=_region(region, inv), batching=batching, progress=True)
         lf = model.model.latent_format
         masks = torch.cat([res.masks, res.protect_masks], dim=1)  # protect masks after the concepts'
         img = preview.preview(models.latent_in(model, res.latent), masks,
@@ -419,19 +404,17 @@ class CSGGuider(io.ComfyNode):
             display_name="CSG Guider (FM-CGM)",
             category=CSG_CATEGORY,
             description="CSG as a GUIDER for SamplerCustomAdvanced: use it with Disable Noise, the Stored-Noise "
-                        "Sampler, and the inversion's sigmas and start_latent.",
+                        "Sampler, and the inversion's sigmas and start_latent. All counterfactuals of 'edits' form "
+                        "one batch (the latent is repeated once per counterfactual).",
             inputs=_edit_inputs(),
             outputs=[io.Guider.Output(display_name="guider")],
         )
 
     @classmethod
-    def execute(cls, model, inversion, edit_guidance, threshold, warmup, cooldown, mask_mode, source_mode,
-                edits=None, concept_1=None, concept_2=None, concept_3=None, concept_4=None, region=None):
+    def execute(cls, model, inversion, edits, mask_mode, source_mode, region=None):
         from fmcgm.csg import guidance, sampler
         inv = _inversion(inversion)
-        es = _collect_edits(edits, [concept_1, concept_2, concept_3, concept_4], edit_guidance, threshold,
-                            warmup, cooldown)
-        plan = guidance.build_plan(es, inv.batch)
+        plan = guidance.build_plan(edits, inv.batch)
         return io.NodeOutput(sampler.CSGGuider(model, inv, plan, mask_mode=mask_mode, source_mode=source_mode,
                                                user_mask=_region(region, inv)))
 

@@ -212,6 +212,18 @@ def test_three_counterfactuals_in_one_batch_equal_three_runs(tiny, inv):
     assert float(batch.masks[0, 1].abs().max()) == 0.0  # padded slot: never active
 
 
+def test_attention_is_captured_only_on_steps_whose_masks_need_it(tiny, inv):
+    """No capture during warm-up (the concept is not evaluated), none at threshold 0 (M1 keeps every
+    cell whatever the maps say) and none in "noise" mode: such runs are exactly the noise-mask run."""
+    res = run_edit(tiny["model"], inv, one_cf(concept(tiny, "a blue ball", warmup=4)))
+    assert res.record.predict_calls == N and res.record.captured_steps == N - 4
+    flat = run_edit(tiny["model"], inv, one_cf(concept(tiny, "a blue ball", warmup=4, threshold=0.0)))
+    noise = run_edit(tiny["model"], inv, one_cf(concept(tiny, "a blue ball", warmup=4, threshold=0.0)),
+                     mask_mode="noise")
+    assert flat.record.captured_steps == 0 == noise.record.captured_steps
+    assert torch.equal(flat.latent, noise.latent)
+
+
 def test_masks_output_is_the_mean_activation_per_concept(tiny, inv):
     res = run_edit(tiny["model"], inv, one_cf(concept(tiny, "a blue ball", warmup=2, threshold=0.7)),
                    record_steps=True)

@@ -165,8 +165,8 @@ def test_node_runs_with_protection_in_the_executor(comfy, comfy_dirs):
             "cooldown": -1, "include_intervened": True, "attention_tokens": "prompt",
             "protect_invariants": 1.0, "protect_threshold": 0.7}},
         "8": {"class_type": "FMCGMCSGSampler", "inputs": {
-            "model": ["1", 0], "inversion": ["4", 0], "edits": ["7", 0], "edit_guidance": 8.0, "threshold": 0.7,
-            "warmup": WARM, "cooldown": -1, "mask_mode": "intersect", "source_mode": "diffusers"}},
+            "model": ["1", 0], "inversion": ["4", 0], "edits": ["7", 0], "mask_mode": "intersect",
+            "source_mode": "diffusers"}},
         "9": {"class_type": "VAEDecode", "inputs": {"samples": ["8", 0], "vae": ["1", 2]}},
         "10": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": "csg_protect"}},
     }

@@ -255,3 +255,26 @@ def test_guidance_flips_sign_with_reverse_and_masks_do_not_change():
     assert torch.allclose(a.gamma, -b.gamma)
     # gamma = mu * s * (eps_c - eps_u), eps = (x - D) / sigma
     assert torch.allclose(a.gamma, a.mu[0] * 8.0 * (D_u - D_c) / 2.0, atol=1e-6)
+
+
+def test_batch_groups_join_only_counterfactuals_active_on_the_same_steps():
+    """Counterfactuals share a batch only when it adds no padded rows: same number of concepts with
+    the same warm-up/cool-down slot by slot, and the same protect rows (scale, text, direction and
+    threshold do not matter)."""
+    cf = guidance.CounterfactualEdit
+    edits = guidance.EditSet((
+        cf((_concept(1),)),
+        cf((_concept(2), _concept(3))),
+        cf((_concept(4, reverse=True, scale=3.0, threshold=0.9),)),
+        cf((_concept(5, warmup=2),)),
+        cf((_concept(6),), protect=(_concept(7, role="protect"),), protect_strength=0.5),
+        cf((_concept(8), _concept(9))),
+        cf((_concept(10), _concept(11, cooldown=5))),
+    ))
+    groups = guidance.batch_groups(edits)
+    assert groups == [[0, 2], [1, 5], [3], [4], [6]]
+    for g in groups:
+        plan = guidance.build_plan(guidance.EditSet(tuple(edits.counterfactuals[k] for k in g)), 1)
+        assert all(bool(slot.present.all()) for slot in plan.slots + plan.protect)
+    together = guidance.build_plan(edits, 1)
+    assert not all(bool(slot.present.all()) for slot in together.slots)  # what auto avoids

@@ -393,20 +393,3 @@ def encode_concept(clip, text: str, input_name: str = "text", attention_tokens: 
     tokens = clip.tokenize(text)
     cond = clip.encode_from_tokens_scheduled(tokens)
     return EditConcept(conditioning=cond, n_tokens=n, text=text, **params)
-
-
-def edits_from_conditionings(conditionings, input_names=None, **params) -> EditSet:
-    """One counterfactual from plain CONDITIONING inputs (the first is the intervened concept).
-    Token counts are unknown here, so masks sum all token columns (as ``attention_tokens="all"``)."""
-    names = input_names or [f"concept_{i + 1}" for i in range(len(conditionings))]
-    concepts = []
-    for name, cond in zip(names, conditionings):
-        if cond is None:
-            continue
-        if not isinstance(cond, list) or not cond:
-            raise CSGInputError(name, "is not a CONDITIONING (connect a text encoder's output)")
-        role = Role.INTERVENED if not concepts else Role.DESCENDANT
-        concepts.append(EditConcept(conditioning=cond, n_tokens=None, text=None, role=role, **params))
-    if not concepts:
-        return EditSet()
-    return EditSet((CounterfactualEdit(tuple(concepts), "conditioning inputs"),))
