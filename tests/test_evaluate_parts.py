@@ -211,3 +211,26 @@ def test_table_1_means_over_pictures_averages_over_datasets_and_counts_items(tmp
     assert "2 / 0 / 1 (picture 1)" in counts["DDIM"], text
     markdown = tables(tmp_path, markdown=True)
     assert "| Method | CelebA-HQ | CelebA-HQ | MS-COCO | MS-COCO | Average | Average |" in markdown
+
+
+# ------------------------------------------------------------------ packaging
+
+def test_the_eval_extra_is_optional_for_users_and_installed_for_the_tests():
+    import subprocess
+    import sys
+    import tomllib
+    from pathlib import Path
+    repo = Path(__file__).resolve().parent.parent
+    extra = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["optional-dependencies"]["eval"]
+    def names(path):
+        return {line.split(">")[0].split("=")[0].split("[")[0].strip().lower()
+                for line in path.read_text().splitlines() if line.strip() and not line.startswith(("#", "-"))}
+    wanted = {r.split(">")[0].split("=")[0].split("[")[0].strip().lower() for r in extra}
+    assert wanted == {"ray", "pyarrow"}
+    assert wanted <= names(repo / "requirements-test.txt")
+    assert not wanted & names(repo / "requirements.txt")  # ComfyUI users do not get them
+    # the command line (run included) imports neither the extra nor torch until a command needs them
+    code = ("import sys, fmcgm.__main__\n"
+            "print(sorted({'ray', 'pyarrow', 'torch', 'comfy'} & set(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr

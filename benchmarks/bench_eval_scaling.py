@@ -1,0 +1,212 @@
+"""The evaluation job's throughput with one and two Ray workers, and the work one item costs.
+
+    python benchmarks/bench_eval_scaling.py [--items 6] [--rounds 2] [--json PATH]
+
+Everything runs on tiny random-weight stand-ins under the real model names (tests/fixtures):
+SDXL in each worker's in-process ComfyUI, Qwen3-VL with Qwen's real 151,643-token vocabulary
+served over HTTP by tests/fixtures/openai_server.py (so prompt token counts are Qwen's).
+
+Part 1, the work per item (no Ray: one worker's evaluator in this process, its ComfyUI here):
+every UNet forward (ComfyUI's UNetModel) is counted with its batch rows and the node that ran
+it, and the VLM server's token counters are read before and after. Done at two step counts so
+the per-step model of docs/evaluation_at_scale.md can be checked against what ran.
+
+Part 2, scaling: `python -m fmcgm evaluate` over the same --items pictures with --workers 1 and
+--workers 2, alternating, --rounds times each, a fresh results folder every time. Items per
+minute = items / (last item written - first item started), from the driver's own output lines
+as they arrive; start-up (Ray, the workers loading ComfyUI) is outside that window and reported
+apart. Median and range over the rounds; efficiency = two-worker rate / (2 x one-worker rate).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter, defaultdict
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+REPO = Path(__file__).resolve().parent.parent
+sys.path.append(str(REPO))
+
+SETTINGS = ["*.steps={steps}", "*.warmup=1", "*.max_new_tokens=160", "*.max_concepts=4", "*.width=256",
+            "*.height=256"]
+
+
+def build_models(base: Path) -> Path:
+    """The tiny models under the real names, the VLM with Qwen's real vocabulary."""
+    from tests import workflow_runner
+    from tests.fixtures.tiny_qwen3vl import build_tiny_qwen3vl
+    vlm = workflow_runner.vlm_folder(base)
+    if not (vlm / "config.json").exists():
+        build_tiny_qwen3vl(vlm, variant="dense", seed=0, vocab="real")
+    return workflow_runner.prepare_models(base)
+
+
+def make_dataset(folder: Path, count: int) -> Path:
+    """An imagefolder of ``count`` different pictures (sizes and tints vary)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from tests.conftest import sample_picture_png
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for n in range(count):
+        pixels = np.asarray(Image.open(io.BytesIO(sample_picture_png(64 + 8 * (n % 3)))), dtype=np.float32)
+        Image.fromarray((pixels * (0.55 + 0.08 * n)).clip(0, 255).astype("uint8")).save(folder / f"p{n}.png")
+        lines.append(json.dumps({"file_name": f"p{n}.png", "text": f"a red disc over a green bar, picture {n}"}))
+    (folder / "metadata.jsonl").write_text("\n".join(lines))
+    return folder
+
+
+def vlm_usage(url: str) -> Counter:
+    with urllib.request.urlopen(url.removesuffix("/v1") + "/debug/usage", timeout=30) as response:
+        return Counter(json.loads(response.read()))
+
+
+# ------------------------------------------------------------------ part 1: work per item
+
+def work_per_item(models_yaml: Path, vlm_url: str, dataset: Path, steps_list: list[int], size: int) -> list[dict]:
+    from fmcgm.evaljob.datasets import imagefolder_items
+    from fmcgm.evaljob.pictures import load_picture
+    from fmcgm.evaljob.prompt import VLMServer
+    from fmcgm.evaljob.worker import ItemEvaluator, WorkerConfig
+    from fmcgm.runner.inputs import title_of
+    from tests import comfy_harness, workflow_runner
+
+    item = imagefolder_items("bench", dataset)[0]
+    scratch = Path(tempfile.mkdtemp(prefix="fmcgm-bench-"))
+    base = WorkerConfig(workflow=str(REPO / "workflows" / "FM-CGM CSG vs baselines.json"),
+                        vlm=VLMServer(vlm_url, workflow_runner.TINY_VLM_SERVED), comfyui=str(comfy_harness.COMFY_ROOT),
+                        comfy_args=("--cpu", "--extra-model-paths-config", str(models_yaml)), interventions=1,
+                        size=size, cpu=True)
+    records = []
+    for steps in steps_list:
+        config = WorkerConfig(**{**base.__dict__, "assignments": tuple(s.format(steps=steps) for s in SETTINGS)})
+        evaluator = ItemEvaluator(config)  # one ComfyUI per process: the second builds on the first
+        import comfy.ldm.modules.diffusionmodules.openaimodel as openaimodel
+        calls: dict = defaultdict(Counter)
+        state = {"node": None}
+        forward = openaimodel.UNetModel.forward
+
+        def counting(self, x, *args, **kwargs):
+            calls[state["node"]]["calls"] += 1
+            calls[state["node"]]["rows"] += int(x.shape[0])
+            return forward(self, x, *args, **kwargs)
+
+        def on_event(event, data):
+            if event == "executing" and data.get("node") is not None:
+                state["node"] = title_of(prompt, str(data["node"]))
+
+        picture = load_picture(item.path, size)
+        path = scratch / f"bench_{steps}.png"
+        path.write_bytes(picture.png)
+        prompt = evaluator.template.for_item(evaluator.session.add_picture(path), item.caption)
+        before = vlm_usage(vlm_url)
+        openaimodel.UNetModel.forward = counting
+        started = time.perf_counter()
+        try:
+            result = evaluator.session.run(prompt, progress=on_event)
+        finally:
+            openaimodel.UNetModel.forward = forward
+        seconds = time.perf_counter() - started
+        usage = vlm_usage(vlm_url) - before
+        rows = evaluator._rows({}, result.outputs, started)
+        records.append({"steps": steps, "seconds": round(seconds, 1),
+                        "unet_by_node": {k: dict(v) for k, v in calls.items()},
+                        "unet_calls": sum(v["calls"] for v in calls.values()),
+                        "unet_rows": sum(v["rows"] for v in calls.values()),
+                        "vlm": dict(usage), "counterfactuals": [len(r.get("interventions") or []) for r in rows],
+                        "changed": [r.get("changed") for r in rows][:1]})
+        print(json.dumps(records[-1]), flush=True)
+    shutil.rmtree(scratch, ignore_errors=True)
+    return records
+
+
+# ------------------------------------------------------------------ part 2: scaling
+
+def one_round(workers: int, args: list[str], results: Path, items: int) -> dict:
+    shutil.rmtree(results, ignore_errors=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    launched = time.monotonic()
+    proc = subprocess.Popen([sys.executable, "-m", "fmcgm", "evaluate", "--results", str(results), "--workers",
+                             str(workers), *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    first_start = last_result = None
+    written = 0
+    tail = []
+    for line in proc.stdout:
+        now = time.monotonic()
+        tail = (tail + [line])[-40:]
+        if "fmcgm-worker" in line and " starts " in line and first_start is None:
+            first_start = now
+        if line.startswith("[") and "/" in line.split("]")[0]:
+            written += 1
+            last_result = now
+    if proc.wait() != 0 or written != items:
+        raise RuntimeError(f"evaluate with {workers} worker(s) failed (exit {proc.returncode}, {written} written):\n"
+                           + "".join(tail))
+    window = last_result - first_start
+    return {"workers": workers, "items": items, "startup_s": round(first_start - launched, 1),
+            "window_s": round(window, 1), "items_per_min": round(items / window * 60, 3)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--items", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fmcgm-bench-eval")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--skip-work", action="store_true", help="only the scaling rounds")
+    options = parser.parse_args()
+
+    from tests import comfy_harness, workflow_runner
+    options.work.mkdir(parents=True, exist_ok=True)
+    models_yaml = build_models(options.work / "models")
+    dataset = make_dataset(options.work / "dataset", options.items)
+    server = workflow_runner.ServedVLM(workflow_runner.vlm_folder(options.work / "models"))
+    summary = {"cores": os.cpu_count(), "load_before": os.getloadavg(), "lane": comfy_harness.lane_info()["comfyui"],
+               "items": options.items, "size": options.size, "steps": options.steps}
+    try:
+        args = ["--imagefolder", "bench", str(dataset), "--samples", str(options.items), "--vlm-url", server.url,
+                "--vlm-model", workflow_runner.TINY_VLM_SERVED, "--comfyui", str(comfy_harness.COMFY_ROOT),
+                "--comfyui-args", f"--cpu --extra-model-paths-config {models_yaml}", "--interventions", "1",
+                "--size", str(options.size), *[a for s in SETTINGS for a in ("--set", s.format(steps=options.steps))]]
+        rounds = []
+        for number in range(options.rounds):
+            for workers in ((1, 2) if number % 2 == 0 else (2, 1)):  # interleaved, order alternating
+                before = vlm_usage(server.url)
+                record = one_round(workers, args, options.work / "results", options.items)
+                record["vlm_per_item"] = {k: round(v / options.items, 1)
+                                          for k, v in (vlm_usage(server.url) - before).items()}
+                rounds.append(record)
+                print(json.dumps(record), flush=True)
+        rates = {w: [r["items_per_min"] for r in rounds if r["workers"] == w] for w in (1, 2)}
+        summary["scaling"] = {str(w): {"median": statistics.median(v), "min": min(v), "max": max(v), "rounds": v}
+                              for w, v in rates.items()}
+        summary["efficiency"] = round(statistics.median(rates[2]) / (2 * statistics.median(rates[1])), 3)
+        summary["rounds"] = rounds
+        if not options.skip_work:
+            summary["work_per_item"] = work_per_item(models_yaml, server.url, dataset,
+                                                     [options.steps, 2 * options.steps], options.size)
+    finally:
+        server.stop()
+    summary["load_after"] = os.getloadavg()
+    print(json.dumps({k: v for k, v in summary.items() if k != "rounds"}, indent=1))
+    if options.json:
+        options.json.write_text(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
