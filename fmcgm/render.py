@@ -208,7 +208,8 @@ class _Renderer:
                 if fit(simple) > 1.3 * fit(placed):
                     placed, self.engine_used = simple, "simple"
         centre, paths, body_w, body_h = placed
-        self.nat_w = max(body_w + 2 * MARGIN, self.legend_width() + 2 * MARGIN, 240.0)
+        title_w, _ = self.text_size("\n".join(self.title_lines), TITLE_PX, "bold")
+        self.nat_w = max(body_w + 2 * MARGIN, self.legend_width() + 2 * MARGIN, title_w + 2 * MARGIN, 240.0)
         self.nat_h = MARGIN + title_h + body_h + legend_h + MARGIN
         dx, dy = (self.nat_w - body_w) / 2, MARGIN + title_h
         self.centre = {n: (x + dx, y + dy) for n, (x, y) in centre.items()}

@@ -257,3 +257,16 @@ def test_editor_errors_name_the_widget(comfy, graph_json, concept, value, messag
     with pytest.raises(comfy.PromptError) as caught:
         comfy.run_prompt(editor("1", graph_json, concept, value))
     assert message in str(caught.value)
+
+
+def test_the_title_is_never_cut_at_the_picture_edge():
+    """A one-concept graph is narrower than its title: the drawing scales to the title, so nothing
+    touches the border (the title used to be cut at both sides in a 384 px picture)."""
+    import numpy as np
+    from fmcgm.graph import CausalGraph, Concept
+    from fmcgm.render import render_graph
+    for width, height in ((384, 384), (256, 512), (1024, 256)):
+        image = render_graph(CausalGraph((Concept("x", "y"),), (), "d"), width=width, height=height).image
+        border = np.concatenate([image[:, :3].reshape(-1, 3), image[:, -3:].reshape(-1, 3),
+                                 image[:3].reshape(-1, 3), image[-3:].reshape(-1, 3)])
+        assert (border > 245).all(), (width, height)
