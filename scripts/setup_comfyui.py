@@ -36,7 +36,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache"
-SHARED_TARBALL = REPO.parent / "shared" / "comfyui" / "ComfyUI-0.33.0.tar.gz"
+# ComfyUI 0.33.0's source as brought to these machines (no git host is reachable here); a
+# machine with internet clones the tag instead. FMCGM_COMFYUI_TARBALL names another copy.
+TARBALLS = [Path(p) for p in (os.environ.get("FMCGM_COMFYUI_TARBALL"),
+                              REPO.parent / "shared" / "comfyui" / "ComfyUI-0.33.0.tar.gz") if p]
 LINKS = {"ComfyUI-FMCGM": REPO, "fmcgm_testing": REPO / "tests" / "comfy_nodes" / "fmcgm_testing"}
 REMOVE = ["extra_model_paths.yaml", "tests", "tests-unit"]
 STAMP = ".fmcgm-setup"
@@ -103,8 +106,9 @@ def _fetch_horde(staging: Path, requirement: str) -> None:
 
 
 def _fetch_v033(staging: Path) -> None:
-    if SHARED_TARBALL.exists():
-        with tempfile.TemporaryDirectory() as tmp, tarfile.open(SHARED_TARBALL) as tar:
+    tarball = next((t for t in TARBALLS if t.exists()), None)
+    if tarball:
+        with tempfile.TemporaryDirectory() as tmp, tarfile.open(tarball) as tar:
             tar.extractall(tmp, filter="data")
             Path(tmp, "ComfyUI-0.33.0").rename(staging)
     else:
