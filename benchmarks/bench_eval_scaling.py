@@ -75,7 +75,8 @@ def vlm_usage(url: str) -> Counter:
 
 # ------------------------------------------------------------------ part 1: work per item
 
-def work_per_item(models_yaml: Path, vlm_url: str, dataset: Path, steps_list: list[int], size: int) -> list[dict]:
+def work_per_item(models_yaml: Path, vlm_url: str, dataset: Path, steps_list: list[int], size: int,
+                  workflow: Path) -> list[dict]:
     from fmcgm.evaljob.datasets import imagefolder_items
     from fmcgm.evaljob.pictures import load_picture
     from fmcgm.evaljob.prompt import VLMServer
@@ -85,7 +86,7 @@ def work_per_item(models_yaml: Path, vlm_url: str, dataset: Path, steps_list: li
 
     item = imagefolder_items("bench", dataset)[0]
     scratch = Path(tempfile.mkdtemp(prefix="fmcgm-bench-"))
-    base = WorkerConfig(workflow=str(REPO / "workflows" / "FM-CGM CSG vs baselines.json"),
+    base = WorkerConfig(workflow=str(workflow),
                         vlm=VLMServer(vlm_url, workflow_runner.TINY_VLM_SERVED), comfyui=str(comfy_harness.COMFY_ROOT),
                         comfy_args=("--cpu", "--extra-model-paths-config", str(models_yaml)), interventions=1,
                         size=size, cpu=True)
@@ -169,6 +170,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fmcgm-bench-eval")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--skip-work", action="store_true", help="only the scaling rounds")
+    parser.add_argument("--workflow", type=Path, default=REPO / "workflows" / "FM-CGM CSG vs baselines.json")
     options = parser.parse_args()
 
     from tests import comfy_harness, workflow_runner
@@ -182,7 +184,7 @@ def main() -> None:
         args = ["--imagefolder", "bench", str(dataset), "--samples", str(options.items), "--vlm-url", server.url,
                 "--vlm-model", workflow_runner.TINY_VLM_SERVED, "--comfyui", str(comfy_harness.COMFY_ROOT),
                 "--comfyui-args", f"--cpu --extra-model-paths-config {models_yaml}", "--interventions", "1",
-                "--size", str(options.size), *[a for s in SETTINGS for a in ("--set", s.format(steps=options.steps))]]
+                "--size", str(options.size), "--workflow", str(options.workflow), *[a for s in SETTINGS for a in ("--set", s.format(steps=options.steps))]]
         rounds = []
         for number in range(options.rounds):
             for workers in ((1, 2) if number % 2 == 0 else (2, 1)):  # interleaved, order alternating
@@ -199,7 +201,8 @@ def main() -> None:
         summary["rounds"] = rounds
         if not options.skip_work:
             summary["work_per_item"] = work_per_item(models_yaml, server.url, dataset,
-                                                     [options.steps, 2 * options.steps], options.size)
+                                                     [options.steps, 2 * options.steps], options.size,
+                                                     options.workflow)
     finally:
         server.stop()
     summary["load_after"] = os.getloadavg()

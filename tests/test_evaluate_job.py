@@ -214,17 +214,17 @@ def test_a_driver_killed_mid_run_resumes_without_losing_or_repeating_anything(tm
         proc.kill()
     before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in results.rglob("*.parquet")}
     assert 0 < len(before) < 8, "".join(log)
-    # Ray's processes of the killed driver go with it (its local cluster shares its fate)
-    gone, alive = psutil.wait_procs(children, timeout=180)
-    for process in alive:
-        process.kill()
-    assert not alive, [p.cmdline()[:3] for p in alive]
     proc, log2 = _driver(results, job_args), []
     try:
         log2 += proc.stdout.readlines()
         assert proc.wait(timeout=900) == 0, "".join(log2[-80:])
     finally:
         proc.kill()
+    # the killed driver's Ray processes (its local cluster, its workers, their agents) went with it
+    gone, alive = psutil.wait_procs(children, timeout=120)
+    for process in alive:
+        process.kill()
+    assert children and not alive, [p.pid for p in alive]
     text = "".join(log2)
     assert f"{len(before)} already in" in text, text[-4000:]
     for path, identity in before.items():  # written once, never again
