@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -150,8 +151,9 @@ def one_round(workers: int, args: list[str], results: Path, items: int) -> dict:
         tail = (tail + [line])[-40:]
         if "fmcgm-worker" in line and " starts " in line and first_start is None:
             first_start = now
-        if line.startswith("[") and "/" in line.split("]")[0]:
-            written += 1
+        found = len(re.findall(rf"\[\d+/{items}\] ", line))  # worker output may share the line
+        if found:
+            written += found
             last_result = now
     if proc.wait() != 0 or written != items:
         raise RuntimeError(f"evaluate with {workers} worker(s) failed (exit {proc.returncode}, {written} written):\n"

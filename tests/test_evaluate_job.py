@@ -230,3 +230,18 @@ def test_a_driver_killed_mid_run_resumes_without_losing_or_repeating_anything(tm
     for path, identity in before.items():  # written once, never again
         assert (path.stat().st_ino, path.stat().st_mtime_ns) == identity, path
     assert comparable(read_rows(results)) == reference[1]
+
+
+def test_workers_holding_their_own_comfyui_server_give_the_same_rows(tmp_path, job_args, reference):
+    """--worker-servers: each worker starts ComfyUI's main.py and talks HTTP to it (uploads, /prompt,
+    /history, /view) instead of loading ComfyUI in its own process; the results are the same."""
+    coco = job_args[:job_args.index("--imagefolder")]
+    rest = job_args[job_args.index("--samples"):]
+    at = rest.index("--comfyui-args") + 1  # a server needs its frontend's folder (the 0.33 lane keeps its own)
+    rest[at] += f" --front-end-root {comfy_harness.lane_info()['frontend_root']}"
+    done = fmcgm("evaluate", "--results", str(tmp_path / "results"), "--workers", "1", "--worker-servers",
+                 *coco, *rest, timeout=1500)
+    assert done.returncode == 0, done.stderr[-6000:]
+    rows = comparable(read_rows(tmp_path / "results"))
+    assert {(d, i) for d, i, _ in rows} == {("MS-COCO", i) for i in ("100", "101", "900", "901")}
+    assert rows == {key: row for key, row in reference[1].items() if key[0] == "MS-COCO"}

@@ -55,8 +55,8 @@ class ItemEvaluator:
     def __init__(self, config: WorkerConfig, server_url: Optional[str] = None):
         for key, value in config.extra_env.items():
             os.environ[key] = value
-        if not config.verbose:  # a batch log shows items; ComfyUI's start-up chatter is in the worker logs
-            logging.getLogger().setLevel(logging.ERROR)
+        if not config.verbose:  # the driver's log shows items (a failure's reason is in its row), not ComfyUI's log
+            logging.getLogger().setLevel(logging.CRITICAL)
             warnings.filterwarnings("ignore", category=UserWarning)
         self.config = config
         self.name = f"{socket.gethostname()}:{os.getpid()}"
