@@ -17,6 +17,36 @@ from tests import comfy_harness  # noqa: E402
 
 ARTIFACTS = REPO / "test-artifacts"
 
+# Test modules that never touch ComfyUI (graph, parsing, manipulator, prompts, VLM backends):
+# they are the same on every ComfyUI lane, so `make test` runs them in the first lane only and
+# the others set FMCGM_SKIP_COMFYUI_FREE=1. They run first, before anything imports ComfyUI, and
+# a guard fails any of them that does import it (then it belongs to every lane).
+COMFYUI_FREE = {
+    "test_constrained_real_vocab.py", "test_graph.py", "test_manipulator.py", "test_miniworld.py",
+    "test_parsing.py", "test_prompt_agreement.py", "test_properties.py", "test_schema_grammar.py",
+    "test_text_hygiene.py", "test_vlm_openai.py", "test_vlm_openai_waits.py", "test_vlm_stages.py",
+    "test_vlm_transformers.py", "test_packaging.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    free = [item for item in items if item.path.name in COMFYUI_FREE]
+    for item in free:
+        item.add_marker("comfyui_free")
+    if os.environ.get("FMCGM_SKIP_COMFYUI_FREE") == "1":
+        config.hook.pytest_deselected(items=free)
+        items[:] = [item for item in items if item.path.name not in COMFYUI_FREE]
+    else:
+        items.sort(key=lambda item: item.path.name not in COMFYUI_FREE)  # stable: modules stay together
+
+
+@pytest.fixture(autouse=True)
+def _comfyui_free_guard(request):
+    yield
+    if request.node.get_closest_marker("comfyui_free") and "comfy" in sys.modules:
+        pytest.fail(f"{request.node.path.name} is listed as never touching ComfyUI (tests/conftest.py "
+                    "COMFYUI_FREE) but ComfyUI got imported: remove it from the list so every lane runs it")
+
 
 def sample_picture_png(size: int = 64) -> bytes:
     """A deterministic picture with structure (gradient, a disc, a bar), as PNG bytes."""
