@@ -16,6 +16,8 @@ Part 2, scaling: `python -m fmcgm evaluate` over the same --items pictures with 
 minute = items / (last item written - first item started), from the driver's own output lines
 as they arrive; start-up (Ray, the workers loading ComfyUI) is outside that window and reported
 apart. Median and range over the rounds; efficiency = two-worker rate / (2 x one-worker rate).
+The VLM server generates one answer at a time; the share of the window it spent generating
+(``vlm_busy_fraction``) says how much of the run was serial.
 """
 from __future__ import annotations
 
@@ -129,7 +131,6 @@ def work_per_item(models_yaml: Path, vlm_url: str, dataset: Path, steps_list: li
                         "unet_rows": sum(v["rows"] for v in calls.values()),
                         "vlm": dict(usage), "counterfactuals": [len(r.get("interventions") or []) for r in rows],
                         "changed": [r.get("changed") for r in rows][:1]})
-        print(json.dumps(records[-1]), flush=True)
     shutil.rmtree(scratch, ignore_errors=True)
     return records
 
@@ -173,7 +174,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--skip-work", action="store_true", help="only the scaling rounds")
     parser.add_argument("--workflow", type=Path, default=REPO / "workflows" / "FM-CGM CSG vs baselines.json")
+    parser.add_argument("--measure-work", metavar="VLM_URL", help=argparse.SUPPRESS)  # part 1, in its own process
     options = parser.parse_args()
+    if options.measure_work:
+        records = work_per_item(options.work / "models" / "extra_model_paths.yaml", options.measure_work,
+                                options.work / "dataset", [options.steps, 2 * options.steps], options.size,
+                                options.workflow)
+        print(json.dumps(records))
+        return
 
     from tests import comfy_harness, workflow_runner
     options.work.mkdir(parents=True, exist_ok=True)
@@ -192,8 +200,10 @@ def main() -> None:
             for workers in ((1, 2) if number % 2 == 0 else (2, 1)):  # interleaved, order alternating
                 before = vlm_usage(server.url)
                 record = one_round(workers, args, options.work / "results", options.items)
-                record["vlm_per_item"] = {k: round(v / options.items, 1)
-                                          for k, v in (vlm_usage(server.url) - before).items()}
+                used = vlm_usage(server.url) - before
+                record["vlm_per_item"] = {k: round(v / options.items, 1) for k, v in used.items()}
+                # one model, one generation at a time: the share of the window the VLM was busy
+                record["vlm_busy_fraction"] = round(used.get("generate_seconds", 0) / record["window_s"], 2)
                 rounds.append(record)
                 print(json.dumps(record), flush=True)
         rates = {w: [r["items_per_min"] for r in rounds if r["workers"] == w] for w in (1, 2)}
@@ -201,10 +211,13 @@ def main() -> None:
                               for w, v in rates.items()}
         summary["efficiency"] = round(statistics.median(rates[2]) / (2 * statistics.median(rates[1])), 3)
         summary["rounds"] = rounds
-        if not options.skip_work:
-            summary["work_per_item"] = work_per_item(models_yaml, server.url, dataset,
-                                                     [options.steps, 2 * options.steps], options.size,
-                                                     options.workflow)
+        if not options.skip_work:  # in a fresh process: this one imported ComfyUI to build the models
+            measured = subprocess.run([sys.executable, __file__, "--measure-work", server.url, "--work", str(options.work),
+                                       "--steps", str(options.steps), "--size", str(options.size), "--workflow",
+                                       str(options.workflow)], cwd=REPO, capture_output=True, text=True)
+            if measured.returncode != 0:
+                raise RuntimeError(f"measuring the work per item failed:\n{measured.stderr[-4000:]}")
+            summary["work_per_item"] = json.loads(measured.stdout.strip().splitlines()[-1])
     finally:
         server.stop()
     summary["load_after"] = os.getloadavg()

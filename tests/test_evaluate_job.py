@@ -31,6 +31,10 @@ pytest.importorskip("ray", reason="the evaluation needs the eval extra (requirem
 pytest.importorskip("pyarrow")
 
 VOLATILE = {"worker", "seconds", "finished_at"}  # where and when, not what
+# Killing workers and drivers exercises Ray and the results store, the same on either ComfyUI; the
+# second lane runs the reference run (ComfyUI in the workers) and leaves these to the first.
+DEFAULT_LANE_ONLY = pytest.mark.skipif(comfy_harness.LANE != "0.3.75", reason="Ray and the store do not depend "
+                                       "on the ComfyUI version; the 0.3.75 lane runs it")
 STARTS = re.compile(r"fmcgm-worker \S+:(\d+) starts (\S+)/(\S+) \(attempt (\d+)\)")
 BAD = {("MS-COCO", "900"): "corrupt", ("MS-COCO", "901"): "16-bit",
        ("CelebA-HQ", "gray.png"): "grayscale", ("CelebA-HQ", "huge.png"): "huge"}
@@ -58,14 +62,14 @@ def picture(size: int, tint: float) -> bytes:
 
 @pytest.fixture(scope="module")
 def datasets(tmp_path_factory):
-    """MS-COCO captions layout and a Hugging Face imagefolder, two usable pictures and two bad ones each."""
+    """MS-COCO captions layout and a Hugging Face imagefolder, a usable picture and two bad ones each."""
     import numpy as np
     from PIL import Image
     base = tmp_path_factory.mktemp("datasets")
     coco = base / "coco"
     (coco / "val2017").mkdir(parents=True)
     images, annotations = [], []
-    for number, (name, data) in enumerate([("000000000100.jpg", picture(64, 1.0)), ("000000000101.jpg", picture(80, 0.7)),
+    for number, (name, data) in enumerate([("000000000100.jpg", picture(80, 0.7)),
                                            ("000000000900.jpg", sample_picture_png(64)[:300]),
                                            ("000000000901.png", None)]):
         image_id = int(name[:12])
@@ -80,12 +84,11 @@ def datasets(tmp_path_factory):
     (coco / "captions_val2017.json").write_text(json.dumps({"images": images, "annotations": annotations}))
     faces = base / "celeba"
     faces.mkdir()
-    (faces / "a.png").write_bytes(picture(64, 0.85))
-    (faces / "b.png").write_bytes(picture(72, 0.6))
+    (faces / "a.png").write_bytes(picture(72, 0.85))
     Image.fromarray(np.full((64, 64), 128, dtype=np.uint8)).save(faces / "gray.png")
     (faces / "huge.png").write_bytes(huge_png())
     (faces / "metadata.jsonl").write_text("\n".join(json.dumps({"file_name": f, "text": f"a portrait {f}"})
-                                                    for f in ("a.png", "b.png", "gray.png", "huge.png")))
+                                                    for f in ("a.png", "gray.png", "huge.png")))
     return ["--coco", "MS-COCO", str(coco / "captions_val2017.json"), str(coco / "val2017"),
             "--imagefolder", "CelebA-HQ", str(faces)]
 
@@ -132,7 +135,7 @@ def reference(tmp_path_factory, job_args):
 def test_one_worker_scores_every_usable_picture_and_records_why_the_others_failed(reference):
     results, rows, log = reference
     items = {(d, i) for d, i, _ in rows}
-    assert len(items) == 8 and len(rows) == 8 * 3, sorted(rows)
+    assert len(items) == 6 and len(rows) == 6 * 3, sorted(rows)
     assert {m for _, _, m in rows} == {"CSG", "DDIM Inversion", "DDPM Inversion"}
     for (dataset, item, method), row in rows.items():
         if (dataset, item) in BAD:
@@ -146,6 +149,7 @@ def test_one_worker_scores_every_usable_picture_and_records_why_the_others_faile
             assert row["picture_size"].startswith("64x64"), row["picture_size"]
     coco = rows[("MS-COCO", "100", "CSG")]
     assert coco["caption"] == "a red disc over a green bar 0"  # the first caption by annotation id
+    assert rows[("CelebA-HQ", "a.png", "CSG")]["caption"] == "a portrait a.png"
     table = fmcgm("table", str(results), timeout=120)
     assert table.returncode == 0, table.stderr
     lines = table.stdout.splitlines()
@@ -174,6 +178,7 @@ def _lines_until(proc: subprocess.Popen, log: list, stop, timeout: float = 900):
     raise AssertionError(f"the driver ended (exit {proc.wait()}) first:\n{''.join(log[-80:])}")
 
 
+@DEFAULT_LANE_ONLY
 def test_a_worker_killed_mid_item_is_restarted_and_its_item_retried(tmp_path, job_args, reference):
     proc, log = _driver(tmp_path / "results", job_args), []
     try:
@@ -201,19 +206,20 @@ def _session_processes(pid: int) -> list:
         return []
 
 
+@DEFAULT_LANE_ONLY
 def test_a_driver_killed_mid_run_resumes_without_losing_or_repeating_anything(tmp_path, job_args, reference):
     import psutil
     results = tmp_path / "results"
     proc, log = _driver(results, job_args), []
     try:
-        _lines_until(proc, log, lambda line: " VLM-Eff " in line and line.startswith("["))  # a scored item written
+        _lines_until(proc, log, lambda line: re.search(r"\[\d+/\d+\] .* VLM-Eff ", line))  # a scored item written
         children = _session_processes(proc.pid)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
     finally:
         proc.kill()
     before = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in results.rglob("*.parquet")}
-    assert 0 < len(before) < 8, "".join(log)
+    assert 0 < len(before) < 6, "".join(log)
     proc, log2 = _driver(results, job_args), []
     try:
         log2 += proc.stdout.readlines()
@@ -232,6 +238,7 @@ def test_a_driver_killed_mid_run_resumes_without_losing_or_repeating_anything(tm
     assert comparable(read_rows(results)) == reference[1]
 
 
+@DEFAULT_LANE_ONLY
 def test_workers_holding_their_own_comfyui_server_give_the_same_rows(tmp_path, job_args, reference):
     """--worker-servers: each worker starts ComfyUI's main.py and talks HTTP to it (uploads, /prompt,
     /history, /view) instead of loading ComfyUI in its own process; the results are the same."""
@@ -243,5 +250,5 @@ def test_workers_holding_their_own_comfyui_server_give_the_same_rows(tmp_path, j
                  *coco, *rest, timeout=1500)
     assert done.returncode == 0, done.stderr[-6000:]
     rows = comparable(read_rows(tmp_path / "results"))
-    assert {(d, i) for d, i, _ in rows} == {("MS-COCO", i) for i in ("100", "101", "900", "901")}
+    assert {(d, i) for d, i, _ in rows} == {("MS-COCO", i) for i in ("100", "900", "901")}
     assert rows == {key: row for key, row in reference[1].items() if key[0] == "MS-COCO"}

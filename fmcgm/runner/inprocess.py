@@ -107,6 +107,9 @@ class InProcessComfy:
     # ------------------------------------------------------------------ loading
 
     def _boot(self, comfy_args: list[str]) -> None:
+        if "comfy.cli_args" in sys.modules:  # its options are parsed once, when it is first imported
+            raise RuntimeError("ComfyUI was already imported in this process by other code, so its options "
+                               f"{' '.join(comfy_args)!r} cannot apply; open the session in a fresh process")
         root = str(self.root)
         if root in sys.path:
             sys.path.remove(root)
