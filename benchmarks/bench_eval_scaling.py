@@ -135,6 +135,38 @@ def work_per_item(models_yaml: Path, vlm_url: str, dataset: Path, steps_list: li
     return records
 
 
+def prompt_tokens_for_example(model_dir: Path, interventions: int = 3) -> dict:
+    """Text tokens of each request at the paper's settings for a realistic graph (the graph-only
+    workflow's example: weather -> hair, umbrella; age), counted with Qwen's own tokenizer; the
+    random tiny VLM's own graphs are gibberish, so its requests' text sizes are not a real model's."""
+    from transformers import AutoTokenizer
+
+    from fmcgm.evaluation import EVAL_SYSTEM_PROMPT, effectiveness_prompt, invariant_targets
+    from fmcgm.graph import CausalGraph
+    from fmcgm.manipulator import apply_intervention
+    from fmcgm.prompts import SYSTEM_PROMPT, concepts_prompt, description_prompt, edges_prompt, proposals_prompt
+    workflow = json.loads((REPO / "workflows" / "FM-CGM graph only (no VLM).json").read_text())
+    editor = next(n for n in workflow["nodes"] if n["type"] == "FMCGMCausalGraphEditor")
+    graph = CausalGraph.from_dict(json.loads(editor["widgets_values"][0]))
+    counterfactual = apply_intervention(graph, "weather", "sunny", proposed={"hair": "dry", "umbrella": "closed"})
+    targets = [(counterfactual.concept, counterfactual.value)] + [
+        (name, counterfactual.descendant_values[name]) for name in counterfactual.changed]
+    judged = targets + [(name, value) for name, value, _ in invariant_targets(counterfactual)]
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
+    def count(text: str) -> int:
+        return len(tokenizer(text)["input_ids"])
+    system, judge_system = count(SYSTEM_PROMPT), count(EVAL_SYSTEM_PROMPT)
+    stages = {"description": count(description_prompt(graph.description)) + system,
+              "concepts": count(concepts_prompt(graph.description, 8)) + system,
+              "edges": count(edges_prompt(graph.description, graph.concepts)) + system,
+              "proposals": count(proposals_prompt(graph, interventions)) + system,
+              "judge (each)": count(effectiveness_prompt(judged)) + judge_system}
+    return {"concepts": len(graph.concepts), "text_tokens": stages,
+            "per_item_text_tokens": sum(v for k, v in stages.items() if k != "judge (each)")
+            + 3 * interventions * stages["judge (each)"]}
+
+
 # ------------------------------------------------------------------ part 2: scaling
 
 def one_round(workers: int, args: list[str], results: Path, items: int) -> dict:
@@ -180,6 +212,8 @@ def main() -> None:
         records = work_per_item(options.work / "models" / "extra_model_paths.yaml", options.measure_work,
                                 options.work / "dataset", [options.steps, 2 * options.steps], options.size,
                                 options.workflow)
+        from tests import workflow_runner
+        records.append({"example_prompts": prompt_tokens_for_example(workflow_runner.vlm_folder(options.work / "models"))})
         print(json.dumps(records))
         return
 
