@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import time
 from pathlib import Path
@@ -41,16 +40,6 @@ sys.path.append(str(REPO))
 
 METHODS = ("DDIM inversion", "DDPM inversion", "CSG", "CSG + protection", "Reconstruction (no edit)")
 KINDS = ("weather", "ground")
-
-
-def interventions(scene, index: int) -> list[tuple[str, str]]:
-    """do(weather = w') and do(ground = g'), alternating between the two other values by picture."""
-    from fmcgm.miniworld import world
-    out = []
-    for concept in (world.WEATHER, world.GROUND):
-        others = [v for v in world.VALUES[concept] if v != scene.values[concept]]
-        out.append((concept, others[index % len(others)]))
-    return out
 
 
 def find_lpips():
@@ -70,14 +59,13 @@ def run(n: int, checkpoint, seed_base: int = 0) -> dict:
     lp = find_lpips()
     records, seconds = [], {m: 0.0 for m in METHODS}
     for i in range(n):
-        scene = world.sample_scene(random.Random(f"bench-{seed_base}-{i}"), follows=True)
+        scene, todo, inv_seed = pipeline.benchmark_case(i, seed_base)
         picture = render.render(scene)
-        todo = interventions(scene, i)
         cfs = [pipeline.counterfactual(scene, c, v) for c, v in todo]
         latent = pipeline.encode(vae, picture)
         outputs = {}
         t = time.perf_counter()
-        inv = pipeline.invert(model, latent, seed=seed_base + i)
+        inv = pipeline.invert(model, latent, seed=inv_seed)
         t_inv = time.perf_counter() - t
         t = time.perf_counter()
         outputs["CSG"] = pipeline.decode(vae, pipeline.csg(model, clip, inv, cfs).latent)
@@ -93,7 +81,7 @@ def run(n: int, checkpoint, seed_base: int = 0) -> dict:
         for method, key in (("DDIM inversion", "ddim"), ("DDPM inversion", "ddpm")):
             t = time.perf_counter()
             lat = pipeline.baseline(model, clip, latent, key, factual, [cf.counterfactual_prompt for cf in cfs],
-                                    seed=seed_base + i)
+                                    seed=inv_seed)
             outputs[method] = pipeline.decode(vae, lat)
             seconds[method] += time.perf_counter() - t
         for k, (concept, value) in enumerate(todo):
@@ -106,7 +94,7 @@ def run(n: int, checkpoint, seed_base: int = 0) -> dict:
                                 "factual": scene.values, "targets": s.targets, "invariants": s.invariants,
                                 "read": s.read, "effectiveness": s.effectiveness, "invariance": s.invariance,
                                 "pixel_outside": s.pixel_outside, "lpips": s.lpips,
-                                "region_distance": s.extra["region_distance"], "seed": seed_base + i})
+                                "region_distance": s.extra["region_distance"], "seed": inv_seed})
         if i < 6:
             _keep_examples(i, picture, outputs, todo)
         print(f"picture {i + 1}/{n}: " + "; ".join(

@@ -105,7 +105,7 @@ def test_fold_latent_statistics_keeps_the_reconstruction_and_normalises_latents(
 
 def test_training_is_deterministic_and_resumes_where_it_stopped(comfy, tmp_path):
     from fmcgm.miniworld import train
-    tiny = dict(vae_steps=2, vae_batch=2, vae_crop=32, vae_pool=4, scenes=8, batch=2, save_every=1, snapshot_every=0)
+    tiny = dict(vae_schedule=[[32, 2, 1], [128, 1, 1]], vae_pool=4, scenes=8, batch=2, save_every=1, snapshot_every=0)
     whole = train.run(train.Settings(work=str(tmp_path / "a"), unet_steps=3, **tiny), ["vae", "latents", "unet", "export"])
     train.run(train.Settings(work=str(tmp_path / "b"), unet_steps=2, **tiny), ["vae", "latents", "unet"])
     resumed = train.run(train.Settings(work=str(tmp_path / "b"), unet_steps=3, **tiny), ["unet", "export"])

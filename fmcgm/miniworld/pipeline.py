@@ -90,6 +90,19 @@ def generate(model, clip, texts: Sequence[str], seed: int = 0, steps: int = 30, 
 
 # ------------------------------------------------------------------ interventions
 
+def benchmark_case(index: int, seed: int = 0) -> tuple:
+    """Picture ``index`` of the miniature Table 1 (benchmarks/bench_miniworld.py): a typical scene
+    (its effects follow their mechanisms), its two interventions, do(weather = w') and
+    do(ground = g') (the other values alternate by picture), and the inversion seed."""
+    import random
+    scene = world.sample_scene(random.Random(f"bench-{seed}-{index}"), follows=True)
+    todo = []
+    for concept in (world.WEATHER, world.GROUND):
+        others = [v for v in world.VALUES[concept] if v != scene.values[concept]]
+        todo.append((concept, others[index % len(others)]))
+    return scene, todo, seed + index
+
+
 def counterfactual(scene: world.Scene, concept: str, value: str):
     """do(concept = value) on ``scene`` as the Concept Manipulator (graph-only mode) returns it:
     the world's graph with the scene's values, descendants' values from the SCM."""
