@@ -8,14 +8,16 @@ Every comparison runs its variants interleaved, round by round (A, B, A, B, ...;
 reversed every other round), so a change of load hits all of them alike; it prints the median and
 the spread (interquartile range from 8 rounds on, else min-max; n) of each, and ratios as the
 median and spread of the per-round ratios of paired runs. Both sides use the same weights and settings. On the CPU the
-clock is the thread's CPU time (the work done; the time spent waiting for a core that other
-processes hold is left out), on a GPU the wall time.
+clock is the process's CPU time with torch on one thread (the work done, by any thread of the
+process; the time spent waiting for a core that other processes hold is left out), on a GPU the
+wall time.
 
 Sections (default: all):
 - diffusers: inversion + a 2-concept edit (intervened + descendant, s_e 8, lambda 0.7, intersect
   masks, warm-up --warmup), ours vs diffusers' LEditsPPPipelineStableDiffusionXL;
 - capture: one UNet call on 3 rows (uncond + 2 concepts) with and without attention capture,
-  the two variants alternating call by call, at every --capture-sizes;
+  alternating call by call with a second run without (the same call twice shows the method's own
+  noise floor), at every --capture-sizes;
 - three: three counterfactuals of one picture: 3 x (inversion + edit) vs one inversion and the
   three edits (batching auto, separately, together);
 - flops: FLOPs of one SDXL UNet call at 1024 px on 3 rows, with and without capture (meta
@@ -46,7 +48,7 @@ THREE = [[("a blue ball", {})], [("a green cube", {}), ("snow", {"role": "descen
          [("a yellow ball", {"reverse": True})]]
 SECTIONS = ("diffusers", "capture", "three", "flops", "memory")
 _CUDA = {"on": False}
-CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 _CLOCK = {"now": time.perf_counter}
 
 
@@ -105,11 +107,10 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=4, help="edit warm-up steps")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per comparison")
     parser.add_argument("--capture-sizes", default="128,256,512", help="picture sides for the capture section")
-    parser.add_argument("--capture-calls", type=int, default=30, help="UNet calls per variant and size")
+    parser.add_argument("--capture-calls", type=int, default=40, help="UNet calls per variant and size")
     parser.add_argument("--clock", choices=("auto", "cpu", "wall"), default="auto",
-                        help="cpu: this thread's CPU time (single-threaded CPU runs: the work done, not the waits "
-                             "for a core other processes hold); wall: elapsed time. auto: cpu on --device cpu, "
-                             "wall on cuda")
+                        help="cpu: this process's CPU time (torch on 1 thread: the work done, not the waits for a "
+                             "core other processes hold); wall: elapsed time. auto: cpu on --device cpu, wall on cuda")
     parser.add_argument("--json", type=Path, help="also write the numbers here (rewritten after every section)")
     parser.add_argument("--preset", choices=("tiny", "sdxl"), default="tiny",
                         help="model sizes: tiny (default) or the real SDXL architecture, random weights")
@@ -141,7 +142,7 @@ def main() -> None:
         torch.set_num_threads(1)
     clock = args.clock if args.clock != "auto" else ("wall" if _CUDA["on"] else "cpu")
     if clock == "cpu" and (_CUDA["on"] or torch.get_num_threads() != 1):
-        parser.error("--clock cpu measures one CPU thread: use it with --device cpu (1 thread)")
+        parser.error("--clock cpu counts CPU time: use it with --device cpu (torch on 1 thread)")
     _CLOCK["now"] = CLOCKS[clock]
     args.clock = clock
     from tests.fixtures import tiny_sdxl
@@ -188,7 +189,7 @@ class Bench:
         with torch.inference_mode():
             self.latent = {"samples": self.vae.encode(self.img)}
         self.one = guidance.EditSet((guidance.CounterfactualEdit(self.concepts(CONCEPTS)),))
-        self.three = guidance.EditSet(tuple(guidance.CounterfactualEdit(self.concepts(c)) for c in THREE))
+        self.three_edits = guidance.EditSet(tuple(guidance.CounterfactualEdit(self.concepts(c)) for c in THREE))
 
     @staticmethod
     def picture(size):
@@ -268,7 +269,7 @@ class Bench:
         g.inner_set_conds({"negative": inv.uncond, "c0": plan.slots[0].conditioning,
                            "c1": plan.slots[1].conditioning})
         tw = {j: attention.token_weights(plan.slots[j].n_tokens) for j in (0, 1)}
-        out = {"plain": [], "capture": []}
+        out = {"plain": [], "capture": [], "plain_again": []}
         calls = self.args.capture_calls
 
         def fn(mdl, xx, sigmas, extra_args=None, callback=None, disable=None):
@@ -285,10 +286,10 @@ class Bench:
                 assert bool(maps) == capture
                 return t
             call(plain, False), call(with_cap, True)  # warm-up
-            for k in range(calls):
-                order = [(plain, False), (with_cap, True)] if k % 2 == 0 else [(with_cap, True), (plain, False)]
-                for opts, capture in order:
-                    out["capture" if capture else "plain"].append(call(opts, capture))
+            variants = [("plain", plain, False), ("capture", with_cap, True), ("plain_again", plain, False)]
+            for k in range(calls):  # each variant takes each place in the order equally often
+                for name, opts, capture in variants[k % 3:] + variants[:k % 3]:
+                    out[name].append(call(opts, capture))
             return xx
         before = cap.calls
         with torch.inference_mode():
@@ -296,20 +297,27 @@ class Bench:
             g.sample(torch.zeros_like(raw), raw, comfy.samplers.KSAMPLER(fn), inv.sigmas[:2].clone())
         return {"plain_call": spread(out["plain"]), "capture_call": spread(out["capture"]),
                 "ratio": paired(out["capture"], out["plain"]), "latent": list(raw.shape[-2:]),
+                # the same call twice: what the method reads when nothing differs (its noise floor)
+                "null_ratio": paired(out["plain_again"], out["plain"]),
                 "captured_layer_calls_per_unet_call": (cap.calls - before) // (calls + 1)}
 
     def three(self) -> dict:
         from fmcgm.csg import guidance
-        singles = [guidance.EditSet((cf,)) for cf in self.three.counterfactuals]
+        singles = [guidance.EditSet((cf,)) for cf in self.three_edits.counterfactuals]
         rows = {}
 
+        def rows_of(inv, er):  # model evaluations: the inversion's and the edit's rows
+            return inv.info["evaluations"] * inv.batch + er.unet_rows
+
         def independent():
-            rows["independent"] = sum(self.edit(self.invert(), e).unet_rows for e in singles)
+            invs = [self.invert() for _ in singles]
+            rows["independent"] = sum(rows_of(inv, self.edit(inv, e)) for inv, e in zip(invs, singles))
 
         def shared(batching):
             def run():
-                er = self.edit(self.invert(), self.three, batching=batching)
-                rows[batching] = er.unet_rows
+                inv = self.invert()
+                er = self.edit(inv, self.three_edits, batching=batching)
+                rows[batching] = rows_of(inv, er)
                 rows[batching + "_runs"] = [r.counterfactuals for r in er.runs]
             return run
         times = interleave({"independent": independent, "auto": shared("auto"),
@@ -347,9 +355,10 @@ class Bench:
             guider.sample(torch.zeros_like(raw), raw, sampler.stored_noise_sampler(inv), inv.sigmas.clone(),
                           disable_pbar=True)
         C = len(CONCEPTS)
+        P = 20 * 1024 * 77 * 4  # one row's probabilities at one SDXL 1/4-level layer, 1024 px, fp32
         return {"ours_peak_bytes": guider.capture.peak_bytes, "diffusers_store_peak_bytes": peak["bytes"],
-                "sdxl_1024px_ours_bytes": C * 1024 * 4 + C * 20 * 1024 * 77 * 4,      # sums + one transient P (fp32)
-                "sdxl_1024px_diffusers_bytes": C * 50 * 20 * 1024 * 77 * 2 * 2}      # step + averaged store (fp16)
+                "sdxl_1024px_ours_bytes": C * P + (1 + C) * P,                     # the step's sum + one layer's P
+                "sdxl_1024px_diffusers_bytes": C * 50 * 20 * 1024 * 77 * 2 * 2}    # step + averaged store (fp16)
 
 
 def flop_count(size: int = 1024, rows: int = 3) -> dict:
@@ -357,7 +366,7 @@ def flop_count(size: int = 1024, rows: int = 3) -> dict:
     on the meta device (nothing is allocated or computed), without and with capture at the 50
     LEDITS++ layers. The flop counter counts matmul-like operations (the attention's QK^T and PV
     included, whichever kernel computes them); the capture's elementwise work (the softmax it
-    shares with the attention output, the head sum) is counted by hand."""
+    shares with the attention output, the additions into the step's sum) is counted by hand."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
     from fmcgm.csg import attention
@@ -390,8 +399,9 @@ def flop_count(size: int = 1024, rows: int = 3) -> dict:
     sites = attention.ledits_sites(dm)
     heads = 20
     nq, L = (h // 4) ** 2, 77
-    # per captured layer and concept row: head sum (H * Nq * L adds), token weighting (2 * Nq * L)
-    by_hand = layers * (rows - 1) * (heads * nq * L + 2 * nq * L)
+    # per captured layer: the concept rows' probabilities added to the step's sum (H * Nq * L adds per
+    # row); per step: the head sum and the token weighting, once
+    by_hand = (layers + 1) * (rows - 1) * heads * nq * L + 2 * (rows - 1) * nq * L
     return {"size_px": size, "rows": rows, "unet_flops_plain": plain, "unet_flops_capture": with_capture,
             "counted_extra": with_capture - plain, "captured_layers": layers,
             "ledits_layers": sum(s.depth for s in sites), "elementwise_extra_by_hand": by_hand,
@@ -415,13 +425,15 @@ def report(res) -> None:
               f"edit {_ratio(d['ratio_edit'])}; UNet rows in the edit {d['unet_rows_edit']['ours']} vs "
               f"{d['unet_rows_edit']['diffusers']}\n")
     if "capture" in res:
-        print("2. attention capture, one UNet call on 3 rows (uncond + 2 concepts), alternating call by call")
+        print("2. attention capture, one UNet call on 3 rows (uncond + 2 concepts); with, without and without again "
+              "alternating call by call")
         for size, c in res["capture"].items():
             if size == "section_s":
                 continue
             print(f"   {size:>4} px: with {_fmt(c['capture_call'], 'ms', 1000, 1)}, without "
-                  f"{_fmt(c['plain_call'], 'ms', 1000, 1)}; with / without {_ratio(c['ratio'], 3)} "
-                  f"({c['captured_layer_calls_per_unet_call']} captured layers per call)")
+                  f"{_fmt(c['plain_call'], 'ms', 1000, 1)}")
+            print(f"           with / without {_ratio(c['ratio'], 3)}; the same call twice (noise floor) "
+                  f"{_ratio(c['null_ratio'], 3)}; {c['captured_layer_calls_per_unet_call']} captured layers per call")
         print()
     if "flops" in res:
         f = res["flops"]
@@ -434,7 +446,7 @@ def report(res) -> None:
         r = t["unet_rows"]
         print(f"4. three counterfactuals of one picture ({s['size']} px, {s['steps']} steps): "
               f"{len(THREE)} edits with {[len(c) for c in THREE]} concepts")
-        print(f"   3 x (inversion + edit)                {_fmt(t['independent'])}  ({r['independent']} UNet rows)")
+        print(f"   3 x (inversion + edit)                   {_fmt(t['independent'])}  ({r['independent']} UNet rows)")
         for name in ("auto", "separately", "together"):
             print(f"   1 inversion + edits, batching {name:<10} {_fmt(t[name])}  ({r[name]} UNet rows, "
                   f"runs {r[name + '_runs']})")

@@ -22,9 +22,10 @@
 # each benchmark section, so a run cut short by its timeout still leaves its first sections).
 #
 # Budget: about 8 minutes. The 512 px / 20 step run comes first (a quick check that everything
-# works at real size, ~1-2 min); the 1024 px / 100 step run (the paper's settings) gets the rest.
-# Expect the 1024 run to be the one that can run out of time: section 3 (three edits, ours and
-# diffusers') is the longest; its first two sections are written before that.
+# works at real size, ~1-2 min; it also counts the SDXL FLOPs, which need no GPU); the 1024 px /
+# 100 step run (the paper's settings) gets the rest. Expect the 1024 run to be the one that can run
+# out of time: "three" (four variants of three edits) is the longest and comes last. On cuda the
+# clock is the wall time, bracketed by torch.cuda.synchronize().
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/device_check_out}
@@ -62,19 +63,22 @@ run() {  # run NAME SECONDS ARGS...
     return "$rc"
 }
 
-# 1. small first run: real SDXL sizes, 512 px, 20 steps.
-run sdxl_512_20 150 --size 512 --steps 20 --warmup 4 --rounds 1
+# 1. small first run: real SDXL sizes, 512 px, 20 steps; every section but the long "three".
+run sdxl_512_20 170 --size 512 --steps 20 --warmup 4 --rounds 2 --capture-sizes 512,1024 --capture-calls 8 \
+    --sections diffusers,capture,flops,memory
 rc1=$?
 if [ "$rc1" -ne 0 ]; then
     # most likely diffusers' side; keep at least our own numbers at the full settings
-    echo "first run failed (rc $rc1): running the 1024 px run with --skip-diffusers" | tee -a "$OUT/env.txt"
-    SKIP=--skip-diffusers
+    echo "first run failed (rc $rc1): running the 1024 px run without the diffusers sections" | tee -a "$OUT/env.txt"
+    SECTIONS=capture,three
 else
-    SKIP=
+    SECTIONS=diffusers,capture,three
 fi
 
-# 2. the paper's settings: 1024 px, 100 steps; whatever is left of ~8 minutes.
+# 2. the paper's settings: 1024 px, 100 steps; whatever is left of ~8 minutes (the JSON is
+# rewritten after each section, so a run cut short keeps what it finished).
 left=$(( 470 - ($(date +%s) - T0) ))
 [ "$left" -lt 120 ] && left=120
-run sdxl_1024_100 "$left" --size 1024 --steps 100 --rounds 1 $SKIP
+run sdxl_1024_100 "$left" --size 1024 --steps 100 --rounds 1 --capture-sizes 1024 --capture-calls 10 \
+    --sections "$SECTIONS"
 echo "total: $(( $(date +%s) - T0 )) s" | tee -a "$OUT/env.txt"

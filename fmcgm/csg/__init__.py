@@ -4,16 +4,20 @@ LEDITS++-style editing with one edit concept per changed concept (the intervened
 first, then its changed descendants), on top of an edit-friendly DPM-Solver++(2M) SDE
 inversion. Modules:
 
-- ``schedule``   leading timestep schedules, ``skip`` and sigma tables (diffusers-compatible)
-- ``inversion``  DPM-Solver++ 2M SDE / edit-friendly DDPM inversion (stored noise maps), DDIM inversion
-- ``attention``  cross-attention probability capture through ``attn2`` replacements (chained)
-- ``masks``      cross-attention (M1) and noise-estimate (M2) masks
-- ``guidance``   edit concepts, counterfactual batches and the CSG combination
-- ``sampler``    the edit guider / stored-noise sampler and the edit and regeneration loops
-- ``models``     model checks (supported types, identity) and the zero unconditional
+- ``schedule``      leading timestep schedules, ``skip`` and sigma tables (diffusers-compatible)
+- ``masks``         cross-attention (M1) and noise-estimate (M2) masks
+- ``guidance``      edit concepts, counterfactual edits, batch plans and the CSG combination
+- ``preview``       masks and mask previews as ComfyUI MASK / IMAGE tensors
+- ``causal_edits``  the Concept Manipulator's counterfactuals as edit concepts
+- ``attention``     cross-attention capture through ``attn2`` replacements (chained)
+- ``inversion``     DPM-Solver++ 2M SDE / edit-friendly DDPM inversion (stored noise maps), DDIM inversion
+- ``sampler``       the CSG guider, the stored-noise sampler, the edit and regeneration loops
+- ``progress``      KSampler's progress bar with live previews
+- ``models``        model checks (supported types, identity) and the zero unconditional
 
-Everything that touches ComfyUI imports it lazily, inside functions, so ``import fmcgm.csg``
-works without ComfyUI on the path (the pure maths is usable and testable on its own).
+The first five import no ComfyUI (the pure maths is usable and testable on its own);
+``inversion``, ``sampler`` and ``progress`` import it at the top, ``attention`` and ``models``
+where they touch it.
 """
 
 from .errors import CSGError, CSGInputError

@@ -61,14 +61,16 @@ def ledits_sites(diffusion_model, factor: int = 4) -> list[Site]:
     return [s for s in cross_attention_sites(diffusion_model) if s.block[0] != "middle" and s.factor == factor]
 
 
-def attention_probabilities(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+def attention_probabilities(q: torch.Tensor, k: torch.Tensor, heads: int, out: torch.Tensor | None = None):
     """softmax(q k^T / sqrt(d)) per head in float32: [b, Nq, H*d], [b, L, H*d] -> [b * H, Nq, L]
-    (the scale applied to the product, as diffusers' ``get_attention_scores``)."""
+    (the scale applied to the product, as diffusers' ``get_attention_scores``), computed in place
+    in ``out`` when given."""
     b, nq, inner = q.shape
     L, d = k.shape[1], inner // heads
     qh = q.float().reshape(b, nq, heads, d).transpose(1, 2).reshape(b * heads, nq, d)
     kh = k.float().reshape(b, L, heads, d).permute(0, 2, 3, 1).reshape(b * heads, d, L)
-    return torch.bmm(qh, kh).mul_(d ** -0.5).softmax(-1)
+    scores = torch.bmm(qh, kh, out=out).mul_(d ** -0.5)
+    return torch.softmax(scores, -1, out=scores)
 
 
 def attention_output(probs: torch.Tensor, v: torch.Tensor, heads: int, dtype) -> torch.Tensor:
@@ -94,6 +96,7 @@ class AttentionCapture:
         self.factor = factor
         self.calls = 0          # captured layer calls (all steps), for tests and benchmarks
         self.peak_bytes = 0     # largest accumulator + transient footprint seen
+        self._scores: dict = {} # (shape, device) -> probabilities buffer, reused by every captured layer
         self._reset()
 
     def _reset(self):
@@ -132,6 +135,17 @@ class AttentionCapture:
     def close(self):
         """Drop all state (called when sampling ends, also on error or cancel)."""
         self._reset()
+        self._scores = {}
+
+    def _scores_buffer(self, q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
+        """One float32 [b * H, Nq, L] buffer per shape for the whole run: a fresh one per layer would
+        cost more than the attention itself on a CPU (the allocator maps and faults in new pages)."""
+        shape = (q.shape[0] * heads, q.shape[1], k.shape[1])
+        key = (shape, str(q.device))
+        buf = self._scores.get(key)
+        if buf is None:
+            buf = self._scores[key] = torch.empty(shape, dtype=torch.float32, device=q.device)
+        return buf
 
     def picked(self, q: torch.Tensor, extra_options: dict):
         """[(chunk index, slot)] of the rows to capture in this layer call, or None."""
@@ -186,7 +200,7 @@ class AttentionCapture:
         heads = extra_options["n_heads"]
         b, nq = q.shape[:2]
         rows = b // len(extra_options["cond_or_uncond"])
-        probs = attention_probabilities(q, k, heads)
+        probs = attention_probabilities(q, k, heads, out=self._scores_buffer(q, k, heads))
         self._add(self._rows_of(probs.view(b, heads, nq, -1), picked, rows), picked, heads)
         return attention_output(probs, v, heads, q.dtype)
 
@@ -195,7 +209,7 @@ class AttentionCapture:
         heads = extra_options["n_heads"]
         rows = q.shape[0] // len(extra_options["cond_or_uncond"])
         qs, ks = self._rows_of(q, picked, rows), self._rows_of(k, picked, rows)
-        probs = attention_probabilities(qs, ks, heads)
+        probs = attention_probabilities(qs, ks, heads, out=self._scores_buffer(qs, ks, heads))
         self._add(probs.view(qs.shape[0], heads, qs.shape[1], -1), picked, heads)
 
     def make_replacement(self, existing=None):
