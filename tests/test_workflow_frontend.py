@@ -48,7 +48,8 @@ def stack(tmp_path_factory):
     picture = Image.open(io.BytesIO(sample_picture_png(max(PICTURE)))).resize(PICTURE)
     picture.save(base / "input" / wr.build_workflows.EXAMPLE_PICTURE)
     served = wr.ServedVLM(wr.vlm_folder(base / "models"))
-    server = bs.start_server(base, ["--extra-model-paths-config", str(paths)])
+    # Live previews on, as most users run ComfyUI (the server's default is none).
+    server = bs.start_server(base, ["--extra-model-paths-config", str(paths), "--preview-method", "latent2rgb"])
     yield server, served
     served.stop()
     assert server.stop() == 0, server.log()[-3000:]
@@ -198,6 +199,7 @@ def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifa
         p.set_widgets({"base_url": served.url, "model": wr.TINY_VLM_SERVED}, "FMCGMOpenAIVLM")
         times = {}
         started = time.perf_counter()
+        events_before = p.page.evaluate("window.__events.length")
         _, first = p.run()
         times["run 1"] = round(time.perf_counter() - started, 1)
         outputs = [first]
@@ -213,6 +215,13 @@ def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifa
             assert (sent["intervene_concept"], sent["intervene_value"]) == picked
             outputs.append(second)
         final = outputs[-1]
+        # The edit forms in front of the user: progress and preview pictures from the inversion
+        # (node 10) and the CSG sampler (node 12), as KSampler gives.
+        events = p.page.evaluate("(n) => window.__events.slice(n)", events_before)
+        progress = {e["detail"].get("node") for e in events if e["type"] == "progress"}
+        assert {"10", "12"} <= progress, f"progress came from {progress}"
+        previews = [e for e in events if e["type"] == "b_preview" and e["detail"]["size"] > 0]
+        assert len(previews) >= 2, "no live previews while inverting and editing"
 
         # 4. The pictures a user expects.
         width, height = PICTURE
