@@ -7,8 +7,10 @@ ComfyUI lane under test (tests/comfy_harness.py).
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,14 @@ def fmcgm(*args: str, timeout: float = 900, **popen) -> subprocess.CompletedProc
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", "fmcgm", *args], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=timeout, **popen)
+
+
+def raw_png(width: int, height: int, depth: int, colour: int, rows: bytes) -> bytes:
+    """A PNG written by hand: any header (16-bit RGB, a 30,000-pixel side) over the given rows."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
 def png_size(data: bytes) -> tuple[int, int]:

@@ -14,17 +14,15 @@ import json
 import os
 import re
 import signal
-import struct
 import subprocess
 import sys
 import time
-import zlib
 
 import pytest
 
 from tests import comfy_harness, workflow_runner
 from tests.conftest import sample_picture_png
-from tests.runner_support import FAST, REPO, comfy_args, fmcgm
+from tests.runner_support import FAST, REPO, comfy_args, fmcgm, raw_png
 from tests.runner_support import tiny_models  # noqa: F401  (fixture)
 
 pytest.importorskip("ray", reason="the evaluation needs the eval extra (requirements-test.txt installs it)")
@@ -40,15 +38,9 @@ BAD = {("MS-COCO", "900"): "corrupt", ("MS-COCO", "901"): "16-bit",
        ("CelebA-HQ", "gray.png"): "grayscale", ("CelebA-HQ", "huge.png"): "huge"}
 
 
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
 def huge_png(side: int = 30000) -> bytes:
     """A PNG whose header says side x side pixels, with almost no data: it must be refused unread."""
-    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) \
-        + _png_chunk(b"IEND", b"")
+    return raw_png(side, side, 8, 2, b"\0" * 64)
 
 
 def picture(size: int, tint: float) -> bytes:

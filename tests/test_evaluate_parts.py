@@ -8,14 +8,13 @@ import json
 import multiprocessing
 import os
 import signal
-import struct
-import zlib
 
 import pytest
 
 from fmcgm.evaljob.datasets import DatasetError, Item, coco_items, imagefolder_items, sample
 from fmcgm.evaljob.pictures import PictureError, load_picture, target_size
 from tests.conftest import sample_picture_png
+from tests.runner_support import raw_png
 
 pa = pytest.importorskip("pyarrow")
 
@@ -68,16 +67,6 @@ def test_sampling_is_seeded_without_replacement_and_a_larger_count_extends_it():
 
 # ------------------------------------------------------------------ pictures
 
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-
-def _raw_png(width: int, height: int, depth: int, colour: int, rows: bytes) -> bytes:
-    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(rows))
-            + _png_chunk(b"IEND", b""))
-
-
 def _save(path, array, **options):
     from PIL import Image
     Image.fromarray(array).save(path, **options)
@@ -97,8 +86,8 @@ def test_unusable_pictures_are_refused_with_their_reason(tmp_path):
     }
     (tmp_path / "corrupt.png").write_bytes(sample_picture_png(64)[:400])
     (tmp_path / "text.jpg").write_text("hello")
-    (tmp_path / "rgb16.png").write_bytes(_raw_png(4, 4, 16, 2, b"".join(b"\0" + b"\x12\x34" * 12 for _ in range(4))))
-    (tmp_path / "huge.png").write_bytes(_raw_png(12000, 12000, 8, 2, b"\0" * 32))  # 144 MP by its header
+    (tmp_path / "rgb16.png").write_bytes(raw_png(4, 4, 16, 2, b"".join(b"\0" + b"\x12\x34" * 12 for _ in range(4))))
+    (tmp_path / "huge.png").write_bytes(raw_png(12000, 12000, 8, 2, b"\0" * 32))  # 144 MP by its header
     for name, (path, kind) in cases.items():
         with pytest.raises(PictureError) as error:
             load_picture(path, size=64)
