@@ -110,7 +110,8 @@ class Page:
         self.console_at_ready = len(self.console)  # what the frontend and its own extensions said at start
         self.page.evaluate("""() => {
             window.__events = [];
-            for (const ev of ['execution_start', 'executed', 'execution_success', 'execution_error', 'progress'])
+            for (const ev of ['execution_start', 'execution_cached', 'executed', 'execution_success',
+                              'execution_error', 'progress'])
                 window.comfyAPI.api.api.addEventListener(ev, e => window.__events.push({type: ev, detail: e.detail}));
             // live previews arrive as pictures (Blobs): count them, with the node then running
             window.comfyAPI.api.api.addEventListener('b_preview', e => window.__events.push(
