@@ -107,7 +107,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=4, help="edit warm-up steps")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per comparison")
     parser.add_argument("--capture-sizes", default="128,256,512", help="picture sides for the capture section")
-    parser.add_argument("--capture-calls", type=int, default=40, help="UNet calls per variant and size")
+    parser.add_argument("--capture-calls", type=int, default=40,
+                        help="UNet calls per variant at 512 px; smaller sizes get proportionally more (same time)")
     parser.add_argument("--clock", choices=("auto", "cpu", "wall"), default="auto",
                         help="cpu: this process's CPU time (torch on 1 thread: the work done, not the waits for a "
                              "core other processes hold); wall: elapsed time. auto: cpu on --device cpu, wall on cuda")
@@ -270,7 +271,7 @@ class Bench:
                            "c1": plan.slots[1].conditioning})
         tw = {j: attention.token_weights(plan.slots[j].n_tokens) for j in (0, 1)}
         out = {"plain": [], "capture": [], "plain_again": []}
-        calls = self.args.capture_calls
+        calls = self.args.capture_calls * max(1, (512 // size) ** 2 // 2)  # 128 px: 8x, 256 px: 2x the calls
 
         def fn(mdl, xx, sigmas, extra_args=None, callback=None, disable=None):
             guider = mdl.inner_model

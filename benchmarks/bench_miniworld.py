@@ -94,7 +94,8 @@ def run(n: int, checkpoint, seed_base: int = 0) -> dict:
                                 "factual": scene.values, "targets": s.targets, "invariants": s.invariants,
                                 "read": s.read, "effectiveness": s.effectiveness, "invariance": s.invariance,
                                 "pixel_outside": s.pixel_outside, "lpips": s.lpips,
-                                "region_distance": s.extra["region_distance"], "seed": inv_seed})
+                                "region_distance": s.extra["region_distance"],
+                                "region_colour": s.extra["region_colour"], "seed": inv_seed})
         if i < 6:
             _keep_examples(i, picture, outputs, todo)
         print(f"picture {i + 1}/{n}: " + "; ".join(

@@ -202,15 +202,24 @@ def score(original: np.ndarray, edited: np.ndarray, scene: world.Scene, concept:
     outside = ~render.dilate(render.changed_region(scene, cf, changed, size), DILATE_PX)
     diff = np.abs(edited.astype(np.float32) - original.astype(np.float32)).mean(-1) / 255.0
     return Score(targets, invariants, oracle.read(edited), float(diff[outside].mean()),
-                 extra={"region_distance": region_distances(original, edited, scene)})
+                 extra={"region_distance": region_distances(original, edited, scene),
+                        "region_colour": region_colours(edited, scene)})
+
+
+def inner_regions(scene: world.Scene, size: int) -> dict:
+    """Each concept's region shrunk by ``DILATE_PX`` (edges shared with a neighbour left out)."""
+    return {c: ~render.dilate(~m, DILATE_PX) for c, m in render.regions(scene, size).items()}
+
+
+def region_colours(picture: np.ndarray, scene: world.Scene) -> dict:
+    """Mean RGB (0-255) of ``picture`` inside each concept's (shrunk) region of ``scene``."""
+    return {c: picture[m].reshape(-1, 3).mean(0).tolist() if m.any() else None
+            for c, m in inner_regions(scene, picture.shape[0]).items()}
 
 
 def region_distances(original: np.ndarray, edited: np.ndarray, scene: world.Scene) -> dict:
     """Mean |edited - original| (0-1) inside each concept's region of ``scene`` (shrunk by
     ``DILATE_PX`` so that edges shared with a neighbour do not count)."""
     diff = np.abs(edited.astype(np.float32) - original.astype(np.float32)).mean(-1) / 255.0
-    out = {}
-    for concept, mask in render.regions(scene, original.shape[0]).items():
-        inner = ~render.dilate(~mask, DILATE_PX)
-        out[concept] = float(diff[inner].mean()) if inner.any() else float("nan")
-    return out
+    return {c: float(diff[m].mean()) if m.any() else float("nan")
+            for c, m in inner_regions(scene, original.shape[0]).items()}
