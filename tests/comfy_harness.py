@@ -107,6 +107,16 @@ def load_packs() -> dict[str, bool]:
     return _load_results
 
 
+def pack_module(name: str):
+    """One of our pack's modules (``"nodes.miniworld_nodes"``) as ComfyUI loaded it: ComfyUI imports
+    the pack under its folder path, and ``nodes`` there is ComfyUI's own module."""
+    import importlib
+
+    import nodes
+    package = nodes.NODE_CLASS_MAPPINGS["FMCGMQwen3VLLoader"].__module__.rsplit(".", 2)[0]  # <pack>.nodes.vlm_nodes
+    return importlib.import_module(f"{package}.{name}")
+
+
 class _StubServer:
     """What PromptExecutor needs of the PromptServer when there is no HTTP server."""
 

@@ -262,11 +262,8 @@ def node_setup(comfy, comfy_dirs, vgg_dir):
 
 
 def node_module():
-    """nodes/evaluation_nodes.py as ComfyUI loaded it (the pack is imported under its folder path)."""
-    import importlib
-
-    import nodes
-    return importlib.import_module(nodes.NODE_CLASS_MAPPINGS["FMCGMEvaluateCounterfactual"].__module__)
+    from tests.comfy_harness import pack_module
+    return pack_module("nodes.evaluation_nodes")
 
 
 def _capture(outputs, node):

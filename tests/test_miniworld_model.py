@@ -64,7 +64,7 @@ def test_a_file_without_the_metadata_is_refused_with_a_reason(tmp_path):
 
 
 def test_nodes_load_render_encode_decode_and_read_in_the_executor(comfy, tiny_sdxl_ckpt):
-    from nodes.miniworld_nodes import LoadTinySDXLCheckpoint
+    LoadTinySDXLCheckpoint = comfy.pack_module("nodes.miniworld_nodes").LoadTinySDXLCheckpoint
     names = LoadTinySDXLCheckpoint.GET_SCHEMA().inputs[0].options
     assert pipeline.CHECKPOINT_NAME in names and tiny_sdxl_ckpt.name in names  # pack folder + checkpoints folder
     prompt = {

@@ -47,12 +47,8 @@ def test_comfy_memory_manager_loads_the_vlm_and_offloads_it_unless_kept(loader, 
 
 
 def runtime_module():
-    """nodes/_vlm_runtime.py as ComfyUI loaded it (the pack is imported under its folder path)."""
-    import importlib
-
-    import nodes
-    package = nodes.NODE_CLASS_MAPPINGS["FMCGMQwen3VLLoader"].__module__.rsplit(".", 1)[0]
-    return importlib.import_module(package + "._vlm_runtime")
+    from tests.comfy_harness import pack_module
+    return pack_module("nodes._vlm_runtime")
 
 
 def test_cancel_stops_generation_within_a_token(loader):

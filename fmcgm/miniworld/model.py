@@ -130,9 +130,19 @@ def new_modules(config: dict = CONFIG, seed: int = 0):
     return model, clip, vae
 
 
+def checkpoint_layout(model_config, unet_sd: dict, clip_sd: dict, vae_sd: dict) -> dict:
+    """The three state dicts keyed as ComfyUI's CheckpointSave lays out an SDXL file, through the
+    model config's prefix rules (shared by ComfyUI 0.3.75 and 0.33; ``BaseModel.state_dict_for_saving``
+    changed its signature between them)."""
+    return {**model_config.process_unet_state_dict_for_saving(unet_sd),
+            **model_config.process_clip_state_dict_for_saving(clip_sd),
+            **model_config.process_vae_state_dict_for_saving(vae_sd)}
+
+
 def checkpoint_state_dict(model, clip, vae_module, dtype: torch.dtype = torch.float16) -> dict:
     """Every tensor keyed as ComfyUI's CheckpointSave writes an SDXL checkpoint, cast to ``dtype``."""
-    sd = model.state_dict_for_saving(clip.get_sd(), vae_module.state_dict())
+    sd = checkpoint_layout(model.model_config, model.diffusion_model.state_dict(), clip.get_sd(),
+                           vae_module.state_dict())
     return {k: (v.detach().to("cpu", dtype) if v.dtype.is_floating_point else v.detach().cpu()).contiguous()
             for k, v in sd.items()}
 

@@ -191,6 +191,7 @@ def train_vae(s: Settings, vae, work: Path) -> None:
     held_out = held_out_set(s)
     pools = {size: image_pool(s, held_out, s.vae_pool, size) for size in sorted({p[0] for p in s.vae_schedule})}
     total = sum(p[2] for p in s.vae_schedule)
+    vae.requires_grad_(True)  # ComfyUI 0.33 builds its modules' weights without gradients
     opt = torch.optim.Adam(vae.parameters(), lr=s.vae_lr)
     step = 0
     if state is not None:
@@ -295,6 +296,7 @@ def train_unet(s: Settings, model, clip, vae, data: dict, work: Path) -> dict:
     state = _load(state_path)
     unet = model.diffusion_model
     ab = 1.0 / (1.0 + model.model_sampling.sigmas.double() ** 2)  # alphas_cumprod of SDXL's schedule
+    unet.requires_grad_(True)  # ComfyUI 0.33 builds its modules' weights without gradients
     opt = torch.optim.AdamW(unet.parameters(), lr=s.lr, weight_decay=0.0)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     step = 0
