@@ -102,7 +102,8 @@ class DPMSolverInversion(io.ComfyNode):
             description="Abduction step of CSG: edit-friendly DPM-Solver++(2M) SDE inversion as in LEDITS++ (the "
                         "paper's setting). Stores one noise map per step; sampling with them and no edit retraces the "
                         "inverted path, and its last step returns the model's denoised estimate of the picture "
-                        "(close to it for a trained model, not equal). For an exact round trip use the Edit-Friendly "
+                        "(close to it for a trained model, not equal: 0.92 max abs off the input latent on the tiny "
+                        "random-weight test model). For an exact round trip use the Edit-Friendly "
                         "DDPM Inversion. Every CSG edit of this picture reuses the inversion (ComfyUI caches it while "
                         "the inputs stay the same). Shows progress with live previews, as KSampler does.",
             inputs=[
@@ -122,7 +123,7 @@ class DPMSolverInversion(io.ComfyNode):
                                      "noise artifacts). With 0 and nothing edited, sampling retraces the "
                                      "inverted states exactly, but the last step still returns the model's "
                                      "denoised estimate, not the input picture; only the DDPM inversion gives "
-                                     "the picture back exactly."),
+                                     "the picture back exactly (1.5e-8 vs 0.92 max abs on the test model)."),
                 io.Int.Input("timesteps_per_call", default=1, min=1, max=64,
                              tooltip="Evaluate this many timesteps in one model call (the noisy latents are "
                                      "independent samples): fewer, larger calls. 1 matches diffusers most "
@@ -372,8 +373,8 @@ class CSGSampler(io.ComfyNode):
             inputs=[*_edit_inputs(),
                     io.Combo.Input("batching", options=list(BATCHING), default="auto", optional=True,
                                    tooltip="How several counterfactuals share UNet calls. auto: batch those whose "
-                                           "concepts are active on the same steps (no padded rows; never slower "
-                                           "than one by one), the others one after another. together: one batch "
+                                           "concepts are active on the same steps (no padded rows: the same rows in "
+                                           "fewer UNet calls), the others one after another. together: one batch "
                                            "(rows of shorter counterfactuals are padded; can pay on a GPU with "
                                            "memory to spare). separately: one run each. Results agree up to "
                                            "rounding.")],

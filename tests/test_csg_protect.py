@@ -104,7 +104,12 @@ def test_full_strength_removes_the_edit_inside_the_protect_mask_only(tiny, inv, 
     # the step's latent update: reconstruction inside P, the unprotected edit outside
     nxt_p, nxt_u = xp[WARM + 1][0], xu[WARM + 1][0]
     recon = inv.trajectory[WARM + 1][0]
-    tol = 1e-4 * max(1.0, float(recon.abs().max()))  # UNet rounding: 4 rows per call instead of 3
+    # Float32 rounding only: outside P the protected guidance is the same formula (mu * (1 - 0)), and
+    # the one difference is the UNet batch (4 rows per call instead of 3), which rounds differently.
+    # Measured (ComfyUI 0.3.75 and 0.33.0 alike): gamma 3.4e-6 of its max, D_u 1.2e-5 max abs, and
+    # the step's latent 1.12e-4 max abs outside P with |x| up to 8.4 (1.3e-5 relative), so an
+    # absolute 1e-4 was too tight; 1e-4 relative to the latent's size leaves ~7x headroom.
+    tol = 1e-4 * max(1.0, float(recon.abs().max()))
     assert float((nxt_p - recon)[inside].abs().max()) < tol
     assert float((nxt_u - recon)[inside].abs().max()) > 1e-3
     assert float((nxt_p - nxt_u)[outside].abs().max()) < tol
