@@ -127,3 +127,18 @@ def test_training_is_deterministic_and_resumes_where_it_stopped(comfy, tmp_path)
     unet_keys = [k for k in a if k.startswith("model.diffusion_model.")]
     assert any(not torch.equal(a[k], first[k]) for k in unet_keys)  # the steps did train something
     assert M.read_config(whole) == M.CONFIG
+
+
+def test_a_longer_vae_schedule_continues_the_finished_vae_and_the_later_stages_start_again(comfy, tmp_path):
+    from fmcgm.miniworld import train
+    tiny = dict(vae_pool=4, scenes=8, batch=2, save_every=1, snapshot_every=0, unet_steps=1)
+    work = str(tmp_path / "w")
+    train.run(train.Settings(work=work, vae_schedule=[[32, 2, 1], [128, 1, 1]], **tiny), ["vae", "latents", "unet"])
+    first = torch.load(tmp_path / "w" / "latents.pt", weights_only=False)
+    with pytest.raises(SystemExit, match="latents of another VAE"):  # the UNet state belongs to the 1-step VAE
+        train.run(train.Settings(work=work, vae_schedule=[[32, 2, 1], [128, 1, 2]], **tiny), ["vae", "latents", "unet"])
+    state = torch.load(tmp_path / "w" / "vae_state.pt", weights_only=False)
+    assert state["done"] and state["step"] == 3
+    again = torch.load(tmp_path / "w" / "latents.pt", weights_only=False)
+    assert first["vae_steps"] == 2 and again["vae_steps"] == 3
+    assert not torch.equal(first["latents"], again["latents"])  # encoded again by the longer-trained VAE

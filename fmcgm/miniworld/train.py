@@ -182,22 +182,27 @@ def vae_phase(s: Settings, step: int) -> tuple[int, int]:
     return s.vae_schedule[-1][:2]
 
 
-def train_vae(s: Settings, vae, work: Path) -> None:
+def train_vae(s: Settings, vae, work: Path) -> int:
+    """Trains (or resumes, or loads) the VAE; returns its number of training steps, which names
+    the VAE the later stages were made with."""
     state_path = work / "vae_state.pt"
     state = _load(state_path)
-    if state is not None and state.get("done"):
+    total = sum(p[2] for p in s.vae_schedule)
+    if state is not None and state.get("done") and state["step"] >= total:
         vae.load_state_dict(state["vae"])
-        return
+        return state["step"]
     held_out = held_out_set(s)
     pools = {size: image_pool(s, held_out, s.vae_pool, size) for size in sorted({p[0] for p in s.vae_schedule})}
-    total = sum(p[2] for p in s.vae_schedule)
     vae.requires_grad_(True)  # ComfyUI 0.33 builds its modules' weights without gradients
     opt = torch.optim.Adam(vae.parameters(), lr=s.vae_lr)
     step = 0
     if state is not None:
         vae.load_state_dict(state["vae"])
-        opt.load_state_dict(state["opt"])
         step = state["step"]
+        if "opt" in state:
+            opt.load_state_dict(state["opt"])
+        # else: a finished VAE whose schedule grew (--vae-schedule): it continues from its folded
+        # weights (an exact reparametrisation) with a fresh optimiser, and is folded again after.
     else:
         with torch.no_grad():  # start with a narrow posterior (std 0.02): noise-dominated latents teach nothing
             e = vae.quant_conv.weight.shape[0] // 2
@@ -237,6 +242,7 @@ def train_vae(s: Settings, vae, work: Path) -> None:
     stats = fold_latent_statistics(vae, to_tensor(full[:512]))
     log(work, stage="vae-fold", l1_at_size=l1, **stats)
     _save({"vae": vae.state_dict(), "step": step, "done": True, "fold": stats}, state_path)
+    return step
 
 
 @torch.no_grad()
@@ -261,10 +267,10 @@ def fold_latent_statistics(vae, images: torch.Tensor) -> dict:
 # ------------------------------------------------------------------ stage 2: latents
 
 @torch.no_grad()
-def encode_scenes(s: Settings, vae, work: Path) -> dict:
+def encode_scenes(s: Settings, vae, work: Path, vae_steps: int) -> dict:
     path = work / "latents.pt"
     data = _load(path)
-    if data is not None and data.get("n") == s.scenes:
+    if data is not None and data.get("n") == s.scenes and data.get("vae_steps") == vae_steps:
         return data
     held_out = held_out_set(s)
     latents, values = [], []
@@ -276,7 +282,7 @@ def encode_scenes(s: Settings, vae, work: Path) -> dict:
         values += [sc.values for sc in scenes]
         bar.update(len(scenes))
     bar.close()
-    data = {"n": s.scenes, "latents": torch.cat(latents), "values": values}
+    data = {"n": s.scenes, "latents": torch.cat(latents), "values": values, "vae_steps": vae_steps}
     _save(data, path)
     return data
 
@@ -300,6 +306,9 @@ def train_unet(s: Settings, model, clip, vae, data: dict, work: Path) -> dict:
     opt = torch.optim.AdamW(unet.parameters(), lr=s.lr, weight_decay=0.0)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
     step = 0
+    if state is not None and state.get("vae_steps") != data["vae_steps"]:
+        raise SystemExit(f"{state_path} was trained on the latents of another VAE ({state.get('vae_steps')} steps, now "
+                         f"{data['vae_steps']}): move it away (or use another --work) to train the UNet again")
     if state is not None:
         unet.load_state_dict(state["unet"])
         opt.load_state_dict(state["opt"])
@@ -345,7 +354,8 @@ def train_unet(s: Settings, model, clip, vae, data: dict, work: Path) -> dict:
                 seconds_per_step=(time.time() - started) / 25, captions_cached=len(text.cache))
             started = time.time()
         if step % s.save_every == 0 or step == s.unet_steps:
-            _save({"unet": unet.state_dict(), "opt": opt.state_dict(), "ema": ema, "step": step}, state_path)
+            _save({"unet": unet.state_dict(), "opt": opt.state_dict(), "ema": ema, "step": step,
+                   "vae_steps": data["vae_steps"]}, state_path)
         if s.snapshot_every and step % s.snapshot_every == 0 and step < s.unet_steps:
             export(s, model, clip, vae, ema, work / "snapshots" / f"miniworld_step{step:05d}.safetensors", step)
     bar.close()
@@ -368,7 +378,6 @@ def export(s: Settings, model, clip, vae, ema: dict, path: Path, step: int) -> P
 
 
 def run(s: Settings, stages: list[str], out: Path | None = None) -> Path | None:
-    torch.set_num_threads(1)
     work = Path(s.work)
     work.mkdir(parents=True, exist_ok=True)
     (work / "settings.json").write_text(json.dumps(asdict(s), indent=2))
@@ -376,10 +385,10 @@ def run(s: Settings, stages: list[str], out: Path | None = None) -> Path | None:
     clip.cond_stage_model.requires_grad_(False)
     log(work, stage="start", stages=stages, settings=asdict(s))
     if "vae" in stages or "latents" in stages or "unet" in stages or "export" in stages:
-        train_vae(s, vae, work)
+        vae_steps = train_vae(s, vae, work)
     vae.requires_grad_(False).eval()
     if "latents" in stages or "unet" in stages:
-        data = encode_scenes(s, vae, work)
+        data = encode_scenes(s, vae, work, vae_steps)
     ema = None
     if "unet" in stages:
         ema = train_unet(s, model, clip, vae, data, work)
@@ -405,9 +414,17 @@ def main(argv=None) -> None:
     for name in ("seed", "scenes", "unet_steps", "batch", "save_every", "snapshot_every"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(defaults, name))
     p.add_argument("--lr", type=float, default=defaults.lr)
+    p.add_argument("--vae-schedule", default=",".join(":".join(map(str, x)) for x in defaults.vae_schedule),
+                   help="the VAE's progressive schedule, SIZE:BATCH:STEPS,... (a longer one continues a finished VAE)")
+    p.add_argument("--vae-lr", type=float, default=defaults.vae_lr)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: the run is reproducible bit for bit)")
     a = p.parse_args(argv)
-    s = Settings(work=a.work, seed=a.seed, scenes=a.scenes, unet_steps=a.unet_steps,
+    schedule = [[int(v) for v in part.split(":")] for part in a.vae_schedule.split(",") if part.strip()]
+    if not schedule or any(len(x) != 3 or min(x) <= 0 for x in schedule):
+        raise SystemExit(f"--vae-schedule {a.vae_schedule!r}: give SIZE:BATCH:STEPS[,...], all positive")
+    s = Settings(work=a.work, seed=a.seed, scenes=a.scenes, unet_steps=a.unet_steps, vae_schedule=schedule, vae_lr=a.vae_lr,
                  batch=a.batch, save_every=a.save_every, snapshot_every=a.snapshot_every, lr=a.lr)
+    torch.set_num_threads(a.threads)
     run(s, [x.strip() for x in a.stages.split(",") if x.strip()], a.out)
 
 
