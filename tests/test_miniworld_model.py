@@ -12,8 +12,8 @@ from fmcgm.miniworld import model as M
 from fmcgm.miniworld import oracle, pipeline, render, world
 
 
-# The trained checkpoint is not in the repo yet (issue 10: the VAE does not yet reconstruct the
-# houses); these run as soon as models/fmcgm-miniworld-sdxl.safetensors is committed.
+# The trained checkpoint is not in the repo yet (issue 10: training is under way); these run as
+# soon as models/fmcgm-miniworld-sdxl.safetensors is committed.
 needs_trained = pytest.mark.skipif(not pipeline.CHECKPOINT.is_file(),
                                    reason="models/fmcgm-miniworld-sdxl.safetensors not trained yet "
                                           "(python scripts/train_miniworld.py)")
