@@ -42,6 +42,7 @@ PICTURE_NODES = {"SaveImage", "PreviewImage", "FMCGMCausalGraphViewer", "LoadIma
 PICTURE_NODE_HEIGHT = 380
 VIEW_SCALE = 0.8    # the frontend draws node text from about 0.6 up
 THUMBNAIL = 512
+TOP_BAND = 56  # px of the card left empty at the top (see thumbnail)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,14 +352,15 @@ def build(page, wf: Workflow, object_info: dict) -> dict:
 
 def thumbnail(wf: Workflow, path: Path) -> None:
     """The Templates dialog's square card: the title, the causal graph an edit works on (the
-    graph-only example with do(weather = sunny)), and the workflow's stages."""
+    graph-only example with do(weather = sunny)), and the workflow's stages. The top band stays
+    empty: frontend 1.58 lays a "Node graph" badge over the card's top-left corner."""
     from PIL import Image, ImageDraw, ImageFont
 
     from fmcgm.graph import CausalGraph
     from fmcgm.render import render_graph
     graph = CausalGraph.from_dict(GRAPH_ONLY_EXAMPLE)
     drawing = render_graph(graph, "weather", {"weather": "sunny", "hair": "dry", "umbrella": "closed"},
-                           width=THUMBNAIL - 40, height=290).image
+                           width=THUMBNAIL - 40, height=250).image
     card = Image.new("RGB", (THUMBNAIL, THUMBNAIL), (24, 27, 33))
     draw = ImageDraw.Draw(card)
     font = _thumbnail_font(ImageFont, bold=True, size=28)
@@ -369,13 +371,13 @@ def thumbnail(wf: Workflow, path: Path) -> None:
             lines[-1] = trial
         else:
             lines.append(word)
-    draw.multiline_text((20, 14), "\n".join(lines[:2]), font=font, fill=(240, 240, 240), spacing=4)
-    card.paste(Image.fromarray(drawing), (20, 84))
+    draw.multiline_text((20, TOP_BAND), "\n".join(lines[:2]), font=font, fill=(240, 240, 240), spacing=4)
+    card.paste(Image.fromarray(drawing), (20, TOP_BAND + 70))
     small = _thumbnail_font(ImageFont, bold=False, size=17)
-    y = 386
+    y = TOP_BAND + 70 + 250 + 10
     for title, _ in wf.stages[:6]:
         draw.text((24, y), "\u2022 " + title, font=small, fill=(200, 205, 215))
-        y += 20
+        y += 19
     card.save(path, quality=90)
 
 
