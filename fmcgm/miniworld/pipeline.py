@@ -123,22 +123,15 @@ def invert(model, latent: torch.Tensor, solver: str = "dpmpp_2m_sde", source: Op
                                 zero_noise_steps=PAPER["zero_noise_steps"] if zero_noise_steps is None else zero_noise_steps)
 
 
-def _edits_from_counterfactuals():
-    try:
-        from fmcgm.csg.causal_edits import edits_from_counterfactuals
-    except ImportError:  # before fmcgm.csg's rework moved it there
-        from fmcgm.csg.guidance import edits_from_counterfactuals
-    return edits_from_counterfactuals
-
-
 def csg(model, clip, inv, counterfactuals: Sequence, protect: float = 0.0, record_steps: bool = False,
         region: Optional[torch.Tensor] = None):
     """CSG edits of one inversion, one row per counterfactual (all in one batch). ``region``
     (latent-sized, [1, 1, h, w]) restricts the guidance like the CSG Sampler's region input.
     Returns the library's ``EditResult`` (raw latents, per-concept masks)."""
     from fmcgm.csg import sampler
+    from fmcgm.csg.causal_edits import edits_from_counterfactuals
     with torch.inference_mode():
-        edits = _edits_from_counterfactuals()(
+        edits = edits_from_counterfactuals(
             clip, list(counterfactuals), protect_strength=protect, protect_threshold=PAPER["protect_threshold"],
             scale=PAPER["edit_guidance"], threshold=PAPER["threshold"], warmup=PAPER["warmup"])
         return sampler.edit(model, inv, edits, mask_mode=PAPER["mask_mode"], record_steps=record_steps,
