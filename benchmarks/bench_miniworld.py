@@ -68,11 +68,13 @@ def run(n: int, checkpoint, seed_base: int = 0) -> dict:
         inv = pipeline.invert(model, latent, seed=inv_seed)
         t_inv = time.perf_counter() - t
         t = time.perf_counter()
-        outputs["CSG"] = pipeline.decode(vae, pipeline.csg(model, clip, inv, cfs).latent)
-        seconds["CSG"] += time.perf_counter() - t + t_inv
-        t = time.perf_counter()
-        outputs["CSG + protection"] = pipeline.decode(vae, pipeline.csg(model, clip, inv, cfs, protect=1.0).latent)
-        seconds["CSG + protection"] += time.perf_counter() - t + t_inv
+        shares = {}
+        for method, protect in (("CSG", 0.0), ("CSG + protection", 1.0)):
+            t = time.perf_counter()
+            edit = pipeline.csg(model, clip, inv, cfs, protect=protect)
+            outputs[method] = pipeline.decode(vae, edit.latent)
+            seconds[method] += time.perf_counter() - t + t_inv
+            shares[method] = [pipeline.mask_shares(edit.masks[k].numpy(), scene, cf) for k, cf in enumerate(cfs)]
         t = time.perf_counter()
         rec = pipeline.decode(vae, pipeline.reconstruct(model, inv))
         outputs["Reconstruction (no edit)"] = np.concatenate([rec, rec])
@@ -95,7 +97,8 @@ def run(n: int, checkpoint, seed_base: int = 0) -> dict:
                                 "read": s.read, "effectiveness": s.effectiveness, "invariance": s.invariance,
                                 "pixel_outside": s.pixel_outside, "lpips": s.lpips,
                                 "region_distance": s.extra["region_distance"],
-                                "region_colour": s.extra["region_colour"], "seed": inv_seed})
+                                "region_colour": s.extra["region_colour"], "seed": inv_seed,
+                                "mask_share": shares[method][k] if method in shares else None})
         if i < 6:
             _keep_examples(i, picture, outputs, todo)
         print(f"picture {i + 1}/{n}: " + "; ".join(

@@ -1,10 +1,12 @@
 """Miniature-world nodes: the tiny SDXL trained on the world, the world's pictures, and its oracle.
 
 Adapters only: the checkpoint format, the world's SCM, renderer and oracle live in
-``fmcgm.miniworld``. Typical graph: Load Tiny SDXL Checkpoint + Miniature World Scene -> VAE
-Encode -> DPM-Solver++ Inversion; the scene's graph -> Causal Graph Editor -> Concept
-Manipulator (graph-only) -> CSG Edits From Counterfactual -> CSG Sampler -> VAE Decode ->
-Miniature World Oracle (does the edit show the counterfactual?).
+``fmcgm.miniworld``. Typical graph (the shipped
+"FM-CGM miniature world" workflow): Load Tiny SDXL Checkpoint + Miniature World Scene -> VAE
+Encode -> DPM-Solver++ Inversion; the scene's graph -> Causal Graph Editor -> Miniature World
+Mechanisms (the descendants' values, in place of a VLM) -> Concept Manipulator (graph-only) ->
+CSG Edits From Counterfactual -> CSG Sampler -> VAE Decode -> Miniature World Oracle (does the
+edit show the counterfactual?).
 """
 from __future__ import annotations
 
@@ -116,6 +118,46 @@ class MiniworldScene(io.ComfyNode):
         return io.NodeOutput(image, [graph], graph.to_json(), scene.caption(), ui=ui.PreviewText(graph.to_text()))
 
 
+class MiniworldMechanisms(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="FMCGMMiniworldMechanisms",
+            display_name="Miniature World Mechanisms (FM-CGM)",
+            category=WORLD_CATEGORY,
+            description="The miniature world's known mechanisms in place of a VLM: given the graph's current values "
+                        "and do(concept = value), gives the descendants' new values (abduction, action, prediction "
+                        "on the world's SCM) as the Concept Manipulator's graph-only mode takes them. An effect "
+                        "showing its mechanism's value is taken to follow it; any other value is its own noise and "
+                        "stays.",
+            is_output_node=True,
+            inputs=[CausalGraphSocket.Input("graph", tooltip="The world's graph with the picture's values (from "
+                                                             "Miniature World Scene or the Causal Graph Editor)."),
+                    io.String.Input("concept", default="", tooltip="The intervened concept (empty: none chosen yet)."),
+                    io.String.Input("value", default="", tooltip="Its new value, one of the world's values.")],
+            outputs=[io.String.Output(display_name="descendant_values",
+                                      tooltip="One 'concept: value' line per descendant, for the manipulator.")],
+        )
+
+    @classmethod
+    def execute(cls, graph, concept, value):
+        from fmcgm.manipulator import format_value_text
+        from fmcgm.miniworld import world
+        graphs = list(graph or [])
+        if not graphs:
+            raise ValueError("graph: no graph arrived; connect Miniature World Scene's graph (or the editor's)")
+        if not concept.strip():
+            return io.NodeOutput("", ui=ui.PreviewText("No intervention chosen yet."))
+        values = {c.name: c.value for c in graphs[0].concepts}
+        try:
+            scene = world.abduct(values)
+            propagated = world.propagated_values(scene, concept.strip(), value.strip())
+        except ValueError as error:
+            raise ValueError(f"concept/value: {error}") from None
+        text = format_value_text(propagated)
+        return io.NodeOutput(text, ui=ui.PreviewText(text or f"{concept} has no descendants."))
+
+
 class MiniworldOracle(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -143,5 +185,5 @@ class MiniworldOracle(io.ComfyNode):
         return io.NodeOutput(text, ui=ui.PreviewText(text))
 
 
-NODES = [LoadTinySDXLCheckpoint, MiniworldScene, MiniworldOracle]
+NODES = [LoadTinySDXLCheckpoint, MiniworldScene, MiniworldMechanisms, MiniworldOracle]
 

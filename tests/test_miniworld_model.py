@@ -142,3 +142,32 @@ def test_a_longer_vae_schedule_continues_the_finished_vae_and_the_later_stages_s
     again = torch.load(tmp_path / "w" / "latents.pt", weights_only=False)
     assert first["vae_steps"] == 2 and again["vae_steps"] == 3
     assert not torch.equal(first["latents"], again["latents"])  # encoded again by the longer-trained VAE
+
+
+def test_the_worlds_mechanisms_feed_the_manipulators_graph_only_mode(comfy):
+    # Scene -> Mechanisms -> Concept Manipulator (graph-only): do(weather = sunny) on a rainy scene
+    # whose ground is off its mechanism (snow under rain): the sky and windows follow the weather,
+    # the ground keeps its own value, the house and its side are untouched.
+    scene_inputs = {"weather": "rainy", "house": "yellow house", "house_side": "house on the left side",
+                    "layout_seed": 1, "sky": "(from the weather)", "ground": "snowy ground",
+                    "windows": "(from the weather)", "size": 64}
+    prompt = {
+        "1": {"class_type": "FMCGMMiniworldScene", "inputs": scene_inputs},
+        "2": {"class_type": "FMCGMMiniworldMechanisms", "inputs": {"graph": ["1", 1], "concept": "weather",
+                                                                   "value": "sunny"}},
+        "3": {"class_type": "FMCGMConceptManipulator", "inputs": {
+            "causal_graph": ["1", 1], "mode": "graph-only", "concept": "weather", "value": "sunny",
+            "descendant_values": ["2", 0], "num_interventions": 1, "temperature": 0.2, "max_new_tokens": 64,
+            "seed": 0, "enable_thinking": False}},
+        "4": {"class_type": "FMCGMTest_Capture", "inputs": {"value": ["3", 0]}},
+    }
+    _, outputs = comfy.run_prompt(prompt)
+    assert outputs["2"]["text"][0].splitlines() == ["sky: blue sky", "ground: snowy ground", "windows: dark windows"]
+    report = outputs["3"]["text"][0]
+    assert "blue sky" in report and "dark windows" in report and "wet" not in report
+    prompt["2"]["inputs"]["value"] = "stormy"
+    with pytest.raises(comfy.PromptError, match="concept/value: 'stormy' is not a value of 'weather'"):
+        comfy.run_prompt(prompt)
+    prompt["2"]["inputs"].update(concept="", value="")
+    _, outputs = comfy.run_prompt({"1": prompt["1"], "2": prompt["2"]})
+    assert outputs["2"]["text"][0] == "No intervention chosen yet."

@@ -216,3 +216,21 @@ def region_distances(original: np.ndarray, edited: np.ndarray, scene: world.Scen
     diff = np.abs(edited.astype(np.float32) - original.astype(np.float32)).mean(-1) / 255.0
     return {c: float(diff[m].mean()) if m.any() else float("nan")
             for c, m in inner_regions(scene, original.shape[0]).items()}
+
+
+def mask_shares(masks, scene: world.Scene, cf) -> dict:
+    """For each edit concept of ``cf`` (a manipulator Counterfactual of ``scene``), the share of its
+    CSG mask (``EditResult.masks`` row, [concepts, h, w]) that falls on the concept's region, the
+    region before or after the edit (both at the mask's resolution). Masks pointing at the wrong
+    tokens or places score low."""
+    m = np.asarray(masks, dtype=np.float64)
+    h = m.shape[-1]
+    before = render.regions(scene, render.SIZE)
+    after = render.regions(world.counterfactual(scene, cf.concept, cf.value), render.SIZE)
+    cell = render.SIZE // h
+    out = {}
+    for k, prompt in enumerate(cf.edit_prompts):
+        region = (before[prompt.concept] | after[prompt.concept]).reshape(h, cell, h, cell).any(axis=(1, 3))
+        total = m[k].sum()
+        out[prompt.concept] = float(m[k][region].sum() / total) if total > 0 else float("nan")
+    return out

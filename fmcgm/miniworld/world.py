@@ -233,6 +233,20 @@ def graph_json(values: Optional[Mapping[str, str]] = None, indent: int = 2) -> s
     return json.dumps(graph_dict(values), indent=indent)
 
 
+def abduct(values: Mapping[str, str], layout_seed: int = 0) -> Scene:
+    """The scene behind observed values (abduction): an effect showing its mechanism's value is
+    taken to follow the mechanism (the likelier explanation: 0.75 + 0.25/n against 0.25/n), any
+    other value is its exogenous noise. Every concept must be present with one of its values."""
+    missing = [c for c in CONCEPTS if c not in values]
+    if missing:
+        raise ValueError(f"the graph lacks the world's concepts {missing}; use the miniature world's graph "
+                         "(Miniature World Scene's graph output, or fmcgm.miniworld.world.graph_json())")
+    vals = {c: check_value(c, values[c]) for c in CONCEPTS}
+    noise = {e: Noise(True, vals[e]) if mechanism(e, vals, Noise(True, vals[e])) == vals[e] else Noise(False, vals[e])
+             for e in MECHANISMS}
+    return Scene(vals, noise, sample_layout(random.Random(f"layout-{int(layout_seed)}")))
+
+
 def propagated_values(scene: Scene, concept: str, value: str) -> dict:
     """The descendants' values after do(concept = value), as the Concept Manipulator's graph-only
     mode takes them ({descendant: value}, every descendant, changed or not)."""
