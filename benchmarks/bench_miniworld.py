@@ -1,7 +1,7 @@
 """A miniature Table 1 (FM-CGM paper, Sec. 6): CSG against DDIM and DDPM inversion, measured on the
 miniature world with its trained tiny SDXL, scored by the world's oracle instead of a VLM judge.
 
-    python benchmarks/bench_miniworld.py [--pictures 24] [--checkpoint PATH] [--out benchmarks/results]
+    python benchmarks/bench_miniworld.py [--pictures 16] [--checkpoint PATH] [--out benchmarks/results]
 
 For each picture (a typical scene of the world: its effects follow their mechanisms) two
 interventions: do(weather = another value) (root; changes the sun/cloud, the sky, the ground and,
@@ -38,7 +38,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.append(str(REPO))
 
-METHODS = ("DDIM inversion", "DDPM inversion", "CSG", "CSG + protection", "Reconstruction (no edit)")
+TUNED = "CSG, s_e 16, lambda 0.5 (tuned)"
+METHODS = ("DDIM inversion", "DDPM inversion", "CSG", "CSG + protection", TUNED, "Reconstruction (no edit)")
+EDITED = METHODS[:-1]
 KINDS = ("weather", "ground")
 
 
@@ -69,9 +71,11 @@ def run(n: int, checkpoint, seed_base: int = 0) -> dict:
         t_inv = time.perf_counter() - t
         t = time.perf_counter()
         shares = {}
-        for method, protect in (("CSG", 0.0), ("CSG + protection", 1.0)):
+        for method, protect, tuned in (("CSG", 0.0, {}), ("CSG + protection", 1.0, {}),
+                                       (TUNED, 0.0, {"scale": pipeline.TUNED["edit_guidance"],
+                                                     "threshold": pipeline.TUNED["threshold"]})):
             t = time.perf_counter()
-            edit = pipeline.csg(model, clip, inv, cfs, protect=protect)
+            edit = pipeline.csg(model, clip, inv, cfs, protect=protect, **tuned)
             outputs[method] = pipeline.decode(vae, edit.latent)
             seconds[method] += time.perf_counter() - t + t_inv
             shares[method] = [pipeline.mask_shares(edit.masks[k].numpy(), scene, cf) for k, cf in enumerate(cfs)]
@@ -103,7 +107,7 @@ def run(n: int, checkpoint, seed_base: int = 0) -> dict:
             _keep_examples(i, picture, outputs, todo)
         print(f"picture {i + 1}/{n}: " + "; ".join(
             f"{m}: eff {np.mean([r['effectiveness'] for r in records if r['picture'] == i and r['method'] == m]):.2f}"
-            for m in METHODS[:4]), flush=True)
+            for m in EDITED), flush=True)
     return {"records": records, "seconds_per_picture": {m: s / n for m, s in seconds.items()},
             "lpips": lp is not None}
 
@@ -117,25 +121,25 @@ _EXAMPLES: list = []
 
 
 def _keep_examples(i, picture, outputs, todo):
-    _EXAMPLES.append((picture, {m: outputs[m] for m in METHODS[:4]}, todo))
+    _EXAMPLES.append((picture, {m: outputs[m] for m in EDITED}, todo))
 
 
 def examples_grid(path: Path) -> None:
-    """Rows: picture x intervention; columns: original, DDIM, DDPM, CSG, CSG + protection."""
+    """Rows: picture x intervention; columns: the original, then each edited method."""
     import numpy as np
     from PIL import Image, ImageDraw
     rows = []
     for picture, outs, todo in _EXAMPLES[:4]:
         for k, (concept, value) in enumerate(todo):
-            row = [picture] + [outs[m][k] for m in METHODS[:4]]
+            row = [picture] + [outs[m][k] for m in EDITED]
             strip = np.concatenate([np.pad(p, ((2, 2), (2, 2), (0, 0)), constant_values=255) for p in row], axis=1)
             label = Image.new("RGB", (strip.shape[1], 14), (255, 255, 255))
             ImageDraw.Draw(label).text((4, 1), f"do({concept} = {value})", fill=(0, 0, 0))
             rows += [np.asarray(label), strip]
     head = Image.new("RGB", (rows[1].shape[1], 14), (255, 255, 255))
     draw = ImageDraw.Draw(head)
-    for c, title in enumerate(("original",) + METHODS[:4]):
-        draw.text((4 + c * (rows[1].shape[1] // 5), 1), title, fill=(0, 0, 0))
+    for c, title in enumerate(("original", "DDIM", "DDPM", "CSG", "CSG + prot.", "CSG tuned")):
+        draw.text((4 + c * (rows[1].shape[1] // (len(EDITED) + 1)), 1), title, fill=(0, 0, 0))
     Image.fromarray(np.concatenate([np.asarray(head)] + rows, axis=0)).save(path)
 
 
@@ -187,7 +191,7 @@ def markdown(summary: dict, result: dict, settings: dict) -> str:
     lines += ["", "Effectiveness per changed concept (share read with its new value):", "",
               "| Method | intervention | " + " | ".join(["weather", "sky", "ground", "windows"]) + " |",
               "|---|---|---|---|---|---|"]
-    for method in METHODS[:4]:
+    for method in EDITED:
         for kind in KINDS:
             per = summary[method][kind]["per_concept"]
             lines.append(f"| {method} | do({kind}) | " + " | ".join(
@@ -209,7 +213,7 @@ def markdown(summary: dict, result: dict, settings: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--pictures", type=int, default=24)
+    p.add_argument("--pictures", type=int, default=16)
     p.add_argument("--checkpoint", type=Path, help="default: the repo's models/fmcgm-miniworld-sdxl.safetensors")
     p.add_argument("--seed", type=int, default=0, help="picks the scenes and the inversions' noise")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
@@ -222,11 +226,12 @@ def main() -> None:
     summary = summarise(result)
     ckpt = a.checkpoint or pipeline.CHECKPOINT
     settings = {"pictures": a.pictures, "seed": a.seed, "checkpoint": Path(ckpt).name, "paper": pipeline.PAPER,
+                "tuned": pipeline.TUNED,
                 "protect_strength": 1.0, "dilate_px": pipeline.DILATE_PX, "lpips": result["lpips"],
                 "size": 128, "command": "python benchmarks/bench_miniworld.py " + " ".join(sys.argv[1:])}
     md = markdown(summary, result, settings)
     a.out.mkdir(parents=True, exist_ok=True)
-    stem = f"miniworld_table1{'' if a.seed == 0 and a.pictures == 24 else f'_n{a.pictures}_s{a.seed}'}"
+    stem = f"miniworld_table1{'' if a.seed == 0 and a.pictures == 16 else f'_n{a.pictures}_s{a.seed}'}"
     (a.out / f"{stem}.md").write_text(md)
     (a.out / f"{stem}.json").write_text(json.dumps({"summary": summary, "settings": settings, **result}, indent=1))
     examples_grid(a.out / f"{stem}_examples.png")

@@ -52,6 +52,8 @@ class Workflow:
     stages: tuple[tuple[str, tuple[str, ...]], ...]   # (group title, node ids top to bottom)
     note: str                              # Markdown shown in a Note at the top left
     widths: dict = dataclasses.field(default_factory=dict)  # node id -> width where the default is too narrow
+    # The thumbnail's example: (graph dict, intervened concept, new values); None = GRAPH_ONLY_EXAMPLE's
+    example: tuple | None = None
 
 
 def node(kind: str, title: str | None = None, **inputs) -> dict:
@@ -225,8 +227,54 @@ def graph_only() -> Workflow:
         RENDER_STAGE, OUTPUT_STAGE), note)
 
 
+MINIWORLD_CHECKPOINT = "fmcgm-miniworld-sdxl.safetensors"  # ships in the pack's models/ folder
+MINIWORLD_SCENE = {"weather": "rainy", "house": "red house", "house_side": "house on the left side", "layout_seed": 7}
+
+
+def miniature_world() -> Workflow:
+    """A real edit with no downloads: the tiny SDXL trained on the miniature world (it ships with
+    the pack), the world's known graph and mechanisms in place of the VLM, do(weather = sunny)
+    preset, and the world's oracle reading the result."""
+    graph: dict = {}
+    graph["1"] = node("FMCGMLoadTinySDXLCheckpoint", "Miniature world model (ships with the pack)",
+                      ckpt_name=MINIWORLD_CHECKPOINT)
+    graph["2"] = node("FMCGMMiniworldScene", "Picture of the miniature world", **MINIWORLD_SCENE)
+    graph["3"] = node("VAEEncode", pixels=["2", 0], vae=["1", 2])
+    graph["18"] = node("PreviewImage", "Original", images=["2", 0])
+    _editor(graph, graph=["2", 1], intervene_concept="weather", intervene_value="sunny")
+    graph["16"] = node("FMCGMMiniworldMechanisms", "The world's mechanisms (instead of a VLM)",
+                       graph=["7", 0], concept=["7", 1], value=["7", 2])
+    _manipulate(graph, ["7", 0], "graph-only", with_vlm=False, concept=["7", 1], value=["7", 2],
+                descendant_values=["16", 0])
+    _render(graph, "miniworld")
+    graph["17"] = node("FMCGMMiniworldOracle", "Does the edit show it? (the world's oracle)",
+                       image=["13", 0], counterfactual=["8", 0])
+    title = "FM-CGM miniature world (real edit, no downloads)"
+    note = (f"## {title}\nA real causal edit on a model that has learned its concepts, with nothing to download: "
+            "a tiny SDXL trained on this pack's miniature world (weather → sky, ground, windows; the house's "
+            "colour and side independent of it), which ships in the pack's `models/` folder.\n\n**Run** (Queue): "
+            "do(weather = sunny) on a rainy picture. The world's mechanisms give the descendants' new values "
+            "(what a VLM does for real pictures), the manipulator propagates them, CSG renders the edit, and the "
+            "world's oracle reads every concept off the result.\n\n**Try**: another weather, house or "
+            "`layout_seed` in *Picture of the miniature world*; another intervention in the editor (click a "
+            "concept, *Intervene on this*, type a value the world knows, e.g. `snowy`, `wet ground`).\n\n"
+            f"{OUTPUTS} *Original* is the picture before the edit; the oracle's report says whether each changed "
+            "concept shows its new value and each non-descendant kept its own.")
+    from fmcgm.miniworld import world
+    scene = world.scene_from_values(**{k.replace("house_side", "side"): v for k, v in MINIWORLD_SCENE.items()})
+    example = (world.graph_dict(scene.values), "weather",
+               {"weather": "sunny", **world.propagated_values(scene, "weather", "sunny")})
+    return Workflow(title, graph, (
+        ("Model and picture", ("1", "2", "3", "18")),
+        ("1. Choose the intervention", ("7",)),
+        ("2. Propagate it (the world's mechanisms)", ("16", "8")),
+        ("3. Render the edit with CSG", RENDER_STAGE[1]), ("Outputs", ("14", "15", "17", "9"))), note,
+        example=example)
+
+
 def definitions() -> list[Workflow]:
-    return [causal_edit(), causal_edit(vlm="openai"), automatic_interventions(), baselines(), graph_only()]
+    return [causal_edit(), causal_edit(vlm="openai"), automatic_interventions(), baselines(), graph_only(),
+            miniature_world()]
 
 
 # ----------------------------------------------------------------------------- the frontend side
@@ -358,9 +406,9 @@ def thumbnail(wf: Workflow, path: Path) -> None:
 
     from fmcgm.graph import CausalGraph
     from fmcgm.render import render_graph
-    graph = CausalGraph.from_dict(GRAPH_ONLY_EXAMPLE)
-    drawing = render_graph(graph, "weather", {"weather": "sunny", "hair": "dry", "umbrella": "closed"},
-                           width=THUMBNAIL - 40, height=250).image
+    example, concept, values = wf.example or (GRAPH_ONLY_EXAMPLE, "weather",
+                                              {"weather": "sunny", "hair": "dry", "umbrella": "closed"})
+    drawing = render_graph(CausalGraph.from_dict(example), concept, values, width=THUMBNAIL - 40, height=250).image
     card = Image.new("RGB", (THUMBNAIL, THUMBNAIL), (24, 27, 33))
     draw = ImageDraw.Draw(card)
     font = _thumbnail_font(ImageFont, bold=True, size=28)

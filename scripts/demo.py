@@ -1,20 +1,26 @@
 #!/usr/bin/env python3
 """The main job, end to end on this machine: `make demo`.
 
-Starts a real ComfyUI server on 127.0.0.1 with this pack (fmcgm.runner.server_process), puts tiny
-random-weight stand-ins for SDXL and Qwen3-VL where the real models would be (no real weights are
-downloaded), and runs the shipped workflow "FM-CGM causal edit" through `python -m fmcgm run`'s
-runner as an artist would: the first run extracts the causal graph, an intervention is picked on
-it, the second run propagates it and renders the counterfactual with Causal Semantic Guidance.
-demo-output/ gets every picture under a name that says what it is (original.png,
-counterfactual_csg.png, the masks, the graph drawings), the reports as text, the API prompt
-that ran (workflow_api.json), and index.html, a page that shows what ran. With random weights
-the pictures are noise; put real models in ComfyUI for real edits.
+Starts a real ComfyUI server on 127.0.0.1 with this pack (fmcgm.runner.server_process) and runs
+two shipped workflows through `python -m fmcgm run`'s runner, as an artist would:
 
-The same run from a shell, with the intervention given up front:
-    python -m fmcgm run "workflows/FM-CGM causal edit.json" --server URL \\
-        --set "Picture to edit.image=photo.png" \\
-        --set "Pick do(concept = value) here.intervene_concept=weather" \\
+1. "FM-CGM miniature world (real edit, no downloads)": a real causal edit. The tiny SDXL trained on
+   the pack's miniature world (models/fmcgm-miniworld-sdxl.safetensors) renders do(weather = sunny)
+   on a rainy picture with Causal Semantic Guidance; the world's known graph and mechanisms stand
+   in for the VLM, and the world's oracle reads the result. demo-output/ gets the original, the
+   counterfactual, the masks, the graph drawing, the oracle's report and side_by_side.png.
+2. "FM-CGM causal edit", the full VLM path, with tiny random-weight stand-ins for SDXL and
+   Qwen3-VL where the real models would be (nothing is downloaded; its pictures are noise): the
+   first run extracts the causal graph, an intervention is picked on it, the second run
+   propagates it and renders the counterfactual. Into demo-output/vlm-path/.
+
+Each output is named after what it is, the API prompt that ran is saved (workflow_api.json), and
+demo-output/index.html shows both. The same runs from a shell:
+    python -m fmcgm run "workflows/FM-CGM miniature world (real edit, no downloads).json" --server URL \
+        --set "Pick do(concept = value) here.intervene_value=snowy" --output demo-output
+    python -m fmcgm run "workflows/FM-CGM causal edit.json" --server URL \
+        --set "Picture to edit.image=photo.png" \
+        --set "Pick do(concept = value) here.intervene_concept=weather" \
         --set "Pick do(concept = value) here.intervene_value=sunny" --output demo-output
 """
 from __future__ import annotations
@@ -24,7 +30,11 @@ import json
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.append(str(REPO))
@@ -38,13 +48,74 @@ from tests.comfy_harness import COMFY_ROOT, lane_info  # noqa: E402
 from tests.conftest import sample_picture_png  # noqa: E402
 
 OUT = REPO / "demo-output"
+VLM_OUT = OUT / "vlm-path"
+MINIWORLD = REPO / "workflows" / "FM-CGM miniature world (real edit, no downloads).json"
 WORKFLOW = REPO / "workflows" / "FM-CGM causal edit.json"
+
+
+@dataclass
+class Section:
+    """One workflow's run, for the summary page."""
+    heading: str
+    text: str                                # what ran, in a sentence or two
+    folder: Path
+    pictures: list[tuple[str, str]]          # (file name in folder, what it is)
+    texts: list[tuple[str, str]]             # (title, text)
 
 
 def cpu_settings(prompt: dict) -> list[str]:
     """The settings a CPU user lowers, as --set assignments, for the inputs this workflow has."""
     present = {name for node in prompt.values() for name, value in node["inputs"].items() if not isinstance(value, list)}
     return [f"*.{key}={value}" for key, value in workflow_runner.FAST_SETTINGS.items() if key in present]
+
+
+def _section(heading: str, text: str, folder: Path, saved: list, first: list[tuple[str, str]] = ()) -> Section:
+    pictures = list(first) + [(s.path.name, s.title) for s in saved if s.kind == "picture"]
+    return Section(heading, text, folder, pictures, [(s.title, s.path.read_text()) for s in saved if s.kind == "text"])
+
+
+def miniature_world(client) -> Section:
+    """The real edit: the shipped miniature-world workflow as it is (paper settings), one run."""
+    from fmcgm.miniworld.demo import side_by_side
+    workflow = read_workflow(MINIWORLD)
+    prompt, _ = prepare(client, workflow, [])
+    result = client.run(prompt)
+    print(f"miniature world: success in {result.seconds:.1f} s")
+    saved = save_outputs(client, result, OUT)
+    by_title = {s.title: s.path for s in saved}
+    panels = [(label, np.asarray(Image.open(by_title[title]).convert("RGB")))
+              for label, title in (("original", "Original"), ("do(weather = sunny), CSG", "Counterfactual (CSG)"))]
+    Image.fromarray(side_by_side(panels)).save(OUT / "side_by_side.png")
+    return _section("A real edit: the miniature world", (
+        f"Workflow <code>{MINIWORLD.name}</code>, run once as shipped, in {result.seconds:.1f} s: the tiny SDXL "
+        "trained on the pack's miniature world renders do(weather = sunny) with CSG (100 steps). The world's graph "
+        "and mechanisms stand in for the VLM; its oracle reads the result."), OUT, saved,
+        [("side_by_side.png", "Original and counterfactual, enlarged")])
+
+
+def vlm_path(client) -> Section:
+    """The whole VLM path with random-weight stand-ins: two runs, the intervention picked in between."""
+    VLM_OUT.mkdir(parents=True, exist_ok=True)
+    (VLM_OUT / "original.png").write_bytes(sample_picture_png(128))
+    workflow = read_workflow(WORKFLOW)
+    prompt, info = prepare(client, workflow, [f"Picture to edit.image={VLM_OUT / 'original.png'}"])
+    apply_assignments(prompt, info, cpu_settings(prompt))
+    first = client.run(prompt)  # the graph comes into the editor
+    print(f"VLM path, run 1: success in {first.seconds:.1f} s")
+    editor = next(k for k, n in prompt.items() if n["class_type"] == workflow_runner.EDITOR)
+    graph = json.loads(first.outputs[editor][workflow_runner.EDITOR_UI_KEY][0])["graph"]
+    concept = graph["concepts"][0]
+    value = f"not {concept['value']}"
+    title = title_of(prompt, editor)
+    apply_assignments(prompt, info, [f"{title}.intervene_concept={concept['name']}",
+                                     f"{title}.intervene_value={value}"])
+    second = client.run(prompt)  # the counterfactual is rendered
+    print(f"VLM path, run 2: success in {second.seconds:.1f} s")
+    saved = save_outputs(client, second, VLM_OUT)
+    return _section(f"The VLM path: do({concept['name']} = {value})", (
+        f"Workflow <code>{WORKFLOW.name}</code> with tiny random-weight stand-ins for SDXL and Qwen3-VL (the "
+        f"pictures are noise: the point is that the whole graph runs); run 1 {first.seconds:.1f} s, run 2 "
+        f"{second.seconds:.1f} s."), VLM_OUT, saved, [("original.png", "Original picture (the input)")])
 
 
 def main() -> None:
@@ -63,29 +134,13 @@ def main() -> None:
     client = server.start()
     print(f"ComfyUI {lane_info()['comfyui']} up at {client.url}")
     try:
-        (OUT / "original.png").write_bytes(sample_picture_png(128))
-        workflow = read_workflow(WORKFLOW)
-        prompt, info = prepare(client, workflow, [f"Picture to edit.image={OUT / 'original.png'}"])
-        apply_assignments(prompt, info, cpu_settings(prompt))
-        first = client.run(prompt)  # the graph comes into the editor
-        print(f"run 1: success in {first.seconds:.1f} s")
-        editor = next(k for k, n in prompt.items() if n["class_type"] == workflow_runner.EDITOR)
-        graph = json.loads(first.outputs[editor][workflow_runner.EDITOR_UI_KEY][0])["graph"]
-        concept = graph["concepts"][0]
-        value = f"not {concept['value']}"
-        title = title_of(prompt, editor)
-        apply_assignments(prompt, info, [f"{title}.intervene_concept={concept['name']}",
-                                         f"{title}.intervene_value={value}"])
-        second = client.run(prompt)  # the counterfactual is rendered
-        print(f"run 2: success in {second.seconds:.1f} s")
-        saved = save_outputs(client, second, OUT)
-        for output in saved:
-            print(f"saved demo-output/{output.path.name}  ({output.title})")
-        intervention = f"do({concept['name']} = {value})"
-        pictures = [(s.path.name, s.title) for s in saved if s.kind == "picture"]
-        texts = [(s.title, s.path.read_text()) for s in saved if s.kind == "text"]
-        write_summary(intervention, pictures, texts, 2, time.perf_counter() - started)
-        print(f"\n{intervention}; summary page: demo-output/index.html")
+        sections = [miniature_world(client), vlm_path(client)]
+        for section in sections:
+            for name, title in section.pictures:
+                print(f"saved {(section.folder / name).relative_to(REPO)}  ({title})")
+        write_summary(sections, time.perf_counter() - started)
+        oracle = next((text for title, text in sections[0].texts if "oracle" in title), "")
+        print(f"\n{oracle}\n\nsummary page: demo-output/index.html")
     except Exception as error:
         print(f"demo failed: {error}\n{server.log_tail()}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -94,22 +149,22 @@ def main() -> None:
     print(f"Demo finished in {time.perf_counter() - started:.1f} s (server exit code {code}).")
 
 
-def write_summary(intervention: str, pictures: list[tuple[str, str]], texts: list[tuple[str, str]],
-                  runs: int, elapsed: float) -> None:
+def write_summary(sections: list[Section], elapsed: float) -> None:
     """demo-output/index.html: what ran, the pictures with what each is, the reports."""
     e = html.escape
-    figures = [("original.png", "Original picture (the input)")] + pictures
-    body = [f"<h1>FM-CGM demo: {e(intervention)}</h1>",
-            f"<p>Workflow <code>{e(WORKFLOW.name)}</code> on ComfyUI {e(lane_info()['comfyui'])} with tiny "
-            f"random-weight models (pictures are noise: the point is that the whole graph runs); {runs} runs, "
-            f"{elapsed:.1f} s in all.</p>", "<div style='display:flex;flex-wrap:wrap;gap:16px'>"]
-    for name, title in figures:
-        body.append(f"<figure style='margin:0'><img src='{e(name)}' style='max-width:360px;image-rendering:"
-                    f"pixelated;border:1px solid #888'><figcaption>{e(title)}<br><code>{e(name)}</code>"
-                    "</figcaption></figure>")
-    body.append("</div>")
-    for title, text in texts:
-        body.append(f"<h2>{e(title)}</h2><pre style='white-space:pre-wrap'>{e(text)}</pre>")
+    body = [f"<h1>FM-CGM demo</h1><p>ComfyUI {e(lane_info()['comfyui'])}, {elapsed:.1f} s in all.</p>"]
+    for section in sections:
+        where = section.folder.relative_to(OUT).as_posix()
+        prefix = "" if where == "." else where + "/"
+        body += [f"<h2>{e(section.heading)}</h2><p>{section.text}</p>",
+                 "<div style='display:flex;flex-wrap:wrap;gap:16px'>"]
+        for name, title in section.pictures:
+            body.append(f"<figure style='margin:0'><img src='{e(prefix + name)}' style='max-width:384px;"
+                        "image-rendering:pixelated;border:1px solid #888'><figcaption>"
+                        f"{e(title)}<br><code>{e(prefix + name)}</code></figcaption></figure>")
+        body.append("</div>")
+        for title, text in section.texts:
+            body.append(f"<h3>{e(title)}</h3><pre style='white-space:pre-wrap'>{e(text)}</pre>")
     (OUT / "index.html").write_text("<!doctype html><meta charset='utf-8'><title>FM-CGM demo</title>"
                                     "<body style='font-family:sans-serif;margin:24px'>" + "\n".join(body))
 

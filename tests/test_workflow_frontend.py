@@ -7,8 +7,10 @@ own ``graphToPrompt()`` holds, input by input, what the workflow is defined to h
 (scripts/build_workflows.py) with types that match ``/object_info``. Then it runs from the Run
 button with CPU-sized settings: the first run brings the graph into the editor with no
 intervention chosen, do() is picked by clicking in the editor, and the second run renders the
-counterfactual, its masks and its graph drawing at the expected sizes. Screenshots and run
-times go to test-artifacts/<lane>/.
+counterfactual, its masks and its graph drawing at the expected sizes. The miniature world's
+workflow, whose graph is known before any run, comes with do(weather = sunny) chosen and renders
+in one run (the world's oracle reads the result). Screenshots and run times go to
+test-artifacts/<lane>/.
 """
 from __future__ import annotations
 
@@ -137,6 +139,10 @@ def _overlaps(bounds: dict[int, list[float]]) -> list[str]:
 
 # ----------------------------------------------------------------------------- the run, as a user
 
+def _is_miniworld(definition) -> bool:
+    return definition.graph["2"]["class_type"] == "FMCGMMiniworldScene"
+
+
 def _picture(server, info: dict) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(server.view(info))))
 
@@ -188,8 +194,11 @@ def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifa
             assert sent["inputs"] == _expected_inputs(entry, info), f"node {node_id} ({entry['class_type']})"
             assert _type_problems(node_id, sent, object_info, prompt) == []
         editors = [int(k) for k, n in prompt.items() if n["class_type"] == wr.EDITOR]
-        for e in editors:  # nothing preset: the artist picks the intervention on the graph they see
-            assert (prompt[str(e)]["inputs"]["intervene_concept"], prompt[str(e)]["inputs"]["intervene_value"]) == ("", "")
+        world = _is_miniworld(definition)
+        for e in editors:  # nothing preset: the artist picks the intervention on the graph they see, except
+            # in the miniature world, whose graph is known before any run: do(weather = sunny) is ready
+            preset = (prompt[str(e)]["inputs"]["intervene_concept"], prompt[str(e)]["inputs"]["intervene_value"])
+            assert preset == (("weather", "sunny") if world else ("", ""))
         # The Python converter (kept for scripting) reads the file as this frontend does.
         strip = lambda pr: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in pr.items()}  # noqa: E731
         assert strip(ui_to_api(json.loads(path.read_text()), object_info)) == strip(prompt)
@@ -203,7 +212,7 @@ def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifa
         _, first = p.run()
         times["run 1"] = round(time.perf_counter() - started, 1)
         outputs = [first]
-        if editors:
+        if editors and not world:
             assert "14" not in first["outputs"], "rendered before an intervention was chosen"
             concept = "weather" if "graph_json" in definition.graph["7"]["inputs"] else None
             picked = _pick_intervention(p, editors[0], concept)
@@ -227,7 +236,7 @@ def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifa
         assert len(previews) >= 2, "no live previews while inverting and editing"
 
         # 4. The pictures a user expects.
-        width, height = PICTURE
+        width, height = (definition.graph["2"]["inputs"].get("size", 128),) * 2 if world else PICTURE
         counterfactuals = _images(final, "14")
         assert counterfactuals, f"no counterfactual: {sorted(final['outputs'])}"
         for info in counterfactuals:
@@ -241,6 +250,8 @@ def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifa
         for baseline in ("24", "28"):
             if baseline in definition.graph:
                 assert _picture(server, _images(final, baseline)[0]).shape == (height, width, 3)
+        if world:  # the world's oracle read the edit (what it reads is judged in test_miniworld_edit.py)
+            assert "do(weather = sunny): effectiveness" in final["outputs"]["17"]["text"][0]
         for evaluator in ("30", "31", "32"):
             if evaluator in definition.graph:
                 assert "mean" in final["outputs"][evaluator]["text"][0]
