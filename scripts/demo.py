@@ -8,7 +8,8 @@ two shipped workflows through `python -m fmcgm run`'s runner, as an artist would
    the pack's miniature world (models/fmcgm-miniworld-sdxl.safetensors) renders do(weather = sunny)
    on a rainy picture with Causal Semantic Guidance; the world's known graph and mechanisms stand
    in for the VLM, and the world's oracle reads the result. demo-output/ gets the original, the
-   counterfactual, the masks, the graph drawing, the oracle's report and side_by_side.png.
+   counterfactual, the masks, the graph drawing, the world's graph as JSON (causal_graph.json),
+   the propagated values, the oracle's report and side_by_side.png.
 2. "FM-CGM causal edit", the full VLM path, with tiny random-weight stand-ins for SDXL and
    Qwen3-VL where the real models would be (nothing is downloaded; its pictures are noise): the
    first run extracts the causal graph, an intervention is picked on it, the second run
@@ -82,6 +83,7 @@ def miniature_world(client) -> Section:
     result = client.run(prompt)
     print(f"miniature world: success in {result.seconds:.1f} s")
     saved = save_outputs(client, result, OUT)
+    (OUT / "causal_graph.json").write_text(scene_graph_json(prompt) + "\n")  # what the editor and graph-only mode read
     by_title = {s.title: s.path for s in saved}
     panels = [(label, np.asarray(Image.open(by_title[title]).convert("RGB")))
               for label, title in (("original", "Original"), ("do(weather = sunny), CSG", "Counterfactual (CSG)"))]
@@ -91,6 +93,16 @@ def miniature_world(client) -> Section:
         "trained on the pack's miniature world renders do(weather = sunny) with CSG (100 steps). The world's graph "
         "and mechanisms stand in for the VLM; its oracle reads the result."), OUT, saved,
         [("side_by_side.png", "Original and counterfactual, enlarged")])
+
+
+def scene_graph_json(prompt: dict) -> str:
+    """The world's graph with the values of the prompt's Miniature World Scene."""
+    from fmcgm.miniworld import world
+    inputs = next(n["inputs"] for n in prompt.values() if n["class_type"] == "FMCGMMiniworldScene")
+    overrides = {k: inputs[k] for k in ("sky", "ground", "windows") if not str(inputs.get(k, "(")).startswith("(")}
+    scene = world.scene_from_values(inputs["weather"], inputs["house"], inputs["house_side"], inputs["layout_seed"],
+                                    **overrides)
+    return world.graph_json(scene.values)
 
 
 def vlm_path(client) -> Section:

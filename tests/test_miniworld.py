@@ -189,3 +189,22 @@ def test_abduction_refuses_values_that_are_not_the_worlds():
         world.abduct({k: v for k, v in values.items() if k != world.SKY})
     with pytest.raises(ValueError, match="'purple sky' is not a value of 'sky'"):
         world.abduct({**values, world.SKY: "purple sky"})
+
+
+def test_the_shipped_graph_json_is_the_worlds_and_the_editor_and_graph_only_mode_take_it():
+    # docs/miniworld_graph.json: the world's graph with the demo picture's values, as a user would
+    # paste it into the Causal Graph Editor (graph_json) for the manipulator's graph-only mode.
+    from pathlib import Path
+
+    from fmcgm.editing import resolve_editor
+    from fmcgm.manipulator import apply_intervention
+    text = (Path(__file__).resolve().parent.parent / "docs" / "miniworld_graph.json").read_text()
+    scene = world.scene_from_values("rainy", "red house", "house on the left side", 7)
+    assert text == world.graph_json(scene.values) + "\n"
+    result = resolve_editor(text, "weather", "sunny", "", [])
+    assert (result.concept, result.value) == ("weather", "sunny")
+    graph = result.graphs[0]
+    assert {c.name: c.value for c in graph.concepts} == scene.values
+    cf = apply_intervention(graph, "weather", "sunny", proposed=world.propagated_values(scene, "weather", "sunny"))
+    assert dict(cf.descendant_values) == {"sky": "blue sky", "ground": "dry ground", "windows": "dark windows"}
+    assert set(cf.changed) == {"sky", "ground", "windows"}
