@@ -203,7 +203,9 @@ class ComfyServer:
                *self.extra_args]
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, cwd=COMFY_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        from fmcgm.runner.server_process import prepare_child  # SIGINT stops it even if we ignore SIGINT
+        self.proc = subprocess.Popen(cmd, cwd=COMFY_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     preexec_fn=prepare_child)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

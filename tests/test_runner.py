@@ -115,3 +115,23 @@ def test_an_unreachable_server_and_a_wrong_comfyui_folder_are_said_plainly(tmp_p
     assert done.returncode == 2 and "no ComfyUI answers there" in done.stderr, done.stderr
     done = fmcgm("run", str(GRAPH_ONLY), "--comfyui", str(tmp_path), timeout=60)
     assert done.returncode == 2 and "not a ComfyUI folder" in done.stderr, done.stderr
+
+
+def test_a_server_started_from_a_background_job_still_stops_on_ctrl_c(tmp_path):
+    # A shell starts background jobs (`python -m fmcgm run ... &`) with SIGINT ignored, and a child
+    # inherits that; the server process restores it, so stop() ends ComfyUI cleanly (exit 0, with
+    # "Stopped server" in its log) instead of waiting and killing it.
+    import signal
+    import time
+
+    from fmcgm.runner.server_process import ComfyServerProcess
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        process = ComfyServerProcess(comfy_harness.COMFY_ROOT, ["--cpu", "--disable-api-nodes"],
+                                     log_path=tmp_path / "server.log", env={"OMP_NUM_THREADS": "1"})
+        process.start()
+    finally:
+        signal.signal(signal.SIGINT, before)
+    started = time.monotonic()
+    assert process.stop(timeout=30) == 0, process.log_tail()
+    assert time.monotonic() - started < 30 and "Stopped server" in process.log_tail()

@@ -28,11 +28,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+def prepare_child() -> None:
+    """Runs in the server's process between fork and exec: Ctrl+C (SIGINT) stops it even when this
+    process ignores SIGINT (a shell starts background jobs, ``cmd &``, with SIGINT ignored, and the
+    child would inherit that: ``stop()`` would wait, then kill it), and on Linux it dies with us."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
 
 
 class ComfyServerProcess:
@@ -52,7 +57,7 @@ class ComfyServerProcess:
     def start(self, timeout: float = 300.0) -> ComfyClient:
         log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(self.command, cwd=self.root, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                                     preexec_fn=prepare_child if os.name == "posix" else None)
         if log is not subprocess.DEVNULL:
             log.close()
         deadline = time.monotonic() + timeout
