@@ -16,6 +16,8 @@ with the SCM's values gives each counterfactual; then every method renders it:
   (strength 1, threshold 0.7);
 - DDIM inversion / DDPM (edit-friendly) inversion with the factual fully specified prompt (DDIM:
   conditional, DDPM: CFG 3.5), regenerated with the counterfactual fully specified prompt at CFG 7.5;
+- CSG with s_e 16, lambda 0.5 (``pipeline.TUNED``: chosen on 4 tuning pictures of seed 1000, outside this run;
+  the settings the shipped miniature-world workflow uses);
 - reconstruction (no edit) as the minimality floor: the CSG inversion replayed without concepts.
 
 Scores: effectiveness = share of the intervened concept and its changed descendants the oracle

@@ -124,7 +124,7 @@ def invert(model, latent: torch.Tensor, solver: str = "dpmpp_2m_sde", source: Op
 
 
 # CSG's edit scale and mask threshold chosen for this model on tuning pictures outside the benchmark's
-# (bench_miniworld.py --seed 1000, pictures 0-3): the most effective of s_e 8-24 x lambda 0.3-0.7
+# (benchmarks/tune_miniworld_csg.py: seed 1000, pictures 0-3): the most effective of s_e 8-24 x lambda 0.3-0.7
 # whose invariance stayed >= 0.85. The paper's (8, 0.7) edits this model too little.
 TUNED = {"edit_guidance": 16.0, "threshold": 0.5}
 
