@@ -169,8 +169,7 @@ def test_abduction_from_the_values_gives_the_scms_counterfactuals():
     # follows it. Every intervention then gives the SCM's own counterfactual values.
     checked = 0
     for s in scenes(60, "abduct"):
-        identifiable = all(n.follows or world.mechanism(e, s.values, world.Noise(True, "")) != s.values[e]
-                           for e, n in s.noise.items())
+        identifiable = all(n.follows or not world.on_mechanism(e, s.values) for e, n in s.noise.items())
         back = world.abduct(s.values)
         assert back.values == s.values
         for concept in world.CONCEPTS:

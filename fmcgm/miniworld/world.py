@@ -233,6 +233,12 @@ def graph_json(values: Optional[Mapping[str, str]] = None, indent: int = 2) -> s
     return json.dumps(graph_dict(values), indent=indent)
 
 
+def on_mechanism(effect: str, values: Mapping[str, str]) -> bool:
+    """Does ``effect`` show the value its mechanism gives its cause's value?"""
+    cause, table = MECHANISMS[effect]
+    return table[values[cause]] == values[effect]
+
+
 def abduct(values: Mapping[str, str], layout_seed: int = 0) -> Scene:
     """The scene behind observed values (abduction): an effect showing its mechanism's value is
     taken to follow the mechanism (the likelier explanation: 0.75 + 0.25/n against 0.25/n), any
@@ -242,8 +248,7 @@ def abduct(values: Mapping[str, str], layout_seed: int = 0) -> Scene:
         raise ValueError(f"the graph lacks the world's concepts {missing}; use the miniature world's graph "
                          "(Miniature World Scene's graph output, or fmcgm.miniworld.world.graph_json())")
     vals = {c: check_value(c, values[c]) for c in CONCEPTS}
-    noise = {e: Noise(True, vals[e]) if mechanism(e, vals, Noise(True, vals[e])) == vals[e] else Noise(False, vals[e])
-             for e in MECHANISMS}
+    noise = {e: Noise(on_mechanism(e, vals), vals[e]) for e in MECHANISMS}
     return Scene(vals, noise, sample_layout(random.Random(f"layout-{int(layout_seed)}")))
 
 
