@@ -148,6 +148,28 @@ def test_capture_layer_returns_attention_from_the_probabilities_it_captures():
         assert torch.allclose(a[slot], split[slot], atol=1e-6)
 
 
+
+@pytest.mark.parametrize("heads,nq,dtype", [(1, 16, torch.float32), (4, 1, torch.float32), (4, 16, torch.bfloat16)])
+def test_capture_layer_output_is_its_own_tensor_in_the_input_dtype(heads, nq, dtype):
+    """The layers share one scratch buffer per shape; an output must not be a view of it (with one
+    head or one query the merge of heads is a view), or the next layer would overwrite it."""
+    cap = attention.AttentionCapture()
+    fn = cap.make_replacement()
+    tw = {0: attention.token_weights(torch.tensor([3]))}
+    side = max(1, int(math.isqrt(nq)))
+    opts = {"n_heads": heads, "block": ("input", 7), "activations_shape": [2, 32, side, side], "cond_or_uncond": [0, 1]}
+    cap.begin({1: 0}, tw, (4 * side, 4 * side))
+    first = [t.to(dtype) for t in _fake_attention(1, [0, 1], nq=nq, heads=heads, seed=1)]
+    second = [t.to(dtype) for t in _fake_attention(1, [0, 1], nq=nq, heads=heads, seed=2)]
+    out1 = fn(*first, opts)
+    kept = out1.clone()
+    out2 = fn(*second, opts)
+    assert out1.dtype == dtype and torch.equal(out1, kept)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for out, qkv in ((out1, first), (out2, second)):
+        assert torch.allclose(out.float(), _reference(*[t.float() for t in qkv], heads)[0], atol=tol)
+    assert cap.calls == 2 and cap.end()[0].shape == (1, side, side)
+
 def test_capture_averages_layers_and_ignores_other_levels_middle_and_idle_steps(comfy_dirs):
     heads = 2
     q, k, v = _fake_attention(1, [0, 1], heads=heads)

@@ -61,24 +61,34 @@ def ledits_sites(diffusion_model, factor: int = 4) -> list[Site]:
     return [s for s in cross_attention_sites(diffusion_model) if s.block[0] != "middle" and s.factor == factor]
 
 
-def attention_probabilities(q: torch.Tensor, k: torch.Tensor, heads: int, out: torch.Tensor | None = None):
-    """softmax(q k^T / sqrt(d)) per head in float32: [b, Nq, H*d], [b, L, H*d] -> [b * H, Nq, L]
-    (the scale applied to the product, as diffusers' ``get_attention_scores``), computed in place
-    in ``out`` when given."""
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float32 else t.float()
+
+
+def attention_probabilities(q: torch.Tensor, k: torch.Tensor, heads: int, out: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d)) per head in float32, in place in ``out``: [b, Nq, H*d], [b, L, H*d]
+    -> [b, H, Nq, L] (the scale applied to the product, as diffusers' ``get_attention_scores``)."""
     b, nq, inner = q.shape
     L, d = k.shape[1], inner // heads
-    qh = q.float().reshape(b, nq, heads, d).transpose(1, 2).reshape(b * heads, nq, d)
-    kh = k.float().reshape(b, L, heads, d).permute(0, 2, 3, 1).reshape(b * heads, d, L)
-    scores = torch.bmm(qh, kh, out=out).mul_(d ** -0.5)
-    return torch.softmax(scores, -1, out=scores)
+    qh = _f32(q).reshape(b, nq, heads, d).transpose(1, 2)      # [b, H, Nq, d], a view
+    kh = _f32(k).reshape(b, L, heads, d).permute(0, 2, 3, 1)   # [b, H, d, L], a view
+    for i in range(b):  # one row at a time: bmm takes the head-strided views as they are (no head-split copies)
+        torch.baddbmm(out[i], qh[i], kh[i], beta=0, alpha=d ** -0.5, out=out[i])
+    return torch.softmax(out, -1, out=out)
 
 
-def attention_output(probs: torch.Tensor, v: torch.Tensor, heads: int, dtype) -> torch.Tensor:
-    """P @ v with the heads merged back: [b * H, Nq, L], [b, L, H*d] -> [b, Nq, H*d]."""
-    b, L, inner = v.shape
-    nq, d = probs.shape[1], inner // heads
-    vh = v.float().reshape(b, L, heads, d).transpose(1, 2).reshape(b * heads, L, d)
-    return torch.bmm(probs, vh).view(b, heads, nq, d).transpose(1, 2).reshape(b, nq, inner).to(dtype)
+def attention_output(probs: torch.Tensor, v: torch.Tensor, out: torch.Tensor, dtype) -> torch.Tensor:
+    """P @ v with the heads merged back into a new tensor: [b, H, Nq, L], [b, L, H*d] -> [b, Nq, H*d]
+    (``out``: a float32 [b, H, Nq, d] buffer)."""
+    b, heads, nq, L = probs.shape
+    d = v.shape[-1] // heads
+    vh = _f32(v).reshape(b, L, heads, d).transpose(1, 2)       # [b, H, L, d], a view
+    for i in range(b):
+        torch.bmm(probs[i], vh[i], out=out[i])
+    merged = out.transpose(1, 2).reshape(b, nq, heads * d)  # a copy, except for one head or one query:
+    if heads == 1 or nq == 1:                               # then a view of the buffer the next layer overwrites
+        merged = merged.clone()
+    return merged if dtype == torch.float32 else merged.to(dtype)
 
 
 class AttentionCapture:
@@ -96,7 +106,7 @@ class AttentionCapture:
         self.factor = factor
         self.calls = 0          # captured layer calls (all steps), for tests and benchmarks
         self.peak_bytes = 0     # largest accumulator + transient footprint seen
-        self._scores: dict = {} # (shape, device) -> probabilities buffer, reused by every captured layer
+        self._scratch: dict = {} # (shape, device) -> (scores, output) buffers, reused by every captured layer
         self._reset()
 
     def _reset(self):
@@ -135,17 +145,19 @@ class AttentionCapture:
     def close(self):
         """Drop all state (called when sampling ends, also on error or cancel)."""
         self._reset()
-        self._scores = {}
+        self._scratch = {}
 
-    def _scores_buffer(self, q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
-        """One float32 [b * H, Nq, L] buffer per shape for the whole run: a fresh one per layer would
-        cost more than the attention itself on a CPU (the allocator maps and faults in new pages)."""
-        shape = (q.shape[0] * heads, q.shape[1], k.shape[1])
-        key = (shape, str(q.device))
-        buf = self._scores.get(key)
-        if buf is None:
-            buf = self._scores[key] = torch.empty(shape, dtype=torch.float32, device=q.device)
-        return buf
+    def _buffers(self, q: torch.Tensor, k: torch.Tensor, heads: int) -> tuple:
+        """float32 scores [b, H, Nq, L] and output [b, H, Nq, d] buffers, one pair per shape for the
+        whole run: fresh ones per layer would cost more than the attention itself on a CPU (the
+        allocator maps and faults in new pages)."""
+        (b, nq, inner), L = q.shape, k.shape[1]
+        key = (b, nq, L, heads, inner, q.device)
+        bufs = self._scratch.get(key)
+        if bufs is None:
+            bufs = self._scratch[key] = (torch.empty(b, heads, nq, L, dtype=torch.float32, device=q.device),
+                                         torch.empty(b, heads, nq, inner // heads, dtype=torch.float32, device=q.device))
+        return bufs
 
     def picked(self, q: torch.Tensor, extra_options: dict):
         """[(chunk index, slot)] of the rows to capture in this layer call, or None."""
@@ -198,19 +210,19 @@ class AttentionCapture:
     def attend(self, q, k, v, extra_options: dict, picked) -> torch.Tensor:
         """The layer's attention output from the same probabilities that are captured."""
         heads = extra_options["n_heads"]
-        b, nq = q.shape[:2]
-        rows = b // len(extra_options["cond_or_uncond"])
-        probs = attention_probabilities(q, k, heads, out=self._scores_buffer(q, k, heads))
-        self._add(self._rows_of(probs.view(b, heads, nq, -1), picked, rows), picked, heads)
-        return attention_output(probs, v, heads, q.dtype)
+        rows = q.shape[0] // len(extra_options["cond_or_uncond"])
+        scores, out = self._buffers(q, k, heads)
+        probs = attention_probabilities(q, k, heads, scores)
+        self._add(self._rows_of(probs, picked, rows), picked, heads)
+        return attention_output(probs, v, out, q.dtype)
 
     def record(self, q, k, extra_options: dict, picked):
         """Capture only (another patch computes the output): probabilities of the picked rows."""
         heads = extra_options["n_heads"]
         rows = q.shape[0] // len(extra_options["cond_or_uncond"])
         qs, ks = self._rows_of(q, picked, rows), self._rows_of(k, picked, rows)
-        probs = attention_probabilities(qs, ks, heads, out=self._scores_buffer(qs, ks, heads))
-        self._add(probs.view(qs.shape[0], heads, qs.shape[1], -1), picked, heads)
+        probs = attention_probabilities(qs, ks, heads, self._buffers(qs, ks, heads)[0])
+        self._add(probs, picked, heads)
 
     def make_replacement(self, existing=None):
         """An ``attn2`` replacement function that captures for the active concept rows."""
