@@ -72,8 +72,8 @@ def attention_probabilities(q: torch.Tensor, k: torch.Tensor, heads: int, out: t
     L, d = k.shape[1], inner // heads
     qh = _f32(q).reshape(b, nq, heads, d).transpose(1, 2)      # [b, H, Nq, d], a view
     kh = _f32(k).reshape(b, L, heads, d).permute(0, 2, 3, 1)   # [b, H, d, L], a view
-    for i in range(b):  # one row at a time: bmm takes the head-strided views as they are (no head-split copies)
-        torch.baddbmm(out[i], qh[i], kh[i], beta=0, alpha=d ** -0.5, out=out[i])
+    for s, qr, kr in zip(out.unbind(0), qh.unbind(0), kh.unbind(0)):  # a row at a time: bmm takes the
+        torch.baddbmm(s, qr, kr, beta=0, alpha=d ** -0.5, out=s)         # head-strided views as they are
     return torch.softmax(out, -1, out=out)
 
 
@@ -83,8 +83,8 @@ def attention_output(probs: torch.Tensor, v: torch.Tensor, out: torch.Tensor, dt
     b, heads, nq, L = probs.shape
     d = v.shape[-1] // heads
     vh = _f32(v).reshape(b, L, heads, d).transpose(1, 2)       # [b, H, L, d], a view
-    for i in range(b):
-        torch.bmm(probs[i], vh[i], out=out[i])
+    for o, p, vr in zip(out.unbind(0), probs.unbind(0), vh.unbind(0)):
+        torch.bmm(p, vr, out=o)
     merged = out.transpose(1, 2).reshape(b, nq, heads * d)  # a copy, except for one head or one query:
     if heads == 1 or nq == 1:                               # then a view of the buffer the next layer overwrites
         merged = merged.clone()
