@@ -148,7 +148,6 @@ def test_capture_layer_returns_attention_from_the_probabilities_it_captures():
         assert torch.allclose(a[slot], split[slot], atol=1e-6)
 
 
-
 @pytest.mark.parametrize("heads,nq,dtype", [(1, 16, torch.float32), (4, 1, torch.float32), (4, 16, torch.bfloat16)])
 def test_capture_layer_output_is_its_own_tensor_in_the_input_dtype(heads, nq, dtype):
     """The layers share one scratch buffer per shape; an output must not be a view of it (with one
@@ -169,6 +168,7 @@ def test_capture_layer_output_is_its_own_tensor_in_the_input_dtype(heads, nq, dt
     for out, qkv in ((out1, first), (out2, second)):
         assert torch.allclose(out.float(), _reference(*[t.float() for t in qkv], heads)[0], atol=tol)
     assert cap.calls == 2 and cap.end()[0].shape == (1, side, side)
+
 
 def test_capture_averages_layers_and_ignores_other_levels_middle_and_idle_steps(comfy_dirs):
     heads = 2

@@ -106,7 +106,7 @@ class AttentionCapture:
         self.factor = factor
         self.calls = 0          # captured layer calls (all steps), for tests and benchmarks
         self.peak_bytes = 0     # largest accumulator + transient footprint seen
-        self._scratch: dict = {} # (shape, device) -> (scores, output) buffers, reused by every captured layer
+        self._scratch: dict = {} # (kind, shape, device) -> float32 buffer, reused by every captured layer
         self._reset()
 
     def _reset(self):
@@ -147,17 +147,15 @@ class AttentionCapture:
         self._reset()
         self._scratch = {}
 
-    def _buffers(self, q: torch.Tensor, k: torch.Tensor, heads: int) -> tuple:
-        """float32 scores [b, H, Nq, L] and output [b, H, Nq, d] buffers, one pair per shape for the
-        whole run: fresh ones per layer would cost more than the attention itself on a CPU (the
-        allocator maps and faults in new pages)."""
-        (b, nq, inner), L = q.shape, k.shape[1]
-        key = (b, nq, L, heads, inner, q.device)
-        bufs = self._scratch.get(key)
-        if bufs is None:
-            bufs = self._scratch[key] = (torch.empty(b, heads, nq, L, dtype=torch.float32, device=q.device),
-                                         torch.empty(b, heads, nq, inner // heads, dtype=torch.float32, device=q.device))
-        return bufs
+    def _buffer(self, kind: str, *shape: int, device) -> torch.Tensor:
+        """A float32 buffer of ``shape``, one per use and shape for the whole run (``kind`` keeps the
+        scores and output buffers apart when d == L): fresh ones per layer would cost more than the
+        attention itself on a CPU (the allocator maps and faults in new pages)."""
+        key = (kind, shape, device)
+        buf = self._scratch.get(key)
+        if buf is None:
+            buf = self._scratch[key] = torch.empty(shape, dtype=torch.float32, device=device)
+        return buf
 
     def picked(self, q: torch.Tensor, extra_options: dict):
         """[(chunk index, slot)] of the rows to capture in this layer call, or None."""
@@ -210,18 +208,19 @@ class AttentionCapture:
     def attend(self, q, k, v, extra_options: dict, picked) -> torch.Tensor:
         """The layer's attention output from the same probabilities that are captured."""
         heads = extra_options["n_heads"]
-        rows = q.shape[0] // len(extra_options["cond_or_uncond"])
-        scores, out = self._buffers(q, k, heads)
-        probs = attention_probabilities(q, k, heads, scores)
+        (b, nq, inner), L = q.shape, k.shape[1]
+        rows = b // len(extra_options["cond_or_uncond"])
+        probs = attention_probabilities(q, k, heads, self._buffer("scores", b, heads, nq, L, device=q.device))
         self._add(self._rows_of(probs, picked, rows), picked, heads)
-        return attention_output(probs, v, out, q.dtype)
+        return attention_output(probs, v, self._buffer("output", b, heads, nq, inner // heads, device=q.device), q.dtype)
 
     def record(self, q, k, extra_options: dict, picked):
         """Capture only (another patch computes the output): probabilities of the picked rows."""
         heads = extra_options["n_heads"]
         rows = q.shape[0] // len(extra_options["cond_or_uncond"])
         qs, ks = self._rows_of(q, picked, rows), self._rows_of(k, picked, rows)
-        probs = attention_probabilities(qs, ks, heads, self._buffers(qs, ks, heads)[0])
+        probs = attention_probabilities(qs, ks, heads, self._buffer("scores", qs.shape[0], heads, qs.shape[1],
+                                                                    ks.shape[1], device=q.device))
         self._add(probs, picked, heads)
 
     def make_replacement(self, existing=None):
