@@ -332,7 +332,8 @@ def _edit_inputs():
         io.Combo.Input("source_mode", options=SOURCE_MODES, default="diffusers",
                        tooltip="Only with a source prompt in the inversion. diffusers: edit base is the "
                                "unconditional (reference pipeline); consistent: adds the source CFG term so the "
-                               "zero edit retraces the inversion (one more branch per step)."),
+                               "zero edit retraces the inversion (one more branch per step); each concept's "
+                               "guidance is still measured against the unconditional, as in LEDITS++."),
         io.Mask.Input("region", optional=True,
                       tooltip="Optional user mask: edits only where it is > 0 (multiplied into the guidance)."),
     ]

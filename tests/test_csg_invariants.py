@@ -130,6 +130,30 @@ def test_source_prompt_breaks_reconstruction_unless_consistent_mode(tiny):
     assert diff["diffusers"] > 0.05
 
 
+def test_consistent_mode_measures_each_concept_against_the_unconditional(tiny):
+    """With edits on, consistent mode's first step = the unconditional plus the source CFG term,
+    plus s_e * (eps_c - eps_uncond) as in LEDITS++. The reference pieces come from other runs at the
+    same x_T: the diffusers-mode edit (parity-tested against diffusers) gives D_uncond and the
+    concept's guidance; the source prompt used as an edit concept at scale 1 gives D_source."""
+    from fmcgm.csg import guidance, inversion
+    with torch.inference_mode():
+        src = tiny["clip"].encode_from_tokens_scheduled(tiny["clip"].tokenize("a photo of a ball on grass"))
+        inv_s = inversion.invert(tiny["model"], tiny["latent"], steps=N, skip=SKIP, seed=5, zero_noise_steps=0,
+                                 source=src, source_scale=3.5)
+    edit = one_cf(concept(tiny, "a red ball", scale=6.0, warmup=0, threshold=0.0))
+    first = lambda edits, mode: run_edit(tiny["model"], inv_s, edits, record_steps=True, source_mode=mode,  # noqa: E731
+                                         mask_mode="cross_attn").record.steps[0]
+    consistent, plain = first(edit, "consistent"), first(edit, "diffusers")
+    as_edit = first(one_cf(guidance.EditConcept(src, text="source", scale=1.0, warmup=0, threshold=0.0)), "diffusers")
+    sigma = float(inv_s.sigmas[0])
+    D_uncond, D_source = plain["D_u"], plain["D_u"] - sigma * as_edit["gamma"]
+    tol = lambda t: 1e-4 * (1 + float(t.abs().max()))  # noqa: E731  (rows batched differently: rounding)
+    assert float((consistent["gamma"] - plain["gamma"]).abs().max()) < tol(plain["gamma"])
+    expected_base = D_uncond + (D_source - D_uncond) * 3.5
+    assert float((consistent["D_u"] - expected_base).abs().max()) < tol(expected_base)
+    assert float((expected_base - D_uncond).abs().max()) > 100 * tol(expected_base)  # the source term is real
+
+
 # ---------------------------------------------------------------- CSG structure
 
 def test_csg_without_changed_descendants_is_single_concept_ledits(tiny, inv):

@@ -262,13 +262,14 @@ class CSGGuider(comfy.samplers.CFGGuider):
         finally:
             maps = self.capture.end()
         D_u = out[0]
-        if self.source_mode == "consistent":
-            D_u = D_u + (out[1] - D_u) * self.inv.source_scale
+        # consistent mode: the base follows the inversion's source CFG, but each concept's guidance
+        # is still measured against the unconditional (LEDITS++), never against that mixed base
+        base = D_u + (out[1] - D_u) * self.inv.source_scale if self.source_mode == "consistent" else D_u
         D_slots = {j: out[first + k] for k, j in enumerate(active)}
         res = guidance.combine(D_u, D_slots, timestep, i, self.plan, maps, self.mask_mode, self.user_mask)
-        self.record.add(i, res, maps, D_u, x, x.shape[0] * len(conds), self.record_steps)
+        self.record.add(i, res, maps, base, x, x.shape[0] * len(conds), self.record_steps)
         sig = timestep.reshape(-1, *([1] * (x.ndim - 1)))
-        return D_u - sig * res.gamma.to(D_u.dtype)
+        return base - sig * res.gamma.to(base.dtype)
 
     def masks(self) -> torch.Tensor:
         """[R, slots, h, w]: mean of mu over each concept's active steps."""
