@@ -25,6 +25,7 @@ import torch
 
 from . import attention, guidance, masks as masks_mod, models
 from .errors import CSGError, CSGInputError
+from .hold import Hold
 from .inversion import Inversion
 from .progress import Progress
 
@@ -156,7 +157,7 @@ class CSGGuider(comfy.samplers.CFGGuider):
 
     def __init__(self, model, inv: Inversion, plan: guidance.Plan, mask_mode: str = "intersect",
                  source_mode: str = "diffusers", evaluate_inactive: bool = False, record_steps: bool = False,
-                 user_mask: torch.Tensor | None = None, check_model: bool = True):
+                 user_mask: torch.Tensor | None = None, check_model: bool = True, hold: Hold | None = None):
         models.check_supported(model)
         if check_model:
             models.check_same_model(inv.model_id, model)
@@ -175,6 +176,7 @@ class CSGGuider(comfy.samplers.CFGGuider):
         self.evaluate_inactive = evaluate_inactive
         self.record_steps = record_steps
         self.user_mask = user_mask
+        self.hold = hold
         self.capture = attention.AttentionCapture()
         self.diffusion_model = model.model.diffusion_model
         conds = {"negative": inv.uncond}
@@ -269,7 +271,8 @@ class CSGGuider(comfy.samplers.CFGGuider):
         res = guidance.combine(D_u, D_slots, timestep, i, self.plan, maps, self.mask_mode, self.user_mask)
         self.record.add(i, res, maps, base, x, x.shape[0] * len(conds), self.record_steps)
         sig = timestep.reshape(-1, *([1] * (x.ndim - 1)))
-        return base - sig * res.gamma.to(base.dtype)
+        out = base - sig * res.gamma.to(base.dtype)
+        return self.hold.apply(out, i) if self.hold is not None else out
 
     def masks(self) -> torch.Tensor:
         """[R, slots, h, w]: mean of mu over each concept's active steps."""
@@ -327,14 +330,19 @@ def _groups(edits: guidance.EditSet, batching: str) -> list[list[int]]:
 def edit(model, inv: Inversion, edits: guidance.EditSet, *, mask_mode: str = "intersect",
          source_mode: str = "diffusers", evaluate_inactive: bool = False, record_steps: bool = False,
          user_mask: torch.Tensor | None = None, batching: str = "auto", callback=None, progress: bool = False,
-         disable_pbar: bool = True, allow_empty: bool = False) -> EditResult:
+         disable_pbar: bool = True, allow_empty: bool = False, hold: Hold | None = None) -> EditResult:
     """Render every counterfactual of ``edits`` from one inversion. ``batching``: "auto" batches the
     counterfactuals that share a batch without padded rows (``guidance.batch_groups``), "together"
     forces one batch, "separately" one run each. With ``allow_empty`` and no concepts this is the
     zero edit (reconstruction). ``progress`` shows KSampler's progress bar with live previews;
     ``callback(step, x0, x, total_steps)`` is called after every step (steps of all runs counted
-    together)."""
-    edits = guidance.EditSet(tuple(cf for cf in edits.counterfactuals if guidance.dedupe(cf.concepts)))
+    together). ``hold`` keeps each counterfactual's masked cells on the reconstruction (``hold.Hold``,
+    one mask per counterfactual of ``edits``)."""
+    if hold is not None and hold.masks.shape[0] != len(edits.counterfactuals):
+        raise CSGInputError("hold", f"has {hold.masks.shape[0]} masks for {len(edits.counterfactuals)} counterfactuals")
+    kept = [k for k, cf in enumerate(edits.counterfactuals) if guidance.dedupe(cf.concepts)]
+    hold = hold.rows(kept, 1) if hold is not None and kept else None
+    edits = guidance.EditSet(tuple(edits.counterfactuals[k] for k in kept))
     groups = _groups(edits, batching) if edits.counterfactuals else [[]]
     N = len(inv.sigmas) - 1
     B = inv.batch
@@ -347,7 +355,8 @@ def edit(model, inv: Inversion, edits: guidance.EditSet, *, mask_mode: str = "in
         plan = guidance.build_plan(guidance.EditSet(tuple(edits.counterfactuals[k] for k in idx)), B,
                                    allow_empty=allow_empty)
         guider = CSGGuider(model, inv, plan, mask_mode=mask_mode, source_mode=source_mode,
-                           evaluate_inactive=evaluate_inactive, record_steps=record_steps, user_mask=user_mask)
+                           evaluate_inactive=evaluate_inactive, record_steps=record_steps, user_mask=user_mask,
+                           hold=hold.rows(idx, B) if hold is not None and idx else None)
         latent = start_latent(model, inv, plan.counterfactuals)
         if bar is not None:
             cb = bar.callback(g * N)
@@ -369,16 +378,35 @@ def edit(model, inv: Inversion, edits: guidance.EditSet, *, mask_mode: str = "in
                       torch.cat([pad(t, pwidth) for t in protects]), runs)
 
 
+class RegenerationGuider(comfy.samplers.CFGGuider):
+    """ComfyUI's CFG guider over an inversion's steps that can hold regions on the reconstruction
+    (``hold``) and keep each step's prediction (``predictions``: step index -> x0-prediction)."""
+
+    def __init__(self, model, inv: Inversion, hold: Hold | None = None, keep_predictions: bool = False):
+        super().__init__(model)
+        self.inv, self.hold = inv, hold
+        self.predictions = {} if keep_predictions else None
+
+    def predict_noise(self, x, timestep, model_options={}, seed=None):
+        out = super().predict_noise(x, timestep, model_options, seed)
+        i = self.inv.schedule.index_of(float(timestep.flatten()[0]))
+        if self.predictions is not None:
+            self.predictions[i] = out.detach().float().cpu()
+        return self.hold.apply(out, i) if self.hold is not None else out
+
+
 def regenerate(model, inv: Inversion, positive: list, cfg: float = 7.5, negative: list | None = None,
-               callback=None, progress: bool = False, disable_pbar: bool = True) -> torch.Tensor:
+               callback=None, progress: bool = False, disable_pbar: bool = True, hold: Hold | None = None,
+               guider: RegenerationGuider | None = None) -> torch.Tensor:
     """The DDIM / DDPM baselines: regenerate from the inversion with a full (counterfactual) prompt
     and classifier-free guidance; the unconditional is the inversion's unless ``negative`` is given.
-    With a DPM-Solver++ inversion this is plain CFG sampling with the stored noise maps."""
+    With a DPM-Solver++ inversion this is plain CFG sampling with the stored noise maps. ``hold``
+    keeps masked cells on the reconstruction (one mask per image of the inversion)."""
     models.check_supported(model)
     models.check_same_model(inv.model_id, model)
     if not positive:
         raise CSGInputError("positive", "is empty; connect the counterfactual prompt's CONDITIONING")
-    guider = comfy.samplers.CFGGuider(model)
+    guider = guider or RegenerationGuider(model, inv, hold)
     guider.set_conds(positive, negative if negative is not None else inv.uncond)
     guider.set_cfg(float(cfg))
     latent = start_latent(model, inv)
@@ -386,3 +414,14 @@ def regenerate(model, inv: Inversion, positive: list, cfg: float = 7.5, negative
     cb = Progress(model, len(sigmas) - 1, callback).callback() if progress else callback
     return guider.sample(torch.zeros_like(latent), latent, stored_noise_sampler(inv), sigmas, callback=cb,
                          disable_pbar=disable_pbar, seed=inv.seed)
+
+
+def reconstruction_predictions(model, inv: Inversion) -> dict:
+    """Step index -> the x0-prediction of the unedited replay of ``inv`` (the zero edit: the
+    unconditional alone, or the inversion's source prompt at its scale): what a ``Hold`` keeps."""
+    guider = RegenerationGuider(model, inv, keep_predictions=True)
+    if inv.source is not None:
+        regenerate(model, inv, inv.source, cfg=inv.source_scale, guider=guider)
+    else:
+        regenerate(model, inv, inv.uncond, cfg=1.0, guider=guider)
+    return guider.predictions

@@ -155,7 +155,8 @@ def read_with_confidence(img) -> tuple[dict[str, Optional[str]], dict[str, float
     return {c: values[c] for c in CONCEPTS}, {c: shares[c] for c in CONCEPTS}
 
 
-def _same(a: Optional[str], b: str) -> bool:
+def same_value(a: Optional[str], b: str) -> bool:
+    """Whether a read value (None: cannot tell) is ``b``, ignoring case and spacing."""
     return a is not None and " ".join(a.split()).casefold() == " ".join(b.split()).casefold()
 
 
@@ -168,8 +169,8 @@ def report(img, counterfactual=None, label: str = "picture") -> str:
         cf = counterfactual
         targets = {cf.concept: cf.value, **{d: cf.descendant_values[d] for d in cf.changed}}
         keep = {n: cf.graph.concept(n).value for n in cf.graph.non_descendants(cf.concept)}
-        hits = [_same(values.get(c), v) for c, v in targets.items()]
-        kept = [_same(values.get(c), v) for c, v in keep.items()]
+        hits = [same_value(values.get(c), v) for c, v in targets.items()]
+        kept = [same_value(values.get(c), v) for c, v in keep.items()]
         lines.append(f"  do({cf.concept} = {cf.value}): effectiveness {sum(hits)}/{len(hits)} ("
                      + ", ".join(f"{c} {'ok' if h else 'NOT'} {v}" for (c, v), h in zip(targets.items(), hits)) + ")")
         if keep:
