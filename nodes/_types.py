@@ -7,6 +7,7 @@ What travels on each socket (plain Python objects from ``fmcgm``):
 - FMCGM_VLM: a ``fmcgm.vlm.base.VLMBackend`` (wrapped for ComfyUI memory management).
 - FMCGM_INVERSION: the stored result of an inversion (``fmcgm.csg.inversion.Inversion``).
 - FMCGM_EDITS: CSG edit concepts grouped by counterfactual (``fmcgm.csg.guidance.EditSet``).
+- FMCGM_JUDGE: reads a rendered counterfactual (``fmcgm.judges.Judge``).
 """
 from ._api import io
 
@@ -15,3 +16,4 @@ CounterfactualSocket = io.Custom("CAUSAL_COUNTERFACTUAL")
 VLMSocket = io.Custom("FMCGM_VLM")
 InversionSocket = io.Custom("FMCGM_INVERSION")
 EditsSocket = io.Custom("FMCGM_EDITS")
+JudgeSocket = io.Custom("FMCGM_JUDGE")  # a fmcgm.judges.Judge (VLM-Eff, the miniature world's oracle, ...)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ._api import CATEGORY, io, schema, ui
-from ._types import CausalGraphSocket, CounterfactualSocket
+from ._types import CausalGraphSocket, CounterfactualSocket, JudgeSocket
 
 WORLD_CATEGORY = f"{CATEGORY}/miniworld"
 PACK_MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -97,12 +97,14 @@ class MiniworldScene(io.ComfyNode):
             category=WORLD_CATEGORY,
             description="A picture of the miniature causal world (weather -> sky, ground, windows; the house's colour "
                         "and side independent of it) with its causal graph and current values, ready for the "
-                        "Causal Graph Editor and the Concept Manipulator's graph-only mode.",
+                        "Causal Graph Editor and the Concept Manipulator's graph-only mode, and the world's oracle "
+                        "as a judge for the CSG Self-Checking Edit (it reads pixels and knows where each concept is).",
             inputs=_scene_inputs(),
             outputs=[io.Image.Output(display_name="image"),
                      CausalGraphSocket.Output(display_name="graph"),
                      io.String.Output(display_name="graph_json"),
-                     io.String.Output(display_name="caption")],
+                     io.String.Output(display_name="caption"),
+                     JudgeSocket.Output(display_name="oracle_judge")],
         )
 
     @classmethod
@@ -115,7 +117,9 @@ class MiniworldScene(io.ComfyNode):
         scene = world.scene_from_values(weather, house, house_side, layout_seed, **overrides)
         image = torch.from_numpy(render.render(scene, size)).float().div_(255.0)[None]
         graph = CausalGraph.from_dict(world.graph_dict(scene.values))
-        return io.NodeOutput(image, [graph], graph.to_json(), scene.caption(), ui=ui.PreviewText(graph.to_text()))
+        from fmcgm.miniworld.judge import OracleJudge
+        return io.NodeOutput(image, [graph], graph.to_json(), scene.caption(), OracleJudge(scene),
+                             ui=ui.PreviewText(graph.to_text()))
 
 
 class MiniworldMechanisms(io.ComfyNode):
