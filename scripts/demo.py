@@ -6,10 +6,13 @@ two shipped workflows through `python -m fmcgm run`'s runner, as an artist would
 
 1. "FM-CGM miniature world (real edit, no downloads)": a real causal edit. The tiny SDXL trained on
    the pack's miniature world (models/fmcgm-miniworld-sdxl.safetensors) renders do(weather = sunny)
-   on a rainy picture with Causal Semantic Guidance; the world's known graph and mechanisms stand
-   in for the VLM, and the world's oracle reads the result. demo-output/ gets the original, the
-   counterfactual, the masks, the graph drawing, the world's graph as JSON (causal_graph.json),
-   the propagated values, the oracle's report and side_by_side.png.
+   on a rainy picture with the CSG Self-Checking Edit (CSG rounds judged by the world's oracle, then
+   DDPM regeneration if CSG does not pass); the world's known graph and mechanisms stand in for the
+   VLM, and the oracle reads the result. demo-output/ gets the original, the counterfactual, every
+   round, the graph drawing, the world's graph as JSON (causal_graph.json), the propagated values,
+   the loop's and the oracle's reports and side_by_side.png. Then the same workflow renders the same
+   intervention on 8 more scenes (``MORE_SCENES``: fixed seeds, red houses among them) into
+   demo-output/scenes/, each with the oracle's verdict.
 2. "FM-CGM causal edit", the full VLM path, with tiny random-weight stand-ins for SDXL and
    Qwen3-VL where the real models would be (nothing is downloaded; its pictures are noise): the
    first run extracts the causal graph, an intervention is picked on it, the second run
@@ -52,6 +55,14 @@ OUT = REPO / "demo-output"
 VLM_OUT = OUT / "vlm-path"
 MINIWORLD = REPO / "workflows" / "FM-CGM miniature world (real edit, no downloads).json"
 WORKFLOW = REPO / "workflows" / "FM-CGM causal edit.json"
+SCENE_NODE = "Picture of the miniature world"
+COUNTERFACTUAL = "Counterfactual (self-checked)"
+ORACLE = "Does the edit show it? (the world's oracle)"
+# (weather, house, side, layout seed): none sunny, so do(weather = sunny) changes every one
+MORE_SCENES = [("rainy", "red house", "house on the right side", 3), ("snowy", "red house", "house on the left side", 11),
+               ("rainy", "yellow house", "house on the left side", 21), ("snowy", "blue house", "house on the right side", 5),
+               ("rainy", "red house", "house on the left side", 42), ("snowy", "yellow house", "house on the right side", 8),
+               ("rainy", "blue house", "house on the left side", 13), ("snowy", "red house", "house on the right side", 99)]
 
 
 @dataclass
@@ -86,13 +97,54 @@ def miniature_world(client) -> Section:
     (OUT / "causal_graph.json").write_text(scene_graph_json(prompt) + "\n")  # what the editor and graph-only mode read
     by_title = {s.title: s.path for s in saved}
     panels = [(label, np.asarray(Image.open(by_title[title]).convert("RGB")))
-              for label, title in (("original", "Original"), ("do(weather = sunny), CSG", "Counterfactual (CSG)"))]
+              for label, title in (("original", "Original"), ("do(weather = sunny), self-checked", COUNTERFACTUAL))]
     Image.fromarray(side_by_side(panels)).save(OUT / "side_by_side.png")
     return _section("A real edit: the miniature world", (
         f"Workflow <code>{MINIWORLD.name}</code>, run once as shipped, in {result.seconds:.1f} s: the tiny SDXL "
-        "trained on the pack's miniature world renders do(weather = sunny) with CSG (100 steps). The world's graph "
-        "and mechanisms stand in for the VLM; its oracle reads the result."), OUT, saved,
+        "trained on the pack's miniature world renders do(weather = sunny) with the CSG Self-Checking Edit (CSG "
+        "rounds of 100 steps judged by the world's oracle; DDPM regeneration as the last rounds if CSG does not "
+        "pass). The world's graph and mechanisms stand in for the VLM; its oracle reads the result."), OUT, saved,
         [("side_by_side.png", "Original and counterfactual, enlarged")])
+
+
+def more_scenes(client) -> Section:
+    """The same workflow and intervention on ``MORE_SCENES``: each original, its counterfactual, the verdict."""
+    from fmcgm.miniworld.demo import side_by_side
+    folder = OUT / "scenes"
+    folder.mkdir(parents=True, exist_ok=True)
+    workflow = read_workflow(MINIWORLD)
+    pictures, verdicts, seconds = [], [], 0.0
+    for weather, house, side, seed in MORE_SCENES:
+        label = f"{weather}, {house}, {side.replace('house on the ', '')}, layout_seed {seed}"
+        prompt, _ = prepare(client, workflow, [f"{SCENE_NODE}.weather={weather}", f"{SCENE_NODE}.house={house}",
+                                               f"{SCENE_NODE}.house_side={side}", f"{SCENE_NODE}.layout_seed={seed}"])
+        result = client.run(prompt)
+        seconds += result.seconds
+        saved = {s.title: s.path for s in save_outputs(client, result, folder / f"seed{seed}")}
+        name = f"seed{seed}.png"
+        panels = [(t, np.asarray(Image.open(saved[title]).convert("RGB")))
+                  for t, title in (("original", "Original"), ("do(weather = sunny)", COUNTERFACTUAL))]
+        Image.fromarray(side_by_side(panels, scale=2)).save(folder / name)
+        oracle = saved[ORACLE].read_text()
+        verdicts.append((label, oracle))
+        pictures.append((f"scenes/{name}", label + ": " + _verdict_line(oracle)))
+        print(f"scene {label}: {_verdict_line(oracle)} ({result.seconds:.1f} s)")
+    right = sum("effectiveness" in v and _all_right(v) for _, v in verdicts)
+    return Section(f"The same intervention on {len(MORE_SCENES)} more scenes: {right} of {len(MORE_SCENES)} right",
+                   f"do(weather = sunny) on each scene of <code>MORE_SCENES</code> in <code>scripts/demo.py</code>, the "
+                   f"same workflow ({seconds:.0f} s in all); the oracle's verdict under each.", OUT, pictures,
+                   [(f"oracle: {label}", text) for label, text in verdicts])
+
+
+def _verdict_line(oracle: str) -> str:
+    return "; ".join(line.strip() for line in oracle.splitlines()[1:] if line.strip()) or oracle
+
+
+def _all_right(oracle: str) -> bool:
+    """Whether the oracle's report reads every target shown and every non-descendant kept."""
+    import re
+    counts = re.findall(r"(effectiveness|invariance) (\d+)/(\d+)", oracle)
+    return bool(counts) and all(a == b for _, a, b in counts)
 
 
 def scene_graph_json(prompt: dict) -> str:
@@ -146,7 +198,7 @@ def main() -> None:
     client = server.start()
     print(f"ComfyUI {lane_info()['comfyui']} up at {client.url}")
     try:
-        sections = [miniature_world(client), vlm_path(client)]
+        sections = [miniature_world(client), more_scenes(client), vlm_path(client)]
         for section in sections:
             for name, title in section.pictures:
                 print(f"saved {(section.folder / name).relative_to(REPO)}  ({title})")
