@@ -6,7 +6,8 @@ Layout and drawing come from well-kept tools, not hand-made geometry:
   spline edges routed around boxes). A graph much wider than the picture gets a width
   bound on its layers, imposed as rank constraints. Only node ids and box sizes are sent
   to it, never concept text. Without
-  Graphviz installed, a simpler layered layout is used (see ``_simple_layout``);
+  Graphviz installed, for a graph too big for dot to lay out quickly, or when dot runs out of
+  its time, a simpler layered layout is used (see ``_simple_layout``, ``DOT_BUDGET_S``);
 * drawing: matplotlib's Agg renderer (no pyplot, no global state) with its bundled DejaVu
   fonts, so the same graph gives the same pixels on every machine with the same versions.
 
@@ -309,9 +310,11 @@ class _Renderer:
                 colour, width, dash = PROPAGATION_COLOUR, 2.4, "solid"
             else:
                 colour, width, dash = EDGE_COLOUR, 1.4, "solid"
-            self.ax.add_patch(FancyArrowPatch(path=Path(points, codes), arrowstyle="-|>,head_length=0.5,head_width=0.25",
-                                              mutation_scale=16 * self.pt, color=colour,
-                                              linewidth=width * self.pt, linestyle=dash, zorder=2))
+            # add_artist, not add_patch: the limits are fixed, and add_patch's data-limit update
+            # costs more than drawing (2.5 s of 4.5 s for 2,016 edges)
+            self.ax.add_artist(FancyArrowPatch(path=Path(points, codes), arrowstyle="-|>,head_length=0.5,head_width=0.25",
+                                               mutation_scale=16 * self.pt, color=colour,
+                                               linewidth=width * self.pt, linestyle=dash, zorder=2))
 
     def draw_legend(self) -> dict[str, tuple[float, float, float, float]]:
         from matplotlib.patches import Rectangle
@@ -336,7 +339,21 @@ Point = tuple[float, float]
 Layout = tuple[dict[str, Point], list[list[Point]], float, float]  # centres, edge paths, width, height
 
 ARROW_LEN = 10.0
-DOT_TIMEOUT_S = 30
+DOT_TIMEOUT_S = 30  # all of dot's runs together, when the caller asks for dot (engine="dot")
+# With engine="auto" dot gets this long for all its runs, and is not tried at all on a graph whose edges
+# cross more than DOT_MAX_CROSSINGS layers in all (dot lays every layer an edge crosses out as a node of
+# its own: a dense 32-concept graph has 5,456 of them and one dot run took 12 s, a dense 20-concept one
+# 1,330 and 0.2 s); the simple layout draws those at once (benchmarks/bench_big_graphs.py).
+DOT_BUDGET_S = 3.0
+DOT_MAX_CROSSINGS = 1500
+
+
+def layer_crossings(graph: CausalGraph) -> int:
+    """Edges plus the layers they skip, under longest-path layering: the size of dot's layered graph."""
+    layer: dict[str, int] = {}
+    for name in graph.topological_order():
+        layer[name] = max((layer[p] + 1 for p in graph.parents(name)), default=0)
+    return sum(max(1, layer[e.effect] - layer[e.cause]) for e in graph.edges)
 
 
 def _dot_layout(graph: CausalGraph, size: Mapping[str, Point], aspect: float, required: bool = False
@@ -347,12 +364,15 @@ def _dot_layout(graph: CausalGraph, size: Mapping[str, Point], aspect: float, re
     matplotlib, so no concept text ever reaches Graphviz. When dot's own ranking is much
     wider than the picture, layers with a width bound (``_bounded_layers``: causes still
     above effects) are imposed as rank constraints and the best-fitting drawing is kept.
-    Returns None (or raises, if ``required``) without a working ``dot``.
+    Returns None (or raises, if ``required``) without a working ``dot``, and unless ``required``
+    also for a graph too big for dot (``DOT_MAX_CROSSINGS``) or when its first run does not end
+    within ``DOT_BUDGET_S``; later runs only get what is left of that budget.
     """
     import json
     import logging
     import shutil
     import subprocess
+    import time
 
     dot = shutil.which("dot")
     if dot is None:
@@ -360,6 +380,9 @@ def _dot_layout(graph: CausalGraph, size: Mapping[str, Point], aspect: float, re
             raise RuntimeError("Graphviz is not installed (no 'dot' program on PATH); install it "
                                "(apt install graphviz / brew install graphviz / winget install graphviz)")
         return None
+    if not required and layer_crossings(graph) > DOT_MAX_CROSSINGS:
+        return None
+    budget_end = time.monotonic() + (DOT_TIMEOUT_S if required else DOT_BUDGET_S)
     names = list(graph.names)
     ids = {name: f"n{i}" for i, name in enumerate(names)}
     lines = ["digraph G {",
@@ -371,7 +394,10 @@ def _dot_layout(graph: CausalGraph, size: Mapping[str, Point], aspect: float, re
     source = "\n".join(lines + ["}"])
 
     def run(cmd: list[str], text: str) -> str:
-        done = subprocess.run(cmd, input=text, capture_output=True, text=True, timeout=DOT_TIMEOUT_S)
+        left = budget_end - time.monotonic()
+        if left <= 0:
+            raise subprocess.TimeoutExpired(cmd, 0)
+        done = subprocess.run(cmd, input=text, capture_output=True, text=True, timeout=left)
         if done.returncode != 0:
             raise RuntimeError(f"{cmd[0]} failed ({done.returncode}): {done.stderr.strip()[:500]}")
         return done.stdout
@@ -392,7 +418,12 @@ def _dot_layout(graph: CausalGraph, size: Mapping[str, Point], aspect: float, re
     best, best_fit = None, -1.0
     try:
         for text in attempts:
-            data = json.loads(run([dot, "-Tjson0"], text))
+            try:
+                data = json.loads(run([dot, "-Tjson0"], text))
+            except subprocess.TimeoutExpired:
+                if best is None:
+                    raise
+                break  # the time is spent: the best drawing so far
             x0, y0, x1, y1 = (float(v) for v in data["bb"].split(","))
             # how large the drawing can be shown in a picture of this shape (title, legend, margins included)
             fit = min(aspect / (x1 - x0 + 2 * MARGIN), 1.0 / (y1 - y0 + 6 * MARGIN))
