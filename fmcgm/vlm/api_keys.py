@@ -112,6 +112,7 @@ def check_base_url(url: str) -> None:
 
 
 FRAGMENT_CHARS = 8  # a run of this many characters of a key is treated as the key
+_SKIPPED = re.compile(r"\s+|\\[nrt]?")  # what may split a key: whitespace, backslash escapes
 
 
 class Redactor:
@@ -141,6 +142,9 @@ class Redactor:
         return self._without_fragments(text) if self._grams else text
 
     def _without_fragments(self, text: str) -> str:
+        quick = _SKIPPED.sub("", text).lower()  # the common case, no fragment at all, at C speed
+        if not any(gram in quick for gram in self._grams):
+            return text
         # The text with whitespace and backslash escapes skipped, lower-cased; ``at`` maps back to the text.
         at, kept = [], []
         i, n = 0, len(text)
@@ -151,7 +155,8 @@ class Redactor:
                 continue
             if not ch.isspace():
                 at.append(i)
-                kept.append(ch.lower())
+                low = ch.lower()
+                kept.append(low if len(low) == 1 else ch)  # one character each, so ``at`` stays aligned
             i += 1
         skeleton = "".join(kept)
         hit = bytearray(len(skeleton))
