@@ -133,7 +133,8 @@ class OpenAIVLM(io.ComfyNode):
             description="Uses a VLM served over HTTP with the OpenAI /v1/chat/completions API (vLLM, Ollama, "
                         "LM Studio, llama.cpp server). Answers are constrained to JSON schemas through "
                         "response_format. The API key is read from an environment variable, so workflow files "
-                        "never carry secrets, and is removed from anything the server sends back.",
+                        "never carry secrets, is removed from anything the server sends back, and is sent to "
+                        "base_url's host only (no redirects; the system proxy only when asked for).",
             inputs=[
                 io.String.Input("base_url", default="http://127.0.0.1:8000/v1",
                                 tooltip="Server address, e.g. http://127.0.0.1:8000/v1 (vLLM) or "
@@ -151,6 +152,10 @@ class OpenAIVLM(io.ComfyNode):
                 io.Int.Input("retries", default=2, min=0, max=10,
                              tooltip="Retries after connection errors, HTTP 429 and 5xx (not after other 4xx), "
                                      "within the deadline."),
+                io.Boolean.Input("use_system_proxy", default=False, optional=True,
+                                 tooltip="Send the request through the proxy set in ComfyUI's environment "
+                                         "(http_proxy / https_proxy / no_proxy). Off: the request, and the API "
+                                         "key with it, goes straight to base_url. Redirects are never followed."),
             ],
             outputs=[VLMSocket.Output(display_name="vlm")],
         )
@@ -172,12 +177,13 @@ class OpenAIVLM(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, base_url, model, api_key_env, timeout, retries):
+    def execute(cls, base_url, model, api_key_env, timeout, retries, use_system_proxy=False):
         import comfy.model_management as mm
         from fmcgm.vlm.openai_backend import OpenAIBackend
 
         backend = OpenAIBackend(base_url, model, api_key_env=api_key_env, timeout=timeout, retries=retries,
-                                cancel_check=mm.throw_exception_if_processing_interrupted)
+                                cancel_check=mm.throw_exception_if_processing_interrupted,
+                                use_env_proxy=use_system_proxy)
         return io.NodeOutput(backend)
 
 

@@ -178,8 +178,10 @@ def free_port() -> int:
 class ComfyServer:
     """ComfyUI's real HTTP server (main.py) as a subprocess on 127.0.0.1, stopped by PID."""
 
-    def __init__(self, base: Path, extra_args: list[str] | None = None, front_end_root: Path | None = None):
+    def __init__(self, base: Path, extra_args: list[str] | None = None, front_end_root: Path | None = None,
+                 extra_env: dict[str, str] | None = None):
         self.base = base
+        self.extra_env = extra_env or {}  # for the server process only (e.g. proxies the tests must not use)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_args = extra_args or []
@@ -201,7 +203,7 @@ class ComfyServer:
                "--input-directory", str(self.base / "input"), "--output-directory", str(self.base / "output"),
                "--temp-directory", str(self.base / "temp"), "--user-directory", str(self.base / "user"),
                *self.extra_args]
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **self.extra_env)
         self._log = open(self.log_path, "wb")
         from fmcgm.runner.server_process import prepare_child  # SIGINT stops it even if we ignore SIGINT
         self.proc = subprocess.Popen(cmd, cwd=COMFY_ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,

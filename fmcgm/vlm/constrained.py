@@ -110,6 +110,10 @@ class SchemaGrammars:
         log.info("compiled JSON schema grammar in %.2f s", self.last_compile_seconds)
         return compiled
 
+    def clear(self) -> None:
+        """Forget every compiled grammar (the tokenizer info stays): the next compile of any schema is timed."""
+        self._cache.clear()
+
     def __len__(self) -> int:
         return len(self._cache)
 
