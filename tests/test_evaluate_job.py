@@ -35,6 +35,8 @@ VOLATILE = {"worker", "seconds", "finished_at"}  # where and when, not what
 DEFAULT_LANE_ONLY = pytest.mark.skipif(comfy_harness.LANE != "0.3.75", reason="Ray and the store do not depend "
                                        "on the ComfyUI version; the 0.3.75 lane runs it")
 STARTS = re.compile(r"fmcgm-worker \S+:(\d+) starts (\S+)/(\S+) \(attempt (\d+)\)")
+# what Ray prints on its own (colours, raylet notes, merged lines, warnings): never in the driver's output
+RAY_NOISE = ("\x1b[", "(raylet)", "[repeated", "Token authentication", "restart will fail", "Traceback")
 BAD = {("MS-COCO", "900"): "corrupt", ("MS-COCO", "901"): "16-bit",
        ("CelebA-HQ", "gray.png"): "grayscale", ("CelebA-HQ", "huge.png"): "huge"}
 
@@ -188,6 +190,10 @@ def test_a_worker_killed_mid_item_is_restarted_and_its_item_retried(tmp_path, jo
     text = "".join(log)
     retried = re.search(rf"starts {re.escape(started[2])}/{re.escape(started[3])} \(attempt 2\)", text)
     assert retried, text[-6000:]
+    # said by the driver, once each: the death, the restarted worker, the retry (none merged by Ray)
+    assert re.search(r"^fmcgm-worker \d: its process died; Ray restarts it \(start 2\)$", text, re.M), text[-6000:]
+    assert re.search(r"^fmcgm-worker \S+ \(worker \d, start 2\) ready in \d+ s$", text, re.M), text[-6000:]
+    assert not [noise for noise in RAY_NOISE if noise in text], text[-6000:]
     assert comparable(read_rows(tmp_path / "results")) == reference[1]
 
 
@@ -248,8 +254,6 @@ def test_workers_holding_their_own_comfyui_server_give_the_same_rows(tmp_path, j
 
 
 # ------------------------------------------------------------------ before and after the run
-
-RAY_NOISE = ("\x1b[", "(raylet)", "[repeated", "Token authentication", "restart will fail", "Traceback")
 
 
 def test_the_driver_prints_its_own_lines_only_one_start_per_item(reference):

@@ -85,7 +85,7 @@ def _read_datasets(args, problems: list[str]) -> list:
     return items
 
 
-def preflight(args, config) -> list:
+def run_preflight(args, config) -> list:
     """The items, after every check that needs no worker (``preflight``); PreflightFailed lists what failed."""
     from .datasets import DatasetError
     from .preflight import PreflightFailed, check_comfyui, check_vlm, check_workflow
@@ -154,7 +154,7 @@ def cmd_evaluate(args) -> int:
                          cpus_per_worker=args.cpus_per_worker, max_attempts=args.max_attempts)
     began = time.monotonic()
     try:
-        items = preflight(args, config)
+        items = run_preflight(args, config)
         print(f"preflight: {plural(len(items), 'item')} from {plural(len(names), 'dataset')}, the workflow, "
               f"ComfyUI and the VLM ({config.vlm.model}) are ready ({time.monotonic() - began:.1f} s); the workers "
               "check the LPIPS weights as they start", file=sys.stderr, flush=True)

@@ -79,11 +79,13 @@ def na_notes(datasets: list[str], methods: list[str], cells: dict, lpips_skipped
     for reason, metrics in by_reason.items():
         where = []
         for metric, per_method in metrics.items():
-            if all(len(found) == len(datasets) for found in per_method.values()) and len(per_method) == len(methods):
-                where.append(f"{metric} everywhere")
+            places = {tuple(found) for found in per_method.values()}
+            if len(per_method) == len(methods) and len(places) == 1:  # every method alike
+                found = places.pop()
+                where.append(f"{metric} everywhere" if len(found) == len(datasets) else f"{metric} on {', '.join(found)}")
                 continue
-            for method, found in per_method.items():
-                where.append(f"{metric} of {method}" + ("" if len(found) == len(datasets) else f" on {', '.join(found)}"))
+            where += [f"{metric} of {method}" + ("" if len(found) == len(datasets) else f" on {', '.join(found)}")
+                      for method, found in per_method.items()]
         lines.append(f"  {'; '.join(where)}: {reason}")
     return lines
 
