@@ -328,3 +328,21 @@ def test_one_ray_version_everywhere():
     for path in (repo / "requirements-test.txt", repo / "pyproject.toml"):
         assert re.findall(r"ray(?:\[\w+\])?>=([\d.]+)", path.read_text()) and \
             set(re.findall(r"ray(?:\[\w+\])?>=([\d.]+)", path.read_text())) == {extra[0].split(">=")[1]}, path
+
+
+def test_ray_output_loses_its_colour_codes_unless_it_goes_to_a_terminal():
+    from fmcgm.evaljob.raylog import PlainText
+    coloured = "\x1b[33m(raylet)\x1b[0m a worker died\n"
+    into_file = io.StringIO()
+    PlainText(into_file).write(coloured)
+    assert into_file.getvalue() == "(raylet) a worker died\n"
+    main, other = os.openpty()
+    try:
+        with os.fdopen(other, "w", closefd=False) as terminal:
+            stream = PlainText(terminal)
+            stream.write(coloured)
+            stream.flush()
+            assert stream.isatty() and os.read(main, 1000).replace(b"\r\n", b"\n") == coloured.encode()
+    finally:
+        os.close(main)
+        os.close(other)
