@@ -1,10 +1,11 @@
 """Keeping Ray's own output out of the driver's, unless ``--verbose``.
 
 Quiet (the default): workers' output is not forwarded (``log_to_driver=False``; the job prints
-its own lines about them, ``actors.JobEvents``), Ray's Python logging shows errors only, and
-what Ray still prints on the driver's stdout (the raylet's notes that a worker died and its
-task is retried, which the job reports in its own words) goes to ``RESULTS/ray.log`` (removed
-when empty).
+its own lines about them, ``actors.JobEvents``), and what Ray still prints in the driver's
+process (the raylet's notes that a worker died and its task is retried, which the job reports in
+its own words; its warnings; errors of tasks dropped by Ctrl-C) goes to ``RESULTS/ray.log``
+(removed when empty): Ray writes to ``sys.stdout`` and ``sys.stderr`` as they are when it writes,
+so redirecting them catches it, while the job's lines go to the stream it was given.
 Verbose: everything Ray prints, with its log de-duplication off, so no worker line is merged.
 Either way colour codes are removed when the output is not a terminal.
 """
@@ -42,7 +43,7 @@ class PlainText(io.TextIOBase):
 
 def init_options(verbose: bool) -> dict:
     """ray.init() keywords for the driver's output."""
-    return {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.ERROR}
+    return {"log_to_driver": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
 
 
 @contextlib.contextmanager
@@ -56,7 +57,8 @@ def ray_output(results: Path, verbose: bool):
     results.mkdir(parents=True, exist_ok=True)
     path = results / LOG_NAME
     try:
-        with open(path, "a", encoding="utf-8") as log, contextlib.redirect_stdout(PlainText(log)):
+        with open(path, "a", encoding="utf-8") as log, contextlib.redirect_stdout(PlainText(log)), \
+                contextlib.redirect_stderr(PlainText(log)):
             yield
     finally:
         if path.exists() and not path.stat().st_size:
