@@ -278,7 +278,8 @@ def test_preflight_refuses_what_would_fail_every_item_before_starting_anything(t
                   "--workflow", str(tmp_path / "missing.json"), "--interventions", "1", timeout=120)
     assert wrong.returncode == 2, wrong.stderr
     problems = wrong.stderr.split("nothing was run:\n")[1].splitlines()
-    starts = ["  dataset: ", "  --workflow: ", "  ComfyUI: ", f"  VLM (--vlm-url {served_vlm} --vlm-model Qwen/not-served): "]
+    starts = ["  dataset: ", "  --workflow: ", "  ComfyUI: ",
+              f"  VLM (--vlm-url {served_vlm} --vlm-model Qwen/not-served): "]
     assert [p[:len(start)] for p, start in zip(problems, starts)] == starts and len(problems) == 4, wrong.stderr
     assert problems[0].endswith("one {\"file_name\": ..., \"text\": ...} per line)")
     assert "no ComfyUI answers there" in problems[2]
@@ -301,7 +302,7 @@ def test_preflight_refuses_what_would_fail_every_item_before_starting_anything(t
     assert not results.exists()  # nothing started, nothing written
 
 
-def _without_lpips(job_args: list, tiny_models, tmp_path) -> list:
+def _without_lpips(job_args: list, tiny_models, tmp_path) -> list:  # noqa: F811
     """job_args with a model paths file that has no lpips folder."""
     paths = tmp_path / "no_lpips.yaml"
     paths.write_text(tiny_models.read_text().replace("    lpips: lpips\n", ""))
@@ -310,7 +311,8 @@ def _without_lpips(job_args: list, tiny_models, tmp_path) -> list:
     return [*job_args[:at], job_args[at].replace(str(tiny_models), str(paths)), *job_args[at + 1:]]
 
 
-def test_missing_lpips_weights_stop_the_job_as_the_worker_starts(tmp_path, monkeypatch, job_args, tiny_models):
+def test_missing_lpips_weights_stop_the_job_as_the_worker_starts(tmp_path, monkeypatch, job_args,
+                                                                 tiny_models):  # noqa: F811
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no hub cache either
     results = tmp_path / "results"
     done = fmcgm("evaluate", "--results", str(results), "--workers", "1",
@@ -324,7 +326,8 @@ def test_missing_lpips_weights_stop_the_job_as_the_worker_starts(tmp_path, monke
 
 
 @DEFAULT_LANE_ONLY
-def test_ctrl_c_ends_with_the_counts_and_the_command_that_resumes(tmp_path, monkeypatch, job_args, tiny_models):
+def test_ctrl_c_ends_with_the_counts_and_the_command_that_resumes(tmp_path, monkeypatch, job_args,
+                                                                  tiny_models):  # noqa: F811
     """LPIPS skipped as the preflight advised, then Ctrl-C (the terminal's SIGINT to the driver's process group)
     after the first item: no traceback, the counts and the command; the table says why LPIPS is n/a."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))

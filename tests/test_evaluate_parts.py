@@ -304,7 +304,8 @@ def test_lpips_weights_are_checked_as_the_node_finds_them(tmp_path):
     for v3 in (False, True):  # combos as ComfyUI lists them, in both layouts
         assert check_lpips(prompt(auto, skip), info(["vgg16-397923af.pth"], v3), hub) is None
         assert check_lpips(prompt(skip, skip), info([], v3), hub) is None
-        missing = check_lpips(prompt(auto, skip), info(["sub/vgg16-397923af.pth"], v3), hub)  # auto: not in a sub-folder
+        # auto looks in the folder itself, not in a sub-folder
+        missing = check_lpips(prompt(auto, skip), info(["sub/vgg16-397923af.pth"], v3), hub)
         assert missing.startswith(f"LPIPS: no vgg16-397923af.pth in this ComfyUI's models/lpips folders nor in torch "
                                   f"hub's cache {hub}: download https://download.pytorch.org/models/vgg16-397923af.pth")
         assert missing.endswith(f"or skip LPIPS with {SKIP_LPIPS}")
@@ -313,6 +314,13 @@ def test_lpips_weights_are_checked_as_the_node_finds_them(tmp_path):
                                 "hold other.pth)"), named
     (hub / "vgg16-397923af.pth").write_bytes(b"weights")
     assert check_lpips(prompt(auto), info([]), hub) is None  # torch hub's cache, as the node's auto
+
+    # an item failing on the node's own advice gets the command line's way to follow it
+    from fmcgm.evaljob.worker import _command_fix
+    from fmcgm.evaluation import LPIPSWeightsError, missing_weights_message
+    reason = f"{LPIPSWeightsError.__name__}: {missing_weights_message([tmp_path])}"
+    assert _command_fix(reason) == f"{reason} (python -m fmcgm evaluate: {SKIP_LPIPS})"
+    assert _command_fix("VLMError: connection refused") == "VLMError: connection refused"
 
 
 def test_one_ray_version_everywhere():

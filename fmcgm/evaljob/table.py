@@ -82,7 +82,8 @@ def na_notes(datasets: list[str], methods: list[str], cells: dict, lpips_skipped
             places = {tuple(found) for found in per_method.values()}
             if len(per_method) == len(methods) and len(places) == 1:  # every method alike
                 found = places.pop()
-                where.append(f"{metric} everywhere" if len(found) == len(datasets) else f"{metric} on {', '.join(found)}")
+                where.append(f"{metric} everywhere" if len(found) == len(datasets)
+                             else f"{metric} on {', '.join(found)}")
                 continue
             where += [f"{metric} of {method}" + ("" if len(found) == len(datasets) else f" on {', '.join(found)}")
                       for method, found in per_method.items()]

@@ -100,7 +100,8 @@ class ItemEvaluator:
     # ------------------------------------------------------------------ Ray calls
 
     def describe(self) -> dict:
-        return {"settings": self.settings, "worker": self.name, "session": self.session.name, "preflight": self.preflight,
+        return {"settings": self.settings, "worker": self.name, "session": self.session.name,
+                "preflight": self.preflight,
                 "methods": sorted(self.template.methods.values()), "prompt": self.template.prompt,
                 "job": self.config.job_settings()}
 
@@ -122,8 +123,8 @@ class ItemEvaluator:
             rows = self._rows(base, result.outputs, started)
             pictures = self._pictures(result.outputs) if self.config.save_pictures else {}
         except Exception as error:  # any failure of this item is its result; the worker goes on
-            return {"rows": self._failed(base, RUN_FAILURE, _command_fix(f"{type(error).__name__}: {error}"), started),
-                    "pictures": {}}
+            reason = _command_fix(f"{type(error).__name__}: {error}")
+            return {"rows": self._failed(base, RUN_FAILURE, reason, started), "pictures": {}}
         return {"rows": rows, "pictures": pictures}
 
     def pid(self) -> int:
