@@ -277,9 +277,10 @@ def miniature_world() -> Workflow:
 
 
 QWEN_TEXT_ENCODER = "qwen3vl_8b_fp8_scaled.safetensors"  # Comfy-Org/Qwen3-VL, as ComfyUI's own templates name it
-COMFY_VLM = ("A Qwen3-VL 4B or 8B text encoder in `ComfyUI/models/text_encoders/` (e.g. `qwen3vl_8b_fp8_scaled.safetensors` "
-             "from huggingface.co/Comfy-Org/Qwen3-VL), chosen in *Qwen3-VL text encoder*: the file an image model "
-             "that uses Qwen3-VL already loads, so its weights sit in memory once. Needs ComfyUI 0.33 or later.")
+COMFY_VLM = ("A Qwen3-VL 4B or 8B text encoder in `ComfyUI/models/text_encoders/` (e.g. "
+             "`qwen3vl_8b_fp8_scaled.safetensors` from huggingface.co/Comfy-Org/Qwen3-VL), chosen in *Qwen3-VL text "
+             "encoder*: the file an image model that uses Qwen3-VL already loads, so its weights sit in memory once. "
+             "Needs ComfyUI 0.33 or later.")
 
 
 def causal_edit_comfy_qwen() -> Workflow:

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from tests.comfy_harness import PromptError, cached_output, comfy_version
+from tests.test_vlm_runtime import cancel_while_generating, extract_then_offload_unless_kept, loaded
 
 TINY_FILE = "qwen3vl_tiny_fmcgm.safetensors"
 native = pytest.mark.skipif(comfy_version() < (0, 33), reason="ComfyUI < 0.33 has no native Qwen3-VL")
@@ -41,6 +42,22 @@ def clip(tiny_te):
     return comfy.sd.load_clip([str(tiny_te)])
 
 
+@pytest.fixture(scope="module")
+def hf_dir(tiny_te, tmp_path_factory):
+    """The same weights as a transformers folder (tests/fixtures/tiny_comfy_qwen3vl.hf_folder)."""
+    from tests.fixtures import tiny_comfy_qwen3vl
+    return tiny_comfy_qwen3vl.hf_folder(tiny_te, tmp_path_factory.mktemp("tiny-comfy-qwen3vl-hf"))
+
+
+@pytest.fixture(scope="module")
+def backends(clip, hf_dir):
+    """{"comfy": this backend on the CLIP, "transformers": the transformers backend on the same weights}."""
+    from fmcgm.vlm.comfy_qwen_backend import ComfyQwen3VLBackend
+    from fmcgm.vlm.transformers_backend import TransformersBackend
+    return {"comfy": ComfyQwen3VLBackend(clip, max_image_tokens=64),
+            "transformers": TransformersBackend(str(hf_dir), device="cpu", dtype="fp32", max_image_tokens=64)}
+
+
 def picture(width: int = 64, height: int = 64):
     from PIL import Image
     return Image.fromarray((np.random.default_rng(0).random((height, width, 3)) * 255).astype("uint8"))
@@ -51,11 +68,6 @@ def node_vlm(clip, keep_loaded: bool = False):
     with torch.inference_mode():
         return nodes.NODE_CLASS_MAPPINGS["FMCGMComfyQwen3VL"].execute(
             clip=clip, keep_loaded=keep_loaded, max_image_tokens=64).args[0]
-
-
-def loaded(patcher) -> bool:
-    import comfy.model_management as mm
-    return any(entry.model is patcher for entry in mm.current_loaded_models)
 
 
 @native
@@ -96,16 +108,11 @@ def test_three_stages_give_schema_valid_answers_through_the_executor(tiny_te):
 
 
 @native
-def test_decode_loop_gives_the_transformers_backends_tokens_on_the_same_weights(tiny_te, clip, tmp_path):
+def test_decode_loop_gives_the_transformers_backends_tokens_on_the_same_weights(backends):
     """The same file in transformers (tests/fixtures/tiny_comfy_qwen3vl.hf_folder): greedy answers agree
     token for token, picture or not, constrained or not, reasoning or not."""
     from fmcgm.vlm.base import ChatMessage, GenerationRequest
-    from fmcgm.vlm.comfy_qwen_backend import ComfyQwen3VLBackend
-    from fmcgm.vlm.transformers_backend import TransformersBackend
-    from tests.fixtures import tiny_comfy_qwen3vl
-    ours = ComfyQwen3VLBackend(clip, max_image_tokens=64)
-    reference = TransformersBackend(str(tiny_comfy_qwen3vl.hf_folder(tiny_te, tmp_path / "hf")), device="cpu",
-                                    dtype="fp32", max_image_tokens=64)
+    ours, reference = backends["comfy"], backends["transformers"]
     schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 12},
                                                "count": {"type": "integer", "minimum": 0, "maximum": 9}},
               "required": ["name", "count"], "additionalProperties": False}
@@ -126,40 +133,16 @@ def test_decode_loop_gives_the_transformers_backends_tokens_on_the_same_weights(
 @native
 @pytest.mark.parametrize("keep_loaded", [False, True])
 def test_memory_manager_loads_the_encoder_and_offloads_it_unless_kept(clip, keep_loaded):
-    from fmcgm.extraction import extract_graph
     vlm = node_vlm(clip, keep_loaded)
     assert vlm.patcher is clip.patcher  # the CLIP's own weights: nothing copied
-    with torch.inference_mode():
-        result = extract_graph(vlm, picture(), temperature=0.0, max_new_tokens=64, max_concepts=3)
-    assert result.graph.concepts
-    assert loaded(clip.patcher) is keep_loaded
-    if keep_loaded:
-        vlm.offload()
-        assert not loaded(clip.patcher)
+    extract_then_offload_unless_kept(vlm, keep_loaded)
 
 
 @native
 def test_cancel_stops_generation_within_a_token(clip):
-    import comfy.model_management as mm
-    from fmcgm.extraction import extract_graph
-    from tests.comfy_harness import pack_module
     vlm = node_vlm(clip)
-    progress = pack_module("nodes._vlm_runtime").progress_callback()
-    seen = []
-
-    def on_token(done, total):
-        seen.append(done)
-        if len(seen) == 5:  # the user presses Cancel while the VLM is generating
-            mm.interrupt_current_processing(True)
-        progress(done, total)
-
-    try:
-        with pytest.raises(mm.InterruptProcessingException), torch.inference_mode():
-            extract_graph(vlm, picture(), temperature=0.0, max_new_tokens=64, max_concepts=3, on_token=on_token)
-    finally:
-        mm.interrupt_current_processing(False)
-    assert seen == [1, 2, 3, 4, 5]  # one call per token, and not one token more
-    assert not loaded(vlm.patcher)  # offloaded on the way out
+    assert cancel_while_generating(vlm, at_token=5) == [1, 2, 3, 4, 5]  # one call per token, not one more
+    assert not loaded(vlm)  # offloaded on the way out
 
 
 @native
@@ -171,6 +154,29 @@ def test_a_clip_without_qwen3vl_is_refused_with_what_to_load(comfy):
     with pytest.raises(VLMError, match="not a Qwen3-VL") as error:
         ComfyQwen3VLBackend(sdxl_clip)
     assert "Load CLIP" in str(error.value) and "SDXLClipModel" in str(error.value)
+
+
+@native
+def test_speed_and_memory_benchmark_runs(backends, capsys):
+    """A smoke run of benchmarks/bench_comfy_qwen.py's measurements (one stage, one round, no memory
+    processes): both backends decode the same number of tokens with and without the schema; the
+    real sizes are counted. Figures not asserted."""
+    import argparse
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_comfy_qwen.py"
+    spec = importlib.util.spec_from_file_location("bench_comfy_qwen", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from PIL import Image
+    speed = bench.measure_speed(backends, ["edges"], rounds=1, tokens=4, image=Image.new("RGB", (256, 256)))
+    sizes = bench.real_sizes()
+    bench.print_report(backends, argparse.Namespace(rounds=1, tokens=4, memory_rounds=0), speed, None, sizes)
+    runs = speed["edges"]["rounds"]
+    assert sorted(runs) == ["comfy constrained", "comfy plain", "transformers constrained", "transformers plain"]
+    assert len({run[0]["tokens"] for run in runs.values()}) == 1
+    assert [run[0]["constrained"] for run in runs.values()] == [True, False, True, False]
+    assert sizes["qwen3vl_8b"] > 8e9 and "16.3 GiB once" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(comfy_version() >= (0, 33), reason="this ComfyUI has native Qwen3-VL")

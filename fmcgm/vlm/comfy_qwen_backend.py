@@ -30,9 +30,9 @@ from typing import Any, Optional
 import torch
 
 from .base import GenerationRequest, TokenCallback, VLMError
-from .constrained import ConstrainedDecoding, SchemaGrammars, xgrammar_available
+from .constrained import THINK_OPEN, RequestConstraint, SchemaGrammars, xgrammar_available
 from .images import limit_pixels, to_rgb
-from .transformers_backend import EMPTY_THINK_SUFFIX, THINK_CLOSE, THINK_OPEN, GenerationStats
+from .transformers_backend import EMPTY_THINK_SUFFIX, GenerationStats
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def picture_tensor(image: Any, max_image_tokens: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255.0)[None]
 
 
-class ComfyQwen3VLBackend:
+class ComfyQwen3VLBackend(RequestConstraint):
     """Generation on the Qwen3-VL inside a ComfyUI CLIP, constrained to the request's JSON schema.
 
     Thinking: with ``request.enable_thinking`` the prompt opens a ``<think>`` block and the model
@@ -151,7 +151,6 @@ class ComfyQwen3VLBackend:
         self.thinking_budget = thinking_budget
         self.grammars: Optional[SchemaGrammars] = schema_grammars(self.parts) if xgrammar_available() else None
         self.last_stats = GenerationStats()
-        self._warned_unconstrained = False
 
     @property
     def patcher(self) -> Any:
@@ -205,7 +204,7 @@ class ComfyQwen3VLBackend:
         prompt_tokens = embeds.shape[1]
         cache = model.init_kv_cache(1, embeds.shape[1] + request.max_new_tokens, device, dtype)
         next_pos = int(position_ids[:, -1].max()) + 1 if position_ids is not None else None
-        processor = self._constraint(request, reasoning)
+        processor = self.request_constraint(request, reasoning, self.parts.tokenizer, config.stop_tokens)
         sampling = request.temperature > 0
         generator = torch.Generator(device=device).manual_seed(request.seed) if sampling else None
         # ConstrainedDecoding reads ids the transformers way: the first call sees the prompt, each
@@ -215,10 +214,11 @@ class ComfyQwen3VLBackend:
         generated: list[int] = []
         started = time.perf_counter()
         for step in range(request.max_new_tokens):
-            extra = {"deepstack_embeds": deepstack, "visual_pos_masks": visual_pos_masks} if step == 0 else {}
+            # The picture's tokens and DeepStack features go in with the prompt (step 0) only.
+            prompt = {"deepstack_embeds": deepstack, "visual_pos_masks": visual_pos_masks,
+                      "embeds_info": embeds_info} if step == 0 else {"embeds_info": None}
             hidden, _, cache = model.model.forward(None, embeds=embeds, attention_mask=None, past_key_values=cache,
-                                                   position_ids=position_ids, embeds_info=embeds_info if step == 0 else None,
-                                                   **extra)
+                                                   position_ids=position_ids, **prompt)
             logits = model.logits(hidden)[:, -1].float()
             if processor is not None:
                 logits = processor(history[:, :step + 1], logits)
@@ -243,20 +243,3 @@ class ComfyQwen3VLBackend:
             mask_seconds=processor.mask_seconds if processor else 0.0)
         log.debug("generated %d tokens in %.2f s", len(generated), time.perf_counter() - started)
         return generated
-
-    def _constraint(self, request: GenerationRequest, reasoning: bool) -> Optional[ConstrainedDecoding]:
-        grammar = None
-        if request.json_schema is not None:
-            if self.grammars is not None:
-                grammar = self.grammars.compile(request.json_schema)
-            elif not self._warned_unconstrained:
-                self._warned_unconstrained = True
-                log.warning("xgrammar is not installed: generating without the JSON-schema constraint; the "
-                            "answer parser will repair what it can (pip install xgrammar to enforce it).")
-        budget = max(1, min(self.thinking_budget, request.max_new_tokens // 2)) if reasoning else 0
-        if grammar is None and budget == 0:
-            return None
-        think_open, think_close = self.parts.tokenizer.convert_tokens_to_ids([THINK_OPEN, THINK_CLOSE])
-        return ConstrainedDecoding(grammar, thinking_budget=budget, think_end_id=think_close,
-                                   eos_token_ids=self.parts.model.model.config.stop_tokens,
-                                   blocked_token_ids=[think_open, think_close])
