@@ -185,7 +185,7 @@ class OpenAIVLM(io.ComfyNode):
 class ComfyQwen3VL(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        from fmcgm.vlm.comfy_qwen_backend import MIN_COMFYUI
+        from fmcgm.vlm.base import COMFY_QWEN3VL_MIN_COMFYUI as MIN_COMFYUI
         return schema(
             node_id="FMCGMComfyQwen3VL",
             display_name="Qwen3-VL from CLIP (FM-CGM)",

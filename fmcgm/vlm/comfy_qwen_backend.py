@@ -29,6 +29,7 @@ from typing import Any, Optional
 
 import torch
 
+from .base import COMFY_QWEN3VL_MIN_COMFYUI as MIN_COMFYUI
 from .base import GenerationRequest, TokenCallback, VLMError
 from .constrained import THINK_OPEN, RequestConstraint, SchemaGrammars, xgrammar_available
 from .images import limit_pixels, to_rgb
@@ -36,8 +37,6 @@ from .transformers_backend import EMPTY_THINK_SUFFIX, GenerationStats
 
 log = logging.getLogger(__name__)
 
-# The first ComfyUI release this backend was built and tested against with native Qwen3-VL.
-MIN_COMFYUI = "0.33.0"
 VISION_BLOCK = "<|vision_start|><|image_pad|><|vision_end|>"
 TOKEN_PX = 32  # one Qwen3-VL visual token covers 32 x 32 pixels (16 px patches, 2 x 2 merge)
 # Qwen3-VL Instruct's published sampling (generation_config.json); greedy when temperature <= 0.
