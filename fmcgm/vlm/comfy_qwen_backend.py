@@ -10,8 +10,9 @@ and ComfyUI's ``sample_token``. Between ``logits`` and ``sample_token`` sits xgr
 mask (``constrained.ConstrainedDecoding``, the same as the transformers backend's), so the
 answer follows the stage's JSON schema at the real vocabulary. Why a loop of ours and not a
 patch of ``sample_token``: a patch would have to swap a method on the user's shared model
-for the call, and ComfyUI's loop drives its own progress bar and checks no interruption;
-ours reports every token (progress, Cancel) and leaves the model untouched. The pieces are
+for the call, and ComfyUI's loop drives a progress bar of its own (one per call, over
+``max_length``) where the pack's stages share one bar; ours reports every token to the node's
+callback (progress, Cancel), takes the thinking budget, and leaves the model untouched. The pieces are
 checked by name and signature first (``qwen3vl_parts``), so a ComfyUI that changes them gets
 a message saying so instead of a wrong answer.
 
