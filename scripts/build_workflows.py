@@ -276,9 +276,29 @@ def miniature_world() -> Workflow:
         example=example)
 
 
+QWEN_TEXT_ENCODER = "qwen3vl_8b_fp8_scaled.safetensors"  # Comfy-Org/Qwen3-VL, as ComfyUI's own templates name it
+COMFY_VLM = ("A Qwen3-VL 4B or 8B text encoder in `ComfyUI/models/text_encoders/` (e.g. "
+             "`qwen3vl_8b_fp8_scaled.safetensors` from huggingface.co/Comfy-Org/Qwen3-VL), chosen in *Qwen3-VL text "
+             "encoder*: the file an image model that uses Qwen3-VL already loads, so its weights sit in memory once. "
+             "Needs ComfyUI 0.33 or later.")
+
+
+def causal_edit_comfy_qwen() -> Workflow:
+    """The causal edit with ComfyUI's own Qwen3-VL (Load CLIP) as the VLM: no transformers model."""
+    base = causal_edit()
+    graph = dict(base.graph)
+    graph["16"] = node("CLIPLoader", "Qwen3-VL text encoder", clip_name=QWEN_TEXT_ENCODER, type="stable_diffusion")
+    graph["4"] = node("FMCGMComfyQwen3VL", "Qwen3-VL (ComfyUI's own)", clip=["16", 0])
+    title = "FM-CGM causal edit (ComfyUI Qwen3-VL)"
+    note = (f"## {title}\nEdit a picture causally: do(concept = value) changes that concept and what it causes, "
+            "nothing else. The VLM is the Qwen3-VL ComfyUI loads itself (ComfyUI 0.33 or later).\n\n"
+            f"{MODELS_NOTE.format(vlm=COMFY_VLM)}\n\n{TWO_RUNS}\n\n{OUTPUTS}")
+    return Workflow(title, graph, (("Models and picture", ("1", "16", "2", "3", "4")),) + base.stages[1:], note)
+
+
 def definitions() -> list[Workflow]:
     return [causal_edit(), causal_edit(vlm="openai"), automatic_interventions(), baselines(), graph_only(),
-            miniature_world()]
+            miniature_world(), causal_edit_comfy_qwen()]
 
 
 # ----------------------------------------------------------------------------- the frontend side

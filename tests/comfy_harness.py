@@ -117,6 +117,15 @@ def pack_module(name: str):
     return importlib.import_module(f"{package}.{name}")
 
 
+def register_qwen3vl_size(model_type: str, text_config: type, vision: dict) -> None:
+    """Teach ComfyUI's Qwen3-VL (0.33+) one more model size: its sizes are a table keyed by model
+    type (4B, 8B, 32B), so a tiny one is an entry in that table, and then every class, the
+    tokenizer and the loader's key layout are ComfyUI's own (tests/fixtures/tiny_comfy_qwen3vl.py)."""
+    from comfy.text_encoders import qwen3vl
+    qwen3vl.QWEN3VL_CONFIGS[model_type] = text_config
+    qwen3vl.QWEN3VL_VISION[model_type] = vision
+
+
 class _StubServer:
     """What PromptExecutor needs of the PromptServer when there is no HTTP server."""
 

@@ -27,9 +27,10 @@ EDITOR_UI_KEY = "fmcgm_graph_editor"  # what the editor node sends its widget af
 
 
 def prepare_models(models_dir: Path) -> Path:
-    """Tiny SDXL, tiny Qwen3-VL and a random LPIPS backbone under the real models' names in
-    models_dir; returns an extra_model_paths.yaml pointing ComfyUI at them."""
-    from tests.comfy_harness import bootstrap
+    """Tiny SDXL, tiny Qwen3-VL (a transformers folder, and on ComfyUI 0.33+ a text encoder file
+    too) and a random LPIPS backbone under the real models' names in models_dir; returns an
+    extra_model_paths.yaml pointing ComfyUI at them."""
+    from tests.comfy_harness import bootstrap, comfy_version
     bootstrap()
     from tests.fixtures import tiny_sdxl
     from tests.fixtures.tiny_qwen3vl import build_tiny_qwen3vl
@@ -43,9 +44,13 @@ def prepare_models(models_dir: Path) -> Path:
     vgg = models_dir / "lpips" / VGG16_FILE
     if not vgg.exists():
         save_random_vgg16(vgg, seed=0)
+    text_encoder = models_dir / "text_encoders" / build_workflows.QWEN_TEXT_ENCODER
+    if not text_encoder.exists() and comfy_version() >= (0, 33):  # ComfyUI's own Qwen3-VL
+        from tests.fixtures import tiny_comfy_qwen3vl
+        tiny_comfy_qwen3vl.save(text_encoder, seed=0)
     paths = models_dir / "extra_model_paths.yaml"
     paths.write_text(f"fmcgm_tiny:\n    base_path: {models_dir}\n    checkpoints: checkpoints\n    LLM: LLM\n"
-                     "    lpips: lpips\n")
+                     "    lpips: lpips\n    text_encoders: text_encoders\n")
     return paths
 
 
