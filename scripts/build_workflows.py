@@ -37,9 +37,14 @@ GROUP_TITLE = 50    # room for the group's title bar
 MIN_WIDTH = 340
 NOTE_SIZE = (440, 560)
 # Nodes that show pictures get room for them up front: the frontend adds a 220 px preview
-# when the first picture arrives, and a node that grew then would cover its neighbour.
-PICTURE_NODES = {"SaveImage", "PreviewImage", "FMCGMCausalGraphViewer", "LoadImage"}
+# widget when the first picture (or live preview) arrives, drawn below the node's widgets
+# whether or not the node has room for it, so a node without that room covers its neighbour.
+PICTURE_NODES = {"SaveImage", "PreviewImage", "FMCGMCausalGraphViewer", "LoadImage", "FMCGMConceptMasksPicture"}
+LIVE_PREVIEW_NODES = {"FMCGMDPMSolverInversion", "FMCGMDDPMInversion", "FMCGMDDIMInversion", "FMCGMCSGSampler",
+                      "FMCGMRegenerateFromInversion"}
+PREVIEW_ROOM = 240      # the frontend's 220 px preview widget and its margins
 PICTURE_NODE_HEIGHT = 380
+TEXT_HEADROOM = 1.08
 VIEW_SCALE = 0.8    # the frontend draws node text from about 0.6 up
 THUMBNAIL = 512
 TOP_BAND = 56  # px of the card left empty at the top (see thumbnail)
@@ -102,7 +107,8 @@ def _render(graph: dict, label: str) -> None:
     graph["12"] = node("FMCGMCSGSampler", model=["1", 0], inversion=["10", 0], edits=["11", 0])
     graph["13"] = node("VAEDecode", samples=["12", 0], vae=["1", 2])
     graph["14"] = node("SaveImage", "Counterfactual (CSG)", images=["13", 0], filename_prefix=f"fmcgm/{label}")
-    graph["15"] = node("PreviewImage", "Where each concept acted (masks)", images=["12", 2])
+    graph["15"] = node("FMCGMConceptMasksPicture", "Where each concept acted (masks)", image=["13", 0],
+                       concept_masks=["12", 1], edits=["11", 0])
 
 
 RENDER_STAGE = ("4. Render the edit with CSG", ("10", "11", "12", "13"))
@@ -128,8 +134,9 @@ and in *Causal graph (as read)*. Nothing is rendered yet.
 **Run 2** (Queue again): the manipulator changes the intervened concept and propagates it to its descendants \
 only; CSG renders the counterfactual as a minimal edit of the picture."""
 OUTPUTS = """**Outputs**: *Counterfactual (CSG)* is the edited picture (saved to `output/fmcgm/`); *Where each concept \
-acted* shows one mask per edited concept; *Counterfactual graph* draws the intervention (orange), the descendants \
-that change (blue, dashed) and what stays (grey)."""
+acted* shows, for each edited concept, where CSG changed the picture, in the concept's colour with its name; \
+*Counterfactual graph* draws the intervention (orange), the descendants that change (blue, dashed) and what stays \
+(grey). Each node's report (the manipulator's, the oracle's or the evaluation) is shown in the node."""
 
 
 def causal_edit(vlm: str = "local") -> Workflow:
@@ -229,6 +236,8 @@ def graph_only() -> Workflow:
 
 MINIWORLD_CHECKPOINT = "fmcgm-miniworld-sdxl.safetensors"  # ships in the pack's models/ folder
 MINIWORLD_SCENE = {"weather": "rainy", "house": "red house", "house_side": "house on the left side", "layout_seed": 7}
+# What the Read me suggests trying in the editor: each changes something on MINIWORLD_SCENE's picture.
+MINIWORLD_SUGGESTIONS = (("weather", "snowy"), ("ground", "dry ground"), ("house", "blue house"))
 
 
 def miniature_world() -> Workflow:
@@ -261,9 +270,11 @@ def miniature_world() -> Workflow:
             "`edit_guidance` 16 and `threshold` 0.5: the paper's 8 and 0.7 edit this small model too little "
             "(`docs/miniworld.md` has both measured).\n\n**Try**: another weather, house or "
             "`layout_seed` in *Picture of the miniature world*; another intervention in the editor (click a "
-            "concept, *Intervene on this*, type a value the world knows, e.g. `snowy`, `wet ground`).\n\n"
+            "concept, *Intervene on this*, type a value the world knows, e.g. "
+            + ", ".join(f"{concept} `{value}`" for concept, value in MINIWORLD_SUGGESTIONS)
+            + "; the picture's own value changes nothing).\n\n"
             f"{OUTPUTS} *Original* is the picture before the edit; the oracle's report says whether each changed "
-            "concept shows its new value and each non-descendant kept its own.")
+            "concept shows its new value and each non-descendant kept its own (it is shown in the oracle's node).")
     from fmcgm.miniworld import world
     scene = world.scene_from_values(**{k.replace("house_side", "side"): v for k, v in MINIWORLD_SCENE.items()})
     example = (world.graph_dict(scene.values), "weather",
@@ -359,20 +370,28 @@ def _widget_inputs(entry: dict, info: dict) -> dict:
     return widgets
 
 
-def _plan(wf: Workflow, sizes: dict[str, list[float]], kinds: dict[str, str]) -> dict:
-    """The Note, then one column per stage left to right, each stage a group."""
+def _node_height(kind: str, created: float) -> float:
+    """Room for what the node will show: its widgets, and a picture or live preview below them."""
+    if kind in PICTURE_NODES | LIVE_PREVIEW_NODES:
+        created += PREVIEW_ROOM
+    return max(created, PICTURE_NODE_HEIGHT) if kind in PICTURE_NODES else created
+
+
+def _plan(wf: Workflow, sizes: dict[str, list[float]], kinds: dict[str, str],
+          text_widths: dict[str, float] | None = None) -> dict:
+    """The Note, then one column per stage left to right, each stage a group; each column as
+    wide as its widest node needs to draw its title and widgets in full (``text_widths``)."""
     missing = set(wf.graph) - {i for _, ids in wf.stages for i in ids}
     if missing:
         raise ValueError(f"{wf.name}: nodes {sorted(missing)} are in no stage")
+    text_widths = text_widths or {}
     boxes, groups = {}, []
     x = NOTE_SIZE[0] + 2 * GROUP_PAD + GAP
     for title, ids in wf.stages:
-        width = max(max(wf.widths.get(i, sizes[i][0]) for i in ids), MIN_WIDTH)
+        width = max(max(max(wf.widths.get(i, sizes[i][0]), text_widths.get(i, 0)) for i in ids), MIN_WIDTH)
         y = 0
         for i in ids:
-            height = sizes[i][1]
-            if kinds[i] in PICTURE_NODES:
-                height = max(height, PICTURE_NODE_HEIGHT)
+            height = _node_height(kinds[i], sizes[i][1])
             boxes[i] = [x, y, width, height]
             y += height + GAP
         groups.append({"title": title, "box": [x - GROUP_PAD, -GROUP_TITLE, width + 2 * GROUP_PAD,
@@ -399,7 +418,12 @@ def build(page, wf: Workflow, object_info: dict) -> dict:
         if entry["class_type"] == "CheckpointLoaderSimple":  # lets the frontend offer the download
             properties[node_id] = {"models": MODELS}
     sizes = page.evaluate(CREATE_JS, {"nodes": nodes, "links": links, "properties": properties})
-    return page.evaluate(PLACE_JS, _plan(wf, sizes, kinds))
+    from tests.browser_support import TEXT_NEEDS_JS
+    # Measured in this frontend; others draw titles a little larger (1.58.1: about 1 % wider):
+    # TEXT_HEADROOM more, in whole multiples of 8 px.
+    text_widths = {str(k): 8 * -(-max(need for _, need in needs) * TEXT_HEADROOM // 8)
+                   for k, needs in page.evaluate(TEXT_NEEDS_JS).items()}
+    return page.evaluate(PLACE_JS, _plan(wf, sizes, kinds, text_widths))
 
 
 def thumbnail(wf: Workflow, path: Path) -> None:

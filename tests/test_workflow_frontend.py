@@ -169,6 +169,22 @@ def _pick_intervention(p: bs.Page, editor_id: int, concept: str | None) -> tuple
     return name, value
 
 
+def _reports_shown(p: bs.Page, entry: dict) -> None:
+    """Every text a pack node reported in this run is in that node's report box, where the user
+    looks: the box is on screen when the node is, and holds exactly what the node said."""
+    from playwright.sync_api import expect
+    kinds = {n["id"]: n["type"] for n in p.serialize()["nodes"]}
+    reported = {int(k): o["text"] for k, o in entry["outputs"].items()
+                if "text" in o and kinds.get(int(k), "").startswith("FMCGM")}
+    assert reported, f"no node reported text: {sorted(entry['outputs'])}"
+    for node_id, texts in reported.items():
+        box = p.page.locator(f'.fmcgm-report[data-node-id="{node_id}"]')
+        assert box.count() == 1, f"node {node_id} ({kinds[node_id]}) reported text but shows none"
+        p.focus(node_id, 0.8)
+        expect(box).to_be_visible()
+        expect(box).to_have_value("\n\n".join(texts))
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifacts):
     server, served = stack
@@ -182,6 +198,7 @@ def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifa
         assert flagged == [], f"the frontend flags {flagged} (a model or value it cannot find?)"
         assert p.page.locator(".p-dialog").count() == 0, p.page.locator(".p-dialog").all_inner_texts()
         assert _overlaps(p.node_bounds()) == []
+        assert p.clipped_texts() == [], "a title or widget text is cut short"
         p.page.screenshot(path=str(lane_artifacts / f"{path.stem}_loaded.png"))
 
         # 2. The frontend's prompt holds the definition, input by input, with the right types.
@@ -211,9 +228,13 @@ def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifa
         events_before = p.page.evaluate("window.__events.length")
         _, first = p.run()
         times["run 1"] = round(time.perf_counter() - started, 1)
+        _reports_shown(p, first)
+        assert _overlaps(p.node_bounds()) == [], "a node's pictures or previews grew over another in run 1"
         outputs = [first]
         if editors and not world:
             assert "14" not in first["outputs"], "rendered before an intervention was chosen"
+            manipulator = p.page.locator('.fmcgm-report[data-node-id="8"]')
+            assert manipulator.input_value().startswith("No intervention chosen yet"), "the user is not told why"
             concept = "weather" if "graph_json" in definition.graph["7"]["inputs"] else None
             picked = _pick_intervention(p, editors[0], concept)
             p.page.screenshot(path=str(lane_artifacts / f"{path.stem}_picked.png"))
@@ -241,8 +262,8 @@ def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifa
         assert counterfactuals, f"no counterfactual: {sorted(final['outputs'])}"
         for info in counterfactuals:
             assert _picture(server, info).shape == (height, width, 3)
-        masks = _images(final, "15")
-        assert masks and all(_picture(server, m).shape[:2] == (height, width) for m in masks)
+        masks = _images(final, "15")  # readable: a panel per concept, a caption strip above them
+        assert masks and all(_picture(server, m).shape[0] > height for m in masks)
         drawing = _images(final, "9")
         assert drawing and _picture(server, drawing[0]).shape[:2] == (wr.FAST_SETTINGS["height"], wr.FAST_SETTINGS["width"])
         if "6" in definition.graph:  # the graph as read, from the first run
@@ -255,11 +276,13 @@ def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifa
         for evaluator in ("30", "31", "32"):
             if evaluator in definition.graph:
                 assert "mean" in final["outputs"][evaluator]["text"][0]
+        _reports_shown(p, final)
+        p.focus(14, 0.6)  # the outputs: the counterfactual, where each concept acted, the reports
         p.page.wait_for_timeout(500)
         p.page.screenshot(path=str(lane_artifacts / f"{path.stem}_rendered.png"))
         assert p.page_errors == [] and p.console_errors == [], (p.page_errors, p.console_errors)
         assert p.deprecations_since_ready() == []
-        assert _overlaps(p.node_bounds()) == [], "a node grew over another while running"
+        assert _overlaps(p.node_bounds()) == [], "a node's pictures or previews grew over another while running"
         record = lane_artifacts / "workflow_times.json"
         known = json.loads(record.read_text()) if record.exists() else {}
         known[path.stem] = times
