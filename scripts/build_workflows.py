@@ -294,7 +294,7 @@ def definitions() -> list[Workflow]:
 
 # ----------------------------------------------------------------------------- the frontend side
 
-# Creates the nodes and links of one definition on an empty canvas; returns each node's size.
+# Creates the nodes and links of one definition on an empty canvas.
 CREATE_JS = """async (wf) => {
     app.graph.clear();
     const made = {};
@@ -323,7 +323,6 @@ CREATE_JS = """async (wf) => {
         if (!made[source].connect(slot, to, index)) throw new Error(`cannot link ${source}:${slot} -> ${target}.${input}`);
     }
     if (wf.properties) for (const [id, props] of Object.entries(wf.properties)) Object.assign(made[id].properties, props);
-    return Object.fromEntries(Object.entries(made).map(([id, n]) => [id, [n.size[0], n.size[1]]]));
 }"""
 
 # Places nodes and groups, adds the Note, frames the view; returns the saved workflow.
@@ -417,7 +416,9 @@ def build(page, wf: Workflow, object_info: dict) -> dict:
                 links.append([value[0], value[1], node_id, name])
         if entry["class_type"] == "CheckpointLoaderSimple":  # lets the frontend offer the download
             properties[node_id] = {"models": MODELS}
-    sizes = page.evaluate(CREATE_JS, {"nodes": nodes, "links": links, "properties": properties})
+    page.evaluate(CREATE_JS, {"nodes": nodes, "links": links, "properties": properties})
+    page.wait_for_timeout(2000)  # an editor whose incoming graph the backend knows grows to show it
+    sizes = page.evaluate("() => Object.fromEntries(app.graph.nodes.map(n => [n.id, [n.size[0], n.size[1]]]))")
     from tests.browser_support import TEXT_NEEDS_JS
     # Measured in this frontend; others draw titles a little larger (1.58.1: about 1 % wider):
     # TEXT_HEADROOM more, in whole multiples of 8 px.

@@ -169,6 +169,19 @@ def _pick_intervention(p: bs.Page, editor_id: int, concept: str | None) -> tuple
     return name, value
 
 
+def _editor_shows(p: bs.Page, editor_id: int, scene: dict) -> None:
+    """The editor's diagram holds the world's graph with this scene's values, and the chosen
+    concept is one of its concepts."""
+    from playwright.sync_api import expect
+
+    from fmcgm.miniworld import world
+    values = world.scene_from_values(**{k.replace("house_side", "side"): v for k, v in scene.items()}).values
+    ed = p.page.locator(f'.fmcgm-editor[data-node-id="{editor_id}"]')
+    for concept, value in values.items():
+        expect(ed.locator(f'.fmcgm-chip[data-concept="{concept}"]')).to_contain_text(f"{concept}: {value}")
+    assert "(not in graph)" not in " ".join(ed.locator(".fmcgm-do-concept option").all_inner_texts())
+
+
 def _reports_shown(p: bs.Page, entry: dict) -> None:
     """Every text a pack node reported in this run is in that node's report box, where the user
     looks: the box is on screen when the node is, and holds exactly what the node said."""
@@ -219,6 +232,9 @@ def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifa
         # The Python converter (kept for scripting) reads the file as this frontend does.
         strip = lambda pr: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in pr.items()}  # noqa: E731
         assert strip(ui_to_api(json.loads(path.read_text()), object_info)) == strip(prompt)
+
+        if world:  # the world's graph is in the editor before any run
+            _editor_shows(p, editors[0], definition.graph["2"]["inputs"])
 
         # 3. Run it as a CPU user: lower the heavy settings, point at the VLM server, press Run.
         p.set_widgets(wr.FAST_SETTINGS)
@@ -283,6 +299,10 @@ def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifa
         assert p.page_errors == [] and p.console_errors == [], (p.page_errors, p.console_errors)
         assert p.deprecations_since_ready() == []
         assert _overlaps(p.node_bounds()) == [], "a node's pictures or previews grew over another while running"
+        if world:  # a new scene: the editor follows it (not the last run's graph)
+            scene = {**definition.graph["2"]["inputs"], "weather": "snowy"}
+            p.set_widgets({"weather": "snowy"}, "FMCGMMiniworldScene")
+            _editor_shows(p, editors[0], scene)
         record = lane_artifacts / "workflow_times.json"
         known = json.loads(record.read_text()) if record.exists() else {}
         known[path.stem] = times
