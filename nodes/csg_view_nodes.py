@@ -17,7 +17,7 @@ class ConceptMasksPicture(io.ComfyNode):
             display_name="Where Each Concept Acted (FM-CGM)",
             category=f"{CATEGORY}/csg",
             description="Shows where CSG edited each concept: for every counterfactual one picture with a panel per "
-                        "concept, the edited picture darkened and the concept's mask over it in the graph drawing's "
+                        "concept, the edited picture in darkened grey and the concept's mask over it in the graph drawing's "
                         "colour for its role (intervened orange, descendant sky blue, protected grey), its phrase "
                         "and role above. The brighter the colour, the more steps that pixel was edited.",
             is_output_node=True,

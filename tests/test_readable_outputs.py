@@ -56,7 +56,8 @@ def test_the_mask_batch_is_split_back_to_each_rows_own_concepts():
 
 
 def test_each_panel_shows_its_concepts_mask_in_its_role_colour():
-    picture = np.full((16, 16, 3), 200, dtype=np.uint8)
+    picture = np.empty((16, 16, 3), dtype=np.uint8)
+    picture[:] = (230, 110, 20)  # a colour: the panels show it in grey, so only masks carry colour
     left = torch.zeros(4, 4)
     left[:, :2] = 1.0  # the left half, at latent resolution
     labels = [("sunny weather", "intervened"), ("blue sky", "descendant"), ("grey sky", "invariant")]
@@ -64,7 +65,7 @@ def test_each_panel_shows_its_concepts_mask_in_its_role_colour():
     scale = -(-preview.PANEL_MIN // 16)
     side = 16 * scale
     assert sheet.shape == (side + preview.CAPTION, 3 * side + 2 * preview.PANEL_GAP, 3)
-    darkened = 0.45 * 200
+    darkened = 0.45 * (230 + 110 + 20) / 3
     for i, (_, role) in enumerate(labels):
         x = i * (side + preview.PANEL_GAP)
         panel = sheet[preview.CAPTION:, x:x + side].astype(float)

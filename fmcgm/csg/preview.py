@@ -111,7 +111,7 @@ def _caption_font(size: int):
 
 def labelled_masks(picture, masks, labels) -> "np.ndarray":
     """One readable picture of where each concept acted: one panel per concept, the picture
-    (H x W x 3 uint8) darkened, the concept's mask over it in its role's colour (the graph
+    (H x W x 3 uint8) in darkened grey, the concept's mask over it in its role's colour (the graph
     drawing's: intervened orange, descendant sky blue, protected grey), its phrase and role above.
     ``masks``: one [h, w] tensor (values in [0, 1]) per label; ``labels``: (phrase, role) pairs."""
     import numpy as np
@@ -121,6 +121,7 @@ def labelled_masks(picture, masks, labels) -> "np.ndarray":
     height, width = picture.shape[:2]
     scale = max(1, -(-PANEL_MIN // max(height, width)))
     big = np.kron(picture, np.ones((scale, scale, 1), dtype=np.uint8)).astype(np.float32)
+    big = big.mean(axis=-1, keepdims=True).repeat(3, axis=-1)  # grey, so only the masks carry colour
     H, W = big.shape[:2]
     font, small = _caption_font(15), _caption_font(12)
     sheet = Image.new("RGB", (len(labels) * (W + PANEL_GAP) - PANEL_GAP if labels else W, H + CAPTION),
