@@ -35,7 +35,7 @@ GAP = 60            # between columns and between nodes in a column
 GROUP_PAD = 30      # group border around its nodes
 GROUP_TITLE = 50    # room for the group's title bar
 MIN_WIDTH = 340
-NOTE_SIZE = (440, 560)
+NOTE_SIZE = (520, 820)
 # Nodes that show pictures get room for them up front: the frontend adds a 220 px preview
 # widget when the first picture (or live preview) arrives, drawn below the node's widgets
 # whether or not the node has room for it, so a node without that room covers its neighbour.
@@ -45,7 +45,7 @@ LIVE_PREVIEW_NODES = {"FMCGMDPMSolverInversion", "FMCGMDDPMInversion", "FMCGMDDI
 PREVIEW_ROOM = 240      # the frontend's 220 px preview widget and its margins
 PICTURE_NODE_HEIGHT = 380
 TEXT_HEADROOM = 1.08
-VIEW_SCALE = 0.8    # the frontend draws node text from about 0.6 up
+VIEW_SCALE = 0.9    # the Read me's 14 px text (web/js/read_me.js) is 12.6 px on screen
 THUMBNAIL = 512
 TOP_BAND = 56  # px of the card left empty at the top (see thumbnail)
 
@@ -336,6 +336,7 @@ PLACE_JS = """async (plan) => {
     note.id = plan.note.id;
     app.graph.add(note);
     note.title = 'Read me';
+    note.properties.fmcgm_read_me = true;  // web/js/read_me.js draws its text larger
     note.widgets[0].value = plan.note.text;
     note.pos = [plan.note.box[0], plan.note.box[1]];
     note.size = [plan.note.box[2], plan.note.box[3]];

@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 DEFINITIONS = {wf.name: wf for wf in wr.build_workflows.definitions()}
 PICTURE = (96, 64)  # width, height: not square, as most photos are
+READABLE_PX = 12  # the smallest text size on screen taken as readable
 
 bs.require_chromium()
 
@@ -169,6 +170,13 @@ def _pick_intervention(p: bs.Page, editor_id: int, concept: str | None) -> tuple
     return name, value
 
 
+def _read_me_font_px(p: bs.Page) -> float:
+    """The Read me's smallest text size on screen, in px (its CSS size times any CSS scaling)."""
+    return p.page.evaluate("""() => Math.min(...[...document.querySelectorAll(
+        '.comfy-markdown p, .comfy-markdown li')].filter(e => e.offsetWidth).map(e =>
+        parseFloat(getComputedStyle(e).fontSize) * e.getBoundingClientRect().width / e.offsetWidth))""")
+
+
 def _editor_shows(p: bs.Page, editor_id: int, scene: dict) -> None:
     """The editor's diagram holds the world's graph with this scene's values, and the chosen
     concept is one of its concepts."""
@@ -212,6 +220,7 @@ def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifa
         assert p.page.locator(".p-dialog").count() == 0, p.page.locator(".p-dialog").all_inner_texts()
         assert _overlaps(p.node_bounds()) == []
         assert p.clipped_texts() == [], "a title or widget text is cut short"
+        assert _read_me_font_px(p) >= READABLE_PX, "the Read me's text is too small at the saved zoom"
         p.page.screenshot(path=str(lane_artifacts / f"{path.stem}_loaded.png"))
 
         # 2. The frontend's prompt holds the definition, input by input, with the right types.
