@@ -1,6 +1,7 @@
-"""Where Each Concept Acted: the CSG Sampler's masks as a picture a person can read.
+"""What a CSG run looks like to a person: Where Each Concept Acted (the CSG Sampler's masks as a
+picture a person can read) and Before / After (the original and the edits in one preview).
 
-Adapter only: the drawing (one panel per concept, its mask over the picture in its role's
+Adapters only: the masks' drawing (one panel per concept, its mask over the picture in its role's
 colour, its phrase above) lives in ``fmcgm.csg.preview``.
 """
 from __future__ import annotations
@@ -59,4 +60,39 @@ class ConceptMasksPicture(io.ComfyNode):
         return io.NodeOutput(out, ui=ui.PreviewImage(out, cls=cls))
 
 
-NODES = [ConceptMasksPicture]
+class BeforeAfter(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="FMCGMBeforeAfter",
+            display_name="Before / After (FM-CGM)",
+            category=f"{CATEGORY}/csg",
+            description="The original picture, then each edited one, in one preview: click a picture to see it "
+                        "large, then the arrow keys toggle between before and after (works in every ComfyUI "
+                        "frontend; ComfyUI's own Image Compare slider shows only in Nodes 2.0).",
+            is_output_node=True,
+            inputs=[
+                io.Image.Input("original", tooltip="The picture before the edit."),
+                io.Image.Input("edited", tooltip="The edited pictures (e.g. VAE Decode of the CSG Sampler's latent); "
+                                                 "scaled to the original's size where they differ."),
+            ],
+            outputs=[io.Image.Output(display_name="images", tooltip="The original, then the edited pictures.")],
+        )
+
+    @classmethod
+    def execute(cls, original, edited):
+        import torch
+        import torch.nn.functional as F
+        for name, batch in (("original", original), ("edited", edited)):
+            if batch is None or batch.shape[0] == 0:
+                raise ValueError(f"{name}: the image batch is empty; connect an IMAGE output with pictures")
+        first = original[:1, ..., :3]
+        after = edited[..., :3]
+        if after.shape[1:3] != first.shape[1:3]:
+            after = F.interpolate(after.movedim(-1, 1), size=first.shape[1:3], mode="bilinear",
+                                  align_corners=False).movedim(1, -1)
+        out = torch.cat([first, after.to(first)], dim=0)
+        return io.NodeOutput(out, ui=ui.PreviewImage(out, cls=cls))
+
+
+NODES = [ConceptMasksPicture, BeforeAfter]

@@ -39,7 +39,8 @@ NOTE_SIZE = (520, 820)
 # Nodes that show pictures get room for them up front: the frontend adds a 220 px preview
 # widget when the first picture (or live preview) arrives, drawn below the node's widgets
 # whether or not the node has room for it, so a node without that room covers its neighbour.
-PICTURE_NODES = {"SaveImage", "PreviewImage", "FMCGMCausalGraphViewer", "LoadImage", "FMCGMConceptMasksPicture"}
+PICTURE_NODES = {"SaveImage", "PreviewImage", "FMCGMCausalGraphViewer", "LoadImage", "FMCGMConceptMasksPicture",
+                 "FMCGMBeforeAfter"}
 LIVE_PREVIEW_NODES = {"FMCGMDPMSolverInversion", "FMCGMDDPMInversion", "FMCGMDDIMInversion", "FMCGMCSGSampler",
                       "FMCGMRegenerateFromInversion"}
 PREVIEW_ROOM = 240      # the frontend's 220 px preview widget and its margins
@@ -109,10 +110,15 @@ def _render(graph: dict, label: str) -> None:
     graph["14"] = node("SaveImage", "Counterfactual (CSG)", images=["13", 0], filename_prefix=f"fmcgm/{label}")
     graph["15"] = node("FMCGMConceptMasksPicture", "Where each concept acted (masks)", image=["13", 0],
                        concept_masks=["12", 1], edits=["11", 0])
+    # Before and after, toggled in ComfyUI's own picture preview. Not ComfyUI's Image Compare node:
+    # 0.3.75 has none, and frontend 1.58.1 draws it only in Nodes 2.0 (its default canvas shows
+    # "ImageCompare: Vue-only" in its place).
+    graph["41"] = node("FMCGMBeforeAfter", "Before / after (click one, then arrow keys)", original=["2", 0],
+                       edited=["13", 0])
 
 
 RENDER_STAGE = ("4. Render the edit with CSG", ("10", "11", "12", "13"))
-OUTPUT_STAGE = ("Outputs", ("14", "15", "9"))
+OUTPUT_STAGE = ("Outputs", ("14", "41", "15", "9"))
 
 MODELS_NOTE = """**Models** (the pack never downloads):
 - SDXL checkpoint (any eps-prediction SDXL) in `ComfyUI/models/checkpoints/`, chosen in *SDXL checkpoint*.
@@ -198,7 +204,7 @@ def baselines() -> Workflow:
             "`vgg16-397923af.pth` in `ComfyUI/models/lpips/`.\n\n"
             f"{TWO_RUNS}\n\n{OUTPUTS} The *Baseline* pictures and the three *Evaluate* reports sit beside them.")
     return Workflow(title, graph, base.stages[:-1] + (
-        ("Outputs", ("14", "15", "9")),
+        OUTPUT_STAGE,
         ("5. The paper's baselines", ("20", "21", "22", "23", "25", "26", "27")),
         ("Baseline outputs", ("24", "28")),
         ("6. Score each method", ("30", "31", "32"))), note)
@@ -283,7 +289,7 @@ def miniature_world() -> Workflow:
         ("Model and picture", ("1", "2", "3", "18")),
         ("1. Choose the intervention", ("7",)),
         ("2. Propagate it (the world's mechanisms)", ("16", "8")),
-        ("3. Render the edit with CSG", RENDER_STAGE[1]), ("Outputs", ("14", "15", "17", "9"))), note,
+        ("3. Render the edit with CSG", RENDER_STAGE[1]), ("Outputs", ("14", "17", "41", "15", "9"))), note,
         example=example)
 
 

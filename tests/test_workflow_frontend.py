@@ -148,6 +148,11 @@ def _picture(server, info: dict) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(server.view(info))))
 
 
+def _loaded_picture(server) -> np.ndarray:
+    """The picture the workflows' Load Image reads (ComfyUI's input/example.png, this test's)."""
+    return np.asarray(Image.open(server.base / "input" / wr.build_workflows.EXAMPLE_PICTURE).convert("RGB"))
+
+
 def _images(entry: dict, node_id: str) -> list[dict]:
     return entry["outputs"].get(node_id, {}).get("images", [])
 
@@ -199,9 +204,9 @@ def _reports_shown(p: bs.Page, entry: dict) -> None:
                 if "text" in o and kinds.get(int(k), "").startswith("FMCGM")}
     assert reported, f"no node reported text: {sorted(entry['outputs'])}"
     for node_id, texts in reported.items():
+        p.focus(node_id, 0.8)  # 1.58.1 puts a node's DOM widgets in the page only while it is on screen
         box = p.page.locator(f'.fmcgm-report[data-node-id="{node_id}"]')
-        assert box.count() == 1, f"node {node_id} ({kinds[node_id]}) reported text but shows none"
-        p.focus(node_id, 0.8)
+        expect(box, f"node {node_id} ({kinds[node_id]}) reported text but shows none").to_have_count(1)
         expect(box).to_be_visible()
         expect(box).to_have_value("\n\n".join(texts))
 
@@ -258,6 +263,7 @@ def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifa
         outputs = [first]
         if editors and not world:
             assert "14" not in first["outputs"], "rendered before an intervention was chosen"
+            p.focus(8, 0.8)
             manipulator = p.page.locator('.fmcgm-report[data-node-id="8"]')
             assert manipulator.input_value().startswith("No intervention chosen yet"), "the user is not told why"
             concept = "weather" if "graph_json" in definition.graph["7"]["inputs"] else None
@@ -289,6 +295,10 @@ def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifa
             assert _picture(server, info).shape == (height, width, 3)
         masks = _images(final, "15")  # readable: a panel per concept, a caption strip above them
         assert masks and all(_picture(server, m).shape[0] > height for m in masks)
+        before_after = _images(final, "41")  # the original, then each counterfactual, to toggle between
+        assert len(before_after) == 1 + len(counterfactuals)
+        assert (_picture(server, before_after[0]) == _picture(server, _images(first, "18")[0] if world else
+                                                                 _loaded_picture(server))).all()
         drawing = _images(final, "9")
         assert drawing and _picture(server, drawing[0]).shape[:2] == (wr.FAST_SETTINGS["height"], wr.FAST_SETTINGS["width"])
         if "6" in definition.graph:  # the graph as read, from the first run
