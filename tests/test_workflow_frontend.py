@@ -297,8 +297,8 @@ def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifa
         assert masks and all(_picture(server, m).shape[0] > height for m in masks)
         before_after = _images(final, "41")  # the original, then each counterfactual, to toggle between
         assert len(before_after) == 1 + len(counterfactuals)
-        assert (_picture(server, before_after[0]) == _picture(server, _images(first, "18")[0] if world else
-                                                                 _loaded_picture(server))).all()
+        original = _picture(server, _images(first, "18")[0]) if world else _loaded_picture(server)
+        assert (_picture(server, before_after[0]) == original).all()
         drawing = _images(final, "9")
         assert drawing and _picture(server, drawing[0]).shape[:2] == (wr.FAST_SETTINGS["height"], wr.FAST_SETTINGS["width"])
         if "6" in definition.graph:  # the graph as read, from the first run

@@ -15,6 +15,7 @@
 // Everything shown comes from a model or a shared file, so it is only ever set as text
 // (textContent, input.value, SVG attributes), never parsed as HTML.
 import { app } from "../../../scripts/app.js"; // served at /extensions/ComfyUI-FMCGM/js/
+import { addStyleOnce } from "./page_style.js";
 import { api } from "../../../scripts/api.js";
 
 const NODE_TYPE = "FMCGMCausalGraphEditor";
@@ -93,14 +94,6 @@ const STYLE = `
 .fmcgm-edge-list { display: flex; flex-direction: column; gap: 2px; }
 .fmcgm-empty { color: #aaa; padding: 8px; text-align: center; white-space: pre-wrap; }
 `;
-
-function ensureStyle() {
-  if (document.getElementById("fmcgm-editor-style")) return;
-  const style = document.createElement("style");
-  style.id = "fmcgm-editor-style";
-  style.textContent = STYLE;
-  document.head.appendChild(style);
-}
 
 // ---------------------------------------------------------------- graph helpers (plain objects)
 
@@ -218,7 +211,7 @@ function parseGraph(text) {
 
 class CausalGraphEditor {
   constructor(node) {
-    ensureStyle();
+    addStyleOnce("fmcgm-editor-style", STYLE);
     this.node = node;
     this.id = ++editorCount;
     this.payload = null; // the last ui payload from the backend

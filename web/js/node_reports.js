@@ -8,6 +8,7 @@
 // a run would grow the node over its neighbours.
 // The text comes from a model or a user, so it is only ever set as a value, never as HTML.
 import { app } from "../../../scripts/app.js"; // served at /extensions/ComfyUI-FMCGM/js/
+import { addStyleOnce } from "./page_style.js";
 
 const PACK_PREFIX = "FMCGM";
 const REPORT_OUTPUT = /report|verdict/i;
@@ -22,14 +23,6 @@ const STYLE = `
 .fmcgm-report.waiting { color: #9a9a9a; font-style: italic; }
 `;
 
-function ensureStyle() {
-  if (document.getElementById("fmcgm-report-style")) return;
-  const style = document.createElement("style");
-  style.id = "fmcgm-report-style";
-  style.textContent = STYLE;
-  document.head.appendChild(style);
-}
-
 function reportsText(nodeData) {
   if (!nodeData?.name?.startsWith(PACK_PREFIX) || OWN_DISPLAY.has(nodeData.name)) return false;
   const names = nodeData.output_name ?? [];
@@ -38,7 +31,7 @@ function reportsText(nodeData) {
 }
 
 function addReportBox(node) {
-  ensureStyle();
+  addStyleOnce("fmcgm-report-style", STYLE);
   const box = document.createElement("textarea");
   box.className = "fmcgm-report waiting";
   box.readOnly = true;

@@ -3,6 +3,7 @@
 // only notes marked with the node property "fmcgm_read_me" (set by scripts/build_workflows.py)
 // get the larger text, so a user's own notes stay as they are.
 import { app } from "../../../scripts/app.js"; // served at /extensions/ComfyUI-FMCGM/js/
+import { addStyleOnce } from "./page_style.js";
 
 const MARK = "fmcgm_read_me";
 const STYLE = `
@@ -11,17 +12,9 @@ const STYLE = `
 .fmcgm-read-me .ProseMirror h2 { font-size: 19px; }
 `;
 
-function ensureStyle() {
-  if (document.getElementById("fmcgm-read-me-style")) return;
-  const style = document.createElement("style");
-  style.id = "fmcgm-read-me-style";
-  style.textContent = STYLE;
-  document.head.appendChild(style);
-}
-
 function markReadMe(node) {
   if (!node?.properties?.[MARK]) return;
-  ensureStyle();
+  addStyleOnce("fmcgm-read-me-style", STYLE);
   for (const w of node.widgets ?? []) w.element?.classList?.add("fmcgm-read-me");
 }
 
