@@ -60,6 +60,10 @@ class Workflow:
     widths: dict = dataclasses.field(default_factory=dict)  # node id -> width where the default is too narrow
     # The thumbnail's example: (graph dict, intervened concept, new values); None = GRAPH_ONLY_EXAMPLE's
     example: tuple | None = None
+    # What else the thumbnail shows instead of that drawing: a picture of the workflow's result
+    # (repo path, crop box or None), or several interventions drawn side by side.
+    picture: tuple | None = None
+    interventions: tuple = ()
 
 
 def node(kind: str, title: str | None = None, **inputs) -> dict:
@@ -153,6 +157,8 @@ def causal_edit(vlm: str = "local") -> Workflow:
     _manipulate(graph, ["7", 0], "manual", concept=["7", 1], value=["7", 2])
     _render(graph, "csg")
     title = "FM-CGM causal edit" if vlm == "local" else "FM-CGM causal edit (VLM server)"
+    # the served workflow's card draws another intervention, so the two cards differ at a glance
+    shown = () if vlm == "local" else (("umbrella", {"umbrella": "closed"}),)
     note = (f"## {title}\nEdit a picture causally: do(concept = value) changes that concept and what it causes, "
             f"nothing else.\n\n{MODELS_NOTE.format(vlm=LOCAL_VLM if vlm == 'local' else SERVED_VLM)}\n\n"
             f"{TWO_RUNS}\n\n{OUTPUTS}")
@@ -161,7 +167,7 @@ def causal_edit(vlm: str = "local") -> Workflow:
         ("1. Read the picture", ("5", "6")),
         ("2. Choose the intervention", ("7",)),
         ("3. Propagate it", ("8",)),
-        RENDER_STAGE, OUTPUT_STAGE), note)
+        RENDER_STAGE, OUTPUT_STAGE), note, interventions=shown)
 
 
 def automatic_interventions() -> Workflow:
@@ -179,7 +185,9 @@ def automatic_interventions() -> Workflow:
         ("Models and picture", ("1", "2", "3", "4")),
         ("1. Read the picture", ("5", "6")),
         ("2. Propose and propagate", ("8",)),
-        RENDER_STAGE, OUTPUT_STAGE), note)
+        RENDER_STAGE, OUTPUT_STAGE), note, interventions=(
+            ("weather", {"weather": "sunny", "hair": "dry", "umbrella": "closed"}), ("umbrella", {"umbrella": "closed"}),
+            ("age", {"age": "elderly"})))
 
 
 def baselines() -> Workflow:
@@ -207,7 +215,9 @@ def baselines() -> Workflow:
         OUTPUT_STAGE,
         ("5. The paper's baselines", ("20", "21", "22", "23", "25", "26", "27")),
         ("Baseline outputs", ("24", "28")),
-        ("6. Score each method", ("30", "31", "32"))), note)
+        ("6. Score each method", ("30", "31", "32"))), note,
+        # the same methods on the miniature world (benchmarks/bench_miniworld.py): original, DDIM, DDPM, CSG
+        picture=("benchmarks/results/miniworld_table1_examples.png", (0, 0, 528, 160)))
 
 
 GRAPH_ONLY_EXAMPLE = {
@@ -237,7 +247,7 @@ def graph_only() -> Workflow:
         ("Models and picture", ("1", "2", "3")),
         ("1. Describe the graph, choose do()", ("7",)),
         ("2. Propagate it", ("8",)),
-        RENDER_STAGE, OUTPUT_STAGE), note)
+        RENDER_STAGE, OUTPUT_STAGE), note, picture=("docs/graph_editor.png", None))
 
 
 MINIWORLD_CHECKPOINT = "fmcgm-miniworld-sdxl.safetensors"  # ships in the pack's models/ folder
@@ -290,7 +300,7 @@ def miniature_world() -> Workflow:
         ("1. Choose the intervention", ("7",)),
         ("2. Propagate it (the world's mechanisms)", ("16", "8")),
         ("3. Render the edit with CSG", RENDER_STAGE[1]), ("Outputs", ("14", "17", "41", "15", "9"))), note,
-        example=example)
+        example=example, picture=("docs/miniworld_demo.png", None))
 
 
 def definitions() -> list[Workflow]:
@@ -435,16 +445,12 @@ def build(page, wf: Workflow, object_info: dict) -> dict:
 
 
 def thumbnail(wf: Workflow, path: Path) -> None:
-    """The Templates dialog's square card: the title, the causal graph an edit works on (the
-    graph-only example with do(weather = sunny)), and the workflow's stages. The top band stays
-    empty: frontend 1.58 lays a "Node graph" badge over the card's top-left corner."""
+    """The Templates dialog's square card: the title, the workflow's own picture (_thumbnail_panel),
+    and its stages. The top band stays empty: frontend 1.58 lays a "Node graph" badge over the
+    card's top-left corner."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from fmcgm.graph import CausalGraph
-    from fmcgm.render import render_graph
-    example, concept, values = wf.example or (GRAPH_ONLY_EXAMPLE, "weather",
-                                              {"weather": "sunny", "hair": "dry", "umbrella": "closed"})
-    drawing = render_graph(CausalGraph.from_dict(example), concept, values, width=THUMBNAIL - 40, height=250).image
+    drawing = _thumbnail_panel(wf, THUMBNAIL - 40, 250)
     card = Image.new("RGB", (THUMBNAIL, THUMBNAIL), (24, 27, 33))
     draw = ImageDraw.Draw(card)
     font = _thumbnail_font(ImageFont, bold=True, size=28)
@@ -456,13 +462,35 @@ def thumbnail(wf: Workflow, path: Path) -> None:
         else:
             lines.append(word)
     draw.multiline_text((20, TOP_BAND), "\n".join(lines[:2]), font=font, fill=(240, 240, 240), spacing=4)
-    card.paste(Image.fromarray(drawing), (20, TOP_BAND + 70))
+    card.paste(Image.fromarray(drawing), (20 + (THUMBNAIL - 40 - drawing.shape[1]) // 2, TOP_BAND + 70))
     small = _thumbnail_font(ImageFont, bold=False, size=17)
     y = TOP_BAND + 70 + 250 + 10
     for title, _ in wf.stages[:6]:
         draw.text((24, y), "\u2022 " + title, font=small, fill=(200, 205, 215))
         y += 19
     card.save(path, quality=90)
+
+
+def _thumbnail_panel(wf: Workflow, width: int, height: int):
+    """The card's picture (RGB array at most width x height): the workflow's result where there is
+    one to show, else its causal graph with the intervention(s) it makes."""
+    import numpy as np
+    from PIL import Image
+
+    from fmcgm.graph import CausalGraph
+    from fmcgm.render import render_graph
+    if wf.picture:
+        path, crop = wf.picture
+        picture = Image.open(REPO / path).convert("RGB")
+        picture = picture.crop(crop) if crop else picture
+        picture.thumbnail((width, height))
+        return np.asarray(picture)
+    example = wf.example or (GRAPH_ONLY_EXAMPLE, "weather", {"weather": "sunny", "hair": "dry", "umbrella": "closed"})
+    shown = wf.interventions or ((example[1], example[2]),)
+    graph = CausalGraph.from_dict(example[0])
+    drawings = [render_graph(graph, concept, values, width=width // len(shown), height=height).image
+                for concept, values in shown]
+    return np.concatenate(drawings, axis=1)
 
 
 def _thumbnail_font(image_font, bold: bool, size: int):

@@ -75,6 +75,11 @@ def test_every_definition_is_shipped():
     assert sorted(DEFINITIONS) == sorted(p.stem for p in WORKFLOWS), "run scripts/build_workflows.py"
     for path in WORKFLOWS:
         assert path.with_suffix(".jpg").exists(), f"{path.name} has no thumbnail for the Templates dialog"
+    # each card's picture differs from every other's (the band below the title: not only the title)
+    pictures = {p.stem: np.asarray(Image.open(p.with_suffix(".jpg")).convert("L"), dtype=float)[130:380]
+                for p in WORKFLOWS}
+    for (a, pa), (b, pb) in itertools.combinations(pictures.items(), 2):
+        assert np.abs(pa - pb).mean() > 8, f"the thumbnails of {a!r} and {b!r} show the same picture"
 
 
 # ----------------------------------------------------------------------------- what the file must hold
