@@ -110,10 +110,11 @@ def _caption_font(size: int):
 
 
 def labelled_masks(picture, masks, labels):
-    """One readable picture of where each concept acted: one panel per concept, the picture
-    (H x W x 3 uint8) in darkened grey -> an H' x W' x 3 uint8 array, the concept's mask over it in its role's colour (the graph
-    drawing's: intervened orange, descendant sky blue, protected grey), its phrase and role above.
-    ``masks``: one [h, w] tensor (values in [0, 1]) per label; ``labels``: (phrase, role) pairs."""
+    """One readable picture (an RGB uint8 array) of where each concept acted: one panel per
+    concept, the picture (H x W x 3 uint8) in darkened grey with the concept's mask over it in its
+    role's colour (the graph drawing's: intervened orange, descendant sky blue, protected grey),
+    its phrase and role above. ``masks``: one [h, w] tensor (values in [0, 1]) per label;
+    ``labels``: (phrase, role) pairs."""
     import numpy as np
     from PIL import Image, ImageDraw
 
