@@ -79,7 +79,9 @@ def _models_and_picture(graph: dict, vlm: str | None = "local") -> None:
     """Nodes 1-4: the SDXL checkpoint, the picture, its latent, the VLM."""
     graph["1"] = node("CheckpointLoaderSimple", "SDXL checkpoint", ckpt_name=SDXL)
     graph["2"] = node("LoadImage", "Picture to edit", image=EXAMPLE_PICTURE)
-    graph["3"] = node("VAEEncode", pixels=["2", 0], vae=["1", 2])
+    # a picture over the size limit is refused (or scaled down) before the VAE, not left to run out of memory
+    graph["19"] = node("FMCGMPictureSizeLimit", "Picture size limit", image=["2", 0])
+    graph["3"] = node("VAEEncode", pixels=["19", 0], vae=["1", 2])
     if vlm == "local":
         graph["4"] = node("FMCGMQwen3VLLoader", "Qwen3-VL (local)", model=QWEN)
     elif vlm == "openai":
@@ -163,7 +165,7 @@ def causal_edit(vlm: str = "local") -> Workflow:
             f"nothing else.\n\n{MODELS_NOTE.format(vlm=LOCAL_VLM if vlm == 'local' else SERVED_VLM)}\n\n"
             f"{TWO_RUNS}\n\n{OUTPUTS}")
     return Workflow(title, graph, (
-        ("Models and picture", ("1", "2", "3", "4")),
+        ("Models and picture", ("1", "2", "19", "3", "4")),
         ("1. Read the picture", ("5", "6")),
         ("2. Choose the intervention", ("7",)),
         ("3. Propagate it", ("8",)),
@@ -182,7 +184,7 @@ def automatic_interventions() -> Workflow:
             f"{MODELS_NOTE.format(vlm=LOCAL_VLM)}\n\n**Run** (Queue once): one counterfactual per proposal.\n\n"
             f"{OUTPUTS}")
     return Workflow(title, graph, (
-        ("Models and picture", ("1", "2", "3", "4")),
+        ("Models and picture", ("1", "2", "19", "3", "4")),
         ("1. Read the picture", ("5", "6")),
         ("2. Propose and propagate", ("8",)),
         RENDER_STAGE, OUTPUT_STAGE), note, interventions=(
@@ -244,7 +246,7 @@ def graph_only() -> Workflow:
             "`descendant_values` (one `concept: value` per line; the example has those for do(weather = ...)).\n\n"
             f"**Run** (Queue).\n\n{OUTPUTS}")
     return Workflow(title, graph, (
-        ("Models and picture", ("1", "2", "3")),
+        ("Models and picture", ("1", "2", "19", "3")),
         ("1. Describe the graph, choose do()", ("7",)),
         ("2. Propagate it", ("8",)),
         RENDER_STAGE, OUTPUT_STAGE), note, picture=("docs/graph_editor.png", None))
@@ -272,25 +274,40 @@ def miniature_world() -> Workflow:
     _manipulate(graph, ["7", 0], "graph-only", with_vlm=False, concept=["7", 1], value=["7", 2],
                 descendant_values=["16", 0])
     _render(graph, "miniworld")
+    # The self-checking edit takes the place of CSG Edits, the CSG Sampler and the decode: it renders CSG
+    # rounds (decoding each for the judge, the world's oracle) and DDPM regeneration when CSG does not pass.
+    for key in ("11", "12", "13", "15"):
+        del graph[key]
     from fmcgm.miniworld.pipeline import TUNED  # the paper's 8 / 0.7 edit this small model too little
-    graph["11"]["inputs"].update(edit_guidance=TUNED["edit_guidance"], threshold=TUNED["threshold"])
+    graph["12"] = node("FMCGMSelfCheckingEdit", "Render the edit and check it (judged by the world's oracle)",
+                       model=["1", 0], clip=["1", 1], vae=["1", 2], latent=["3", 0], inversion=["10", 0],
+                       counterfactual=["8", 0], judge=["2", 4], edit_guidance=TUNED["edit_guidance"],
+                       threshold=TUNED["threshold"])
+    graph["14"] = node("SaveImage", "Counterfactual (self-checked)", images=["12", 0], filename_prefix="fmcgm/miniworld")
+    graph["15"] = node("PreviewImage", "Every round, in order", images=["12", 3])
+    graph["41"]["inputs"]["edited"] = ["12", 0]
     graph["17"] = node("FMCGMMiniworldOracle", "Does the edit show it? (the world's oracle)",
-                       image=["13", 0], counterfactual=["8", 0])
+                       image=["12", 0], counterfactual=["8", 0])
     title = "FM-CGM miniature world (real edit, no downloads)"
     note = (f"## {title}\nA real causal edit on a model that has learned its concepts, with nothing to download: "
             "a tiny SDXL trained on this pack's miniature world (weather → sky, ground, windows; the house's "
             "colour and side independent of it), which ships in the pack's `models/` folder.\n\n**Run** (Queue): "
             "do(weather = sunny) on a rainy picture. The world's mechanisms give the descendants' new values "
-            "(what a VLM does for real pictures), the manipulator propagates them, CSG renders the edit, and the "
-            "world's oracle reads every concept off the result. *CSG Edits From Counterfactual* uses "
-            "`edit_guidance` 16 and `threshold` 0.5: the paper's 8 and 0.7 edit this small model too little "
-            "(`docs/miniworld.md` has both measured).\n\n**Try**: another weather, house or "
+            "(what a VLM does for real pictures), the manipulator propagates them, and the *Self-Checking Edit* "
+            "renders it with CSG, lets the world's oracle read each round and tries again where it failed (more "
+            "guidance for a value not shown, a changed house held on the original, and DDPM regeneration as the "
+            "last rounds); its report gives every round. It starts at `edit_guidance` 16 and `threshold` 0.5: the "
+            "paper's 8 and 0.7 edit this small model too little (`docs/miniworld.md` has both measured).\n\n"
+            "**Try**: another weather, house or "
             "`layout_seed` in *Picture of the miniature world*; another intervention in the editor (click a "
             "concept, *Intervene on this*, type a value the world knows, e.g. "
             + ", ".join(f"{concept} `{value}`" for concept, value in MINIWORLD_SUGGESTIONS)
             + "; the picture's own value changes nothing).\n\n"
-            f"{OUTPUTS} *Original* is the picture before the edit; the oracle's report says whether each changed "
-            "concept shows its new value and each non-descendant kept its own (it is shown in the oracle's node).")
+            "**Outputs**: *Counterfactual (self-checked)* is the best round by the judge (saved to `output/fmcgm/`); "
+            "*Every round, in order* shows what each round rendered; the Self-Checking Edit's report gives each "
+            "round's settings and verdicts; the oracle's report says whether each changed concept shows its new value "
+            "and each non-descendant kept its own; *Counterfactual graph* draws the intervention (orange), the "
+            "descendants that change (blue, dashed) and what stays (grey). *Original* is the picture before the edit.")
     from fmcgm.miniworld import world
     scene = world.scene_from_values(**{k.replace("house_side", "side"): v for k, v in MINIWORLD_SCENE.items()})
     example = (world.graph_dict(scene.values), "weather",
@@ -299,7 +316,7 @@ def miniature_world() -> Workflow:
         ("Model and picture", ("1", "2", "3", "18")),
         ("1. Choose the intervention", ("7",)),
         ("2. Propagate it (the world's mechanisms)", ("16", "8")),
-        ("3. Render the edit with CSG", RENDER_STAGE[1]), ("Outputs", ("14", "17", "41", "15", "9"))), note,
+        ("3. Render the edit and check it", ("10", "12")), ("Outputs", ("14", "17", "41", "15", "9"))), note,
         example=example, picture=("docs/miniworld_demo.png", None))
 
 
@@ -320,7 +337,7 @@ def causal_edit_comfy_qwen() -> Workflow:
     note = (f"## {title}\nEdit a picture causally: do(concept = value) changes that concept and what it causes, "
             "nothing else. The VLM is the Qwen3-VL ComfyUI loads itself (ComfyUI 0.33 or later).\n\n"
             f"{MODELS_NOTE.format(vlm=COMFY_VLM)}\n\n{TWO_RUNS}\n\n{OUTPUTS}")
-    return Workflow(title, graph, (("Models and picture", ("1", "16", "2", "3", "4")),) + base.stages[1:], note)
+    return Workflow(title, graph, (("Models and picture", ("1", "16", "2", "19", "3", "4")),) + base.stages[1:], note)
 
 
 def definitions() -> list[Workflow]:
