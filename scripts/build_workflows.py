@@ -337,7 +337,9 @@ def causal_edit_comfy_qwen() -> Workflow:
     note = (f"## {title}\nEdit a picture causally: do(concept = value) changes that concept and what it causes, "
             "nothing else. The VLM is the Qwen3-VL ComfyUI loads itself (ComfyUI 0.33 or later).\n\n"
             f"{MODELS_NOTE.format(vlm=COMFY_VLM)}\n\n{TWO_RUNS}\n\n{OUTPUTS}")
-    return Workflow(title, graph, (("Models and picture", ("1", "16", "2", "19", "3", "4")),) + base.stages[1:], note)
+    # its card draws another intervention than the other two causal edits' (the dialog tells them apart)
+    return Workflow(title, graph, (("Models and picture", ("1", "16", "2", "19", "3", "4")),) + base.stages[1:], note,
+                    interventions=(("age", {"age": "elderly"}),))
 
 
 def definitions() -> list[Workflow]:
