@@ -81,10 +81,11 @@ def markdown(records: list[dict], judge_name: str, n: int) -> str:
                          for m in table["summary"]] + [(f"Self-checking ({judge_name})", records)]:
         if not rows:
             continue
-        eff = "n/a" if method.startswith("Reconstruction") else "%.3f ± %.3f" % _mean_se([r["effectiveness"] for r in rows])
+        cell = lambda key, fmt: "{0:{2}} ± {1:{2}}".format(*_mean_se([r[key] for r in rows]), fmt)  # noqa: E731
+        eff = "n/a" if method.startswith("Reconstruction") else cell("effectiveness", ".3f")
         ratio = _mean_se([r["pixel_outside"] / floor[r["picture"], r["kind"]] for r in rows])
-        lines.append(f"| {method} | {eff} | %.3f ± %.3f | %.4f ± %.4f | %.2f ± %.2f |" % (
-            *_mean_se([r["invariance"] for r in rows]), *_mean_se([r["pixel_outside"] for r in rows]), *ratio))
+        lines.append(f"| {method} | {eff} | {cell('invariance', '.3f')} | {cell('pixel_outside', '.4f')} | "
+                     f"{ratio[0]:.2f} ± {ratio[1]:.2f} |")
     rounds = [r["rounds"] for r in records]
     renderers = {k: sum(r["renderer"] == k for r in records) for k in {r["renderer"] for r in records}}
     seconds = {r["picture"]: r["seconds_picture"] for r in records}
@@ -113,10 +114,10 @@ def main() -> None:
     bootstrap()
     records = run(a.pictures, a.judge, a.error_rate)
     name = "the oracle" if a.judge == "oracle" else f"the oracle erring {a.error_rate:.0%}"
-    md = markdown(records, name, a.pictures)
-    (RESULTS / f"{stem}.md").write_text(md)
     (RESULTS / f"{stem}.json").write_text(json.dumps({"settings": {**LOOP, "judge": name, "pictures": a.pictures},
                                                       "records": records}, indent=1))
+    md = markdown(records, name, a.pictures)
+    (RESULTS / f"{stem}.md").write_text(md)
     print(md)
 
 
