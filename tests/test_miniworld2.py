@@ -1,0 +1,130 @@
+"""The second miniature world: its SCM, renderer and whole-region oracle, and a slice of its
+benchmark rerun on the shipped model to show that CSG's masks read the right tokens.
+
+The slice's thresholds come from the committed run (benchmarks/results/miniworld2_table1.json):
+for each concept the edit changes, its mask's share on its region must reach the run's mean less
+three standard deviations. The last test reads every mask from the start-of-text column instead
+of the phrase's own tokens (a mask pointing at the wrong tokens) and checks that the slice then
+fails.
+"""
+from __future__ import annotations
+
+import json
+import random
+import statistics
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from fmcgm.miniworld import oracle2, pipeline2, render2, world2
+
+BENCH = pipeline2.REPO / "benchmarks" / "results" / "miniworld2_table1.json"
+
+
+# ------------------------------------------------------------------ the world and its oracle (cheap)
+
+def test_counterfactual_keeps_noise_and_layout_and_recomputes_descendants():
+    scene = world2.sample_scene(random.Random(3), follows=True, fire="lit fire", weather="sunny")
+    cf = world2.counterfactual(scene, world2.FIRE, "no fire")
+    assert cf.layout == scene.layout and cf.noise == scene.noise
+    assert world2.WORLD.changed(scene, cf) == (world2.FIRE, world2.SMOKE, world2.WINDOWS)
+    assert world2.WORLD.descendants(world2.WEATHER) == (world2.SKY, world2.GROUND, world2.UMBRELLA)
+    # a local edit: the fire's, smoke's and windows' pixels are a small part of the picture
+    changed = render2.changed_region(scene, cf, world2.WORLD.changed(scene, cf))
+    assert 0.005 < changed.mean() < 1 / 3
+    with pytest.raises(ValueError, match="door"):
+        world2.counterfactual(scene, world2.DOOR, "red door")
+
+
+def test_oracle_reads_whole_regions_and_reports_partial_edits():
+    scenes = [world2.sample_scene(random.Random(f"t-{i}")) for i in range(3)]
+    for s in scenes:
+        assert oracle2.read(render2.render(s), s) == s.values
+        assert all(oracle2.clutter_kept(render2.render(s), s, render2.render(s)))
+    s = replace(scenes[0], values={**scenes[0].values, world2.WEATHER: "rainy", world2.SKY: "grey sky"})
+    img = render2.render(s)
+    blue = render2.render(replace(s, values={**s.values, world2.SKY: "blue sky"}))
+    img[:, :40] = blue[:, :40]          # the sky turned blue on the left third only
+    values, shares = oracle2.read_regions(img, s)
+    assert 0.15 < shares[world2.SKY]["blue sky"] < 0.5 and values[world2.SKY] == "grey sky"
+    # clutter painted over is not kept
+    (mask, _), *_ = render2.clutter_boxes(s)
+    img2 = render2.render(s)
+    img2[mask] = render2.COLOURS[world2.GROUND][s.values[world2.GROUND]]
+    assert oracle2.clutter_kept(img2, s)[0] is False
+
+
+def test_graph_json_loads_in_the_pack():
+    from fmcgm.graph import CausalGraph
+    graph = CausalGraph.from_dict(json.loads(world2.WORLD.graph_json()))
+    assert {c.name for c in graph.concepts} == set(world2.CONCEPTS)
+    assert set(graph.descendants(world2.FIRE)) == {world2.SMOKE, world2.WINDOWS}
+
+
+# ------------------------------------------------------------------ the slice on the trained model
+
+needs_run = pytest.mark.skipif(not (pipeline2.CHECKPOINT.is_file() and BENCH.is_file()),
+                               reason="needs the shipped checkpoint and the committed benchmark run")
+
+
+def _run() -> dict:
+    return json.loads(BENCH.read_text())
+
+
+def _method(run: dict) -> str:
+    s, lam = run["settings"]["tuned"]
+    return f"CSG, s_e {s:g}, λ {lam:g} (tuned)"
+
+
+def _thresholds(run: dict) -> dict:
+    """concept -> the run's mean share less 3 sd, over every do(fire) record of the tuned method."""
+    out = {}
+    for r in run["records"]:
+        if r["method"] == _method(run) and r["kind"] == world2.FIRE:
+            for concept, (share, _) in r["mask_share"].items():
+                out.setdefault(concept, []).append(share)
+    return {c: statistics.fmean(v) - 3 * statistics.stdev(v) for c, v in out.items() if len(v) > 1}
+
+
+@pytest.fixture(scope="module")
+def inverted(comfy):
+    from fmcgm.miniworld import pipeline
+    model, clip, vae = pipeline2.load()
+    scene, todo, seed = pipeline2.benchmark_case(0)
+    inv = pipeline.invert(model, pipeline.encode(vae, render2.render(scene)), seed=seed)
+    cf = pipeline2.counterfactual(scene, *todo[1])
+    assert todo[1][0] == world2.FIRE
+    return model, clip, scene, inv, cf
+
+
+def _shares(inverted) -> dict:
+    from fmcgm.miniworld import pipeline
+    model, clip, scene, inv, cf = inverted
+    s, lam = _run()["settings"]["tuned"]
+    result = pipeline.csg(model, clip, inv, [cf], scale=s, threshold=lam)
+    return {c: share for c, (share, _) in pipeline2.mask_shares(result.masks[0].numpy(), scene, cf).items()}
+
+
+@needs_run
+def test_fire_edit_masks_lie_on_the_fire_smoke_and_windows(inverted):
+    t = _thresholds(_run())
+    shares = _shares(inverted)
+    assert set(t) <= set(shares)
+    low = {c: (round(shares[c], 3), round(t[c], 3)) for c in t if not shares[c] >= t[c]}
+    assert not low, f"mask share below the run's mean - 3 sd: {low}"
+
+
+@needs_run
+def test_masks_read_from_the_wrong_tokens_fail_the_check(inverted, monkeypatch):
+    from fmcgm.csg import attention
+
+    def start_column(n_tokens, length=77):      # every phrase's map read from the start-of-text column
+        w = np.zeros((n_tokens.numel(), length), dtype=np.float32)
+        w[:, 0] = 1.0
+        import torch
+        return torch.from_numpy(w)
+    monkeypatch.setattr(attention, "token_weights", start_column)
+    t = _thresholds(_run())
+    shares = _shares(inverted)
+    assert any(not shares[c] >= t[c] for c in t), (shares, t)
