@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """The miniature Table 1 on the second world, with the mask-localisation table.
 
-    python benchmarks/bench_miniworld2.py [--pictures 8] [--tune-pictures 2] [--out benchmarks/results]
+    python benchmarks/bench_miniworld2.py --tune W/tuning.json --tune-pictures 1        # tuning pictures (seed 1000)
+    python benchmarks/bench_miniworld2.py --part W/p0.json --first 0 --pictures 1      # parts, in parallel
+    python benchmarks/bench_miniworld2.py --merge W/p*.json --tuning W/tuning.json     # the table
 
 Each picture (a typical scene, seed 0) gets three interventions in one batch: do(weather) (global
 root), do(fire) (a local root whose effects, chimney smoke and lit windows, lie elsewhere) and
@@ -25,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-GRID = [(s, lam) for s in (8.0, 16.0, 24.0) for lam in (0.5, 0.7)]
+GRID = [(12.0, 0.5), (16.0, 0.5), (16.0, 0.7), (24.0, 0.5)]
 BASELINES = [("DDIM", "ddim"), ("DDPM", "ddpm")]
 CAPTIONS = ("full caption", "changed concepts' caption")
 
@@ -158,29 +160,20 @@ def markdown(summary, loc, settings, seconds, tuning) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--pictures", type=int, default=8)
-    p.add_argument("--tune-pictures", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", type=Path)
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
-    a = p.parse_args()
-    from tests.comfy_harness import bootstrap
-    bootstrap()
+def grid_name(s: float, lam: float) -> str:
+    return f"CSG, s_e {s:g}, λ {lam:g}"
+
+
+def picture_records(model, clip, vae, first: int, n: int, seed: int) -> tuple:
+    """Records for pictures first..first+n-1 with every CSG row: the paper's, protection, and each
+    GRID setting (the tuned row is picked from them afterwards, by the tuning pictures alone)."""
     import numpy as np
-    from PIL import Image
-    from fmcgm.miniworld import pipeline as P, pipeline2 as P2
-    started = time.perf_counter()
-    model, clip, vae = P2.load(a.checkpoint)
-    tuned, tuning = tune(model, clip, vae, a.tune_pictures)
-    print(f"tuned: s_e {tuned[0]:g}, lambda {tuned[1]:g}", flush=True)
-    rows = csg_rows(tuned)
+    rows = [r for r in csg_rows((0, 0))[:2]] + [(grid_name(s, lam), 0.0, {"scale": s, "threshold": lam}) for s, lam in GRID]
     records, seconds, examples = [], {}, []
-    for i in range(a.pictures):
-        scene, todo, picture, reference, outputs, shares, secs = edit_picture(model, clip, vae, i, a.seed, rows)
-        for m, s in secs.items():
-            seconds[m] = seconds.get(m, 0.0) + s / a.pictures
+    for i in range(first, first + n):
+        scene, todo, picture, reference, outputs, shares, secs = edit_picture(model, clip, vae, i, seed, rows)
+        for m, t in secs.items():
+            seconds[m] = seconds.get(m, 0.0) + t / n
         for method, scores in score_all(scene, todo, picture, reference, outputs).items():
             for k, ((concept, value), s) in enumerate(zip(todo, scores)):
                 records.append({"picture": i, "kind": concept, "value": value, "method": method,
@@ -189,26 +182,81 @@ def main() -> None:
                                 "invariance": s.invariance, "clutter_kept": s.extra["clutter_kept"],
                                 "pixel_outside": s.pixel_outside, "changed_share": s.extra["changed_share"],
                                 "mask_share": shares[method][k] if method in shares else None})
-        if i < 3:
-            examples.append(np.concatenate([picture] + [outputs[m][k] for m in outputs for k in range(len(todo))], 1))
-        print(f"picture {i + 1}/{a.pictures} ({time.perf_counter() - started:.0f} s): " + "; ".join(
+        examples.append({m: outputs[m].tolist() for m in outputs} | {"original": picture.tolist()})
+        print(f"picture {i}: " + "; ".join(
             f"{m}: {np.mean([r['effectiveness'] for r in records if r['picture'] == i and r['method'] == m]):.2f}/"
             f"{np.mean([r['invariance'] for r in records if r['picture'] == i and r['method'] == m]):.2f}"
             for m in outputs), flush=True)
+    return records, seconds, examples
+
+
+def merge(parts: list, tuning_file: Path, out: Path, seed: int) -> None:
+    """The table from the picture parts and the tuning result."""
+    import numpy as np
+    from PIL import Image
+    from fmcgm.miniworld import pipeline as P, pipeline2 as P2
+    tuning = json.loads(tuning_file.read_text())
+    tuned = tuple(tuning["tuned"])
+    tuned_row = csg_rows(tuned)[2][0]
+    records, seconds, examples = [], {}, []
+    for part in parts:
+        d = json.loads(Path(part).read_text())
+        records += d["records"]
+        examples += d["examples"]
+        for m, t in d["seconds"].items():
+            seconds.setdefault(m, []).append(t)
+    keep = {grid_name(*tuned): tuned_row}
+    records = [dict(r, method=keep.get(r["method"], r["method"])) for r in records
+               if not r["method"].startswith("CSG, s_e") or r["method"] in keep]
+    order = ["CSG (paper settings)", "CSG + protection (strength 1)", tuned_row, "Reconstruction (no edit)"] + [
+        f"{b} inversion, {c}" for b, _ in BASELINES for c in CAPTIONS]
+    records.sort(key=lambda r: (r["picture"], order.index(r["method"])))
+    pictures = sorted({r["picture"] for r in records})
+    seconds = {keep.get(m, m): float(np.mean(v)) for m, v in seconds.items() if not m.startswith("CSG, s_e") or m in keep}
     summary, loc = summarise(records), localisation(records)
-    settings = {"pictures": a.pictures, "seed": a.seed, "tune_pictures": a.tune_pictures, "tuned": tuned,
-                "paper": P.PAPER, "checkpoint": Path(a.checkpoint or P2.CHECKPOINT).name, "size": 128,
-                "example_columns": ["original"] + [f"{m} / {c}" for m in outputs for c, _ in todo],
+    settings = {"pictures": len(pictures), "seed": seed, "tune_pictures": tuning["pictures"], "tuned": tuned,
+                "paper": P.PAPER, "checkpoint": P2.CHECKPOINT_NAME, "size": 128, "grid": GRID,
+                "example_rows": "original, then per method (order of the table) do(weather), do(fire), do(door)",
                 "command": "python benchmarks/bench_miniworld2.py " + " ".join(sys.argv[1:])}
-    md = markdown(summary, loc, settings, seconds, tuning)
-    a.out.mkdir(parents=True, exist_ok=True)
+    md = markdown(summary, loc, settings, seconds, {k: tuple(v) for k, v in tuning["table"].items()})
+    out.mkdir(parents=True, exist_ok=True)
     stem = "miniworld2_table1"
-    (a.out / f"{stem}.md").write_text(md)
-    (a.out / f"{stem}.json").write_text(json.dumps({"summary": summary, "localisation": loc, "settings": settings,
-                                                     "tuning": tuning, "seconds": seconds, "records": records}, indent=1))
-    Image.fromarray(np.concatenate(examples, 0)).save(a.out / f"{stem}_examples.png")
+    (out / f"{stem}.md").write_text(md)
+    (out / f"{stem}.json").write_text(json.dumps({"summary": summary, "localisation": loc, "settings": settings,
+                                                   "tuning": tuning, "seconds": seconds, "records": records}, indent=1))
+    rows = []
+    for ex in examples[:3]:  # original, then each method's three edits, in the table's order
+        pics = [np.asarray(ex[grid_name(*tuned) if m == tuned_row else m], dtype=np.uint8) for m in order]
+        rows.append(np.concatenate([np.asarray(ex["original"], dtype=np.uint8)] + [p[k] for p in pics for k in range(3)], 1))
+    Image.fromarray(np.concatenate(rows, 0)).save(out / f"{stem}_examples.png")
     print(md)
-    print(f"total {time.perf_counter() - started:.0f} s")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--pictures", type=int, default=8)
+    p.add_argument("--first", type=int, default=0, help="with --part: the first picture of this part")
+    p.add_argument("--tune-pictures", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--part", type=Path, help="write this part's records here (pictures --first.. --first+--pictures-1)")
+    p.add_argument("--tune", type=Path, help="only tune, writing the result here")
+    p.add_argument("--merge", type=Path, nargs="*", help="merge these parts with --tuning into the table")
+    p.add_argument("--tuning", type=Path)
+    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    a = p.parse_args()
+    from tests.comfy_harness import bootstrap
+    bootstrap()
+    from fmcgm.miniworld import pipeline2 as P2
+    if a.merge:
+        merge(a.merge, a.tuning, a.out, a.seed)
+        return
+    model, clip, vae = P2.load()
+    if a.tune:
+        tuned, table = tune(model, clip, vae, a.tune_pictures)
+        a.tune.write_text(json.dumps({"tuned": tuned, "table": table, "pictures": a.tune_pictures}))
+        return
+    records, seconds, examples = picture_records(model, clip, vae, a.first, a.pictures, a.seed)
+    a.part.write_text(json.dumps({"records": records, "seconds": seconds, "examples": examples}))
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """The second miniature world: its SCM, renderer and whole-region oracle, and a slice of its
 benchmark rerun on the shipped model to show that CSG's masks read the right tokens.
 
-The slice's thresholds come from the committed run (benchmarks/results/miniworld2_table1.json):
-for each concept the edit changes, its mask's share on its region must reach the run's mean less
-three standard deviations. The last test reads every mask from the start-of-text column instead
-of the phrase's own tokens (a mask pointing at the wrong tokens) and checks that the slice then
-fails.
+The slice is the run's first picture's do(door) with the tuned CSG settings. Its threshold comes
+from the committed run (benchmarks/results/miniworld2_table1.json): the door's mask share on the
+door must reach the mean less three standard deviations of the run's tuned do(door) records (the
+door is 2 % of the picture; the run's share is about 3x chance). The door is the concept the run
+localises most steadily: the fire's, smoke's and windows' masks lie on their regions only at
+chance (docs/miniworld2.md), so a check on them would catch nothing. The last test reads every
+mask from the start-of-text column instead of the phrase's own tokens (a mask pointing at the
+wrong tokens) and checks that the slice then fails.
 """
 from __future__ import annotations
 
@@ -78,10 +81,10 @@ def _method(run: dict) -> str:
 
 
 def _thresholds(run: dict) -> dict:
-    """concept -> the run's mean share less 3 sd, over every do(fire) record of the tuned method."""
+    """concept -> the run's mean share less 3 sd, over the tuned method's do(door) records."""
     out = {}
     for r in run["records"]:
-        if r["method"] == _method(run) and r["kind"] == world2.FIRE:
+        if r["method"] == _method(run) and r["kind"] == world2.DOOR:
             for concept, (share, _) in r["mask_share"].items():
                 out.setdefault(concept, []).append(share)
     return {c: statistics.fmean(v) - 3 * statistics.stdev(v) for c, v in out.items() if len(v) > 1}
@@ -93,8 +96,8 @@ def inverted(comfy):
     model, clip, vae = pipeline2.load()
     scene, todo, seed = pipeline2.benchmark_case(0)
     inv = pipeline.invert(model, pipeline.encode(vae, render2.render(scene)), seed=seed)
-    cf = pipeline2.counterfactual(scene, *todo[1])
-    assert todo[1][0] == world2.FIRE
+    cf = pipeline2.counterfactual(scene, *todo[2])
+    assert todo[2][0] == world2.DOOR
     return model, clip, scene, inv, cf
 
 
@@ -107,10 +110,10 @@ def _shares(inverted) -> dict:
 
 
 @needs_run
-def test_fire_edit_masks_lie_on_the_fire_smoke_and_windows(inverted):
+def test_door_edit_mask_lies_on_the_door(inverted):
     t = _thresholds(_run())
     shares = _shares(inverted)
-    assert set(t) <= set(shares)
+    assert set(t) == {world2.DOOR} and t[world2.DOOR] > 0.023   # above chance (the door's share of the cells)
     low = {c: (round(shares[c], 3), round(t[c], 3)) for c in t if not shares[c] >= t[c]}
     assert not low, f"mask share below the run's mean - 3 sd: {low}"
 
@@ -128,3 +131,34 @@ def test_masks_read_from_the_wrong_tokens_fail_the_check(inverted, monkeypatch):
     t = _thresholds(_run())
     shares = _shares(inverted)
     assert any(not shares[c] >= t[c] for c in t), (shares, t)
+
+
+FROM_CAUSE = "(from its cause)"   # the scene node's choice for an effect that follows its mechanism
+
+
+def test_world2_scene_feeds_the_mechanisms_and_the_graph_only_manipulator(comfy):
+    # do(fire = no fire) on a scene whose windows are off their mechanism (dark with the fire lit):
+    # the smoke follows the fire, the windows keep their own value, the weather's effects are untouched.
+    scene_inputs = {"weather": "rainy", "fire": "lit fire", "house": "blue house", "door": "white door",
+                    "layout_seed": 2, "sky": FROM_CAUSE, "ground": FROM_CAUSE, "umbrella": FROM_CAUSE,
+                    "smoke": FROM_CAUSE, "windows": "dark windows", "size": 64}
+    prompt = {
+        "1": {"class_type": "FMCGMMiniworld2Scene", "inputs": scene_inputs},
+        "2": {"class_type": "FMCGMMiniworldMechanisms", "inputs": {"graph": ["1", 1], "concept": "fire",
+                                                                   "value": "no fire"}},
+        "3": {"class_type": "FMCGMConceptManipulator", "inputs": {
+            "causal_graph": ["1", 1], "mode": "graph-only", "concept": "fire", "value": "no fire",
+            "descendant_values": ["2", 0], "num_interventions": 1, "temperature": 0.2, "max_new_tokens": 64,
+            "seed": 0, "enable_thinking": False}},
+        "4": {"class_type": "FMCGMTest_Capture", "inputs": {"value": ["3", 0]}},
+        "5": {"class_type": "FMCGMTest_Capture", "inputs": {"value": ["1", 3]}},
+    }
+    _, outputs = comfy.run_prompt(prompt)
+    assert outputs["2"]["text"][0].splitlines() == ["smoke: no smoke", "windows: dark windows"]
+    caption = json.loads(outputs["5"]["fmcgm_capture"][0])[0]
+    assert "open umbrella" in caption and "chimney smoke" in caption and "dark windows" in caption
+    report = outputs["3"]["text"][0]
+    assert "smoke: chimney smoke -> no smoke" in report and "windows: dark windows (unchanged)" in report
+    prompt["2"]["inputs"]["value"] = "roaring fire"
+    with pytest.raises(comfy.PromptError, match="concept/value: 'roaring fire' is not a value of 'fire'"):
+        comfy.run_prompt(prompt)
