@@ -88,6 +88,20 @@ def _scene_inputs():
     ]
 
 
+def _scene_outputs():
+    return [io.Image.Output(display_name="image"), CausalGraphSocket.Output(display_name="graph"),
+            io.String.Output(display_name="graph_json"), io.String.Output(display_name="caption")]
+
+
+def _scene_result(picture, graph_dict: dict, caption: str):
+    """A scene node's outputs: the picture as an IMAGE batch of one, the graph, its JSON, the caption."""
+    import torch
+    from fmcgm.graph import CausalGraph
+    image = torch.from_numpy(picture).float().div_(255.0)[None]
+    graph = CausalGraph.from_dict(graph_dict)
+    return io.NodeOutput(image, [graph], graph.to_json(), caption, ui=ui.PreviewText(graph.to_text()))
+
+
 class MiniworldScene(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -99,23 +113,16 @@ class MiniworldScene(io.ComfyNode):
                         "and side independent of it) with its causal graph and current values, ready for the "
                         "Causal Graph Editor and the Concept Manipulator's graph-only mode.",
             inputs=_scene_inputs(),
-            outputs=[io.Image.Output(display_name="image"),
-                     CausalGraphSocket.Output(display_name="graph"),
-                     io.String.Output(display_name="graph_json"),
-                     io.String.Output(display_name="caption")],
+            outputs=_scene_outputs(),
         )
 
     @classmethod
     def execute(cls, weather, house, house_side, layout_seed, sky, ground, windows, size):
-        import torch
-        from fmcgm.graph import CausalGraph
         from fmcgm.miniworld import render, world
         overrides = {c: v for c, v in ((world.SKY, sky), (world.GROUND, ground), (world.WINDOWS, windows))
                      if v != FROM_WEATHER}
         scene = world.scene_from_values(weather, house, house_side, layout_seed, **overrides)
-        image = torch.from_numpy(render.render(scene, size)).float().div_(255.0)[None]
-        graph = CausalGraph.from_dict(world.graph_dict(scene.values))
-        return io.NodeOutput(image, [graph], graph.to_json(), scene.caption(), ui=ui.PreviewText(graph.to_text()))
+        return _scene_result(render.render(scene, size), world.graph_dict(scene.values), scene.caption())
 
 
 FROM_CAUSE = "(from its cause)"
@@ -154,18 +161,13 @@ class Miniworld2Scene(io.ComfyNode):
                         "with its causal graph and values, for the Causal Graph Editor and the graph-only "
                         "Concept Manipulator. Its model is fmcgm-miniworld2-sdxl.safetensors.",
             inputs=_scene2_inputs(),
-            outputs=[io.Image.Output(display_name="image"),
-                     CausalGraphSocket.Output(display_name="graph"),
-                     io.String.Output(display_name="graph_json"),
-                     io.String.Output(display_name="caption")],
+            outputs=_scene_outputs(),
         )
 
     @classmethod
     def execute(cls, layout_seed, size, **chosen):
         import random
 
-        import torch
-        from fmcgm.graph import CausalGraph
         from fmcgm.miniworld import render2, world2
         from fmcgm.miniworld.world import Noise
         w = world2.WORLD
@@ -173,9 +175,7 @@ class Miniworld2Scene(io.ComfyNode):
                  for e in w.mechanisms}
         values = w.solve({c: w.check_value(c, chosen[c]) for c in w.roots()}, noise)
         scene = world2.WorldScene(values, noise, world2.sample_layout(random.Random(f"layout2-{int(layout_seed)}")))
-        image = torch.from_numpy(render2.render(scene, size)).float().div_(255.0)[None]
-        graph = CausalGraph.from_dict(w.graph_dict(values))
-        return io.NodeOutput(image, [graph], graph.to_json(), w.caption(values), ui=ui.PreviewText(graph.to_text()))
+        return _scene_result(render2.render(scene, size), w.graph_dict(values), w.caption(values))
 
 
 class MiniworldMechanisms(io.ComfyNode):

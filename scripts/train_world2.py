@@ -29,7 +29,7 @@ def bootstrap_classes(root: Path, device: str) -> None:
     sys.path.insert(0, str(root))
     try:
         from transformers import CLIPTokenizer  # noqa: F401
-    except Exception as error:  # comfy.sd1_clip imports it at module level, and never calls it here
+    except ImportError as error:  # comfy.sd1_clip imports it at module level, and never calls it here
         import types
         print(f"transformers' CLIPTokenizer unavailable ({error}); tokenizers are not needed for training")
         sys.modules["transformers"] = types.SimpleNamespace(CLIPTokenizer=None)
