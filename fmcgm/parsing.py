@@ -174,6 +174,8 @@ def extract_json(text: Any, prefer: Optional[Callable[[dict], bool]] = None) -> 
             "can have (a runaway generation, or a server ignoring max_tokens); lower max_new_tokens, or check "
             "the model and server", text)
     answer = strip_reasoning(text)
+    if not _strict_blocks(answer) and any(_THINK_OPEN.search(b) or _THINK_CLOSE.search(b) for b in _strict_blocks(text)):
+        answer = text.strip()  # the "tags" were text inside a JSON string, not reasoning delimiters
     if not answer:
         raise ModelAnswerError(
             "the answer holds only reasoning (an unclosed <think> block) and no answer; "
@@ -230,6 +232,20 @@ def _decoded_blocks(source: str, loose: bool) -> Iterator[Any]:
             if isinstance(value, (dict, list)):
                 yield value
                 break
+
+
+def _strict_blocks(text: str) -> list[str]:
+    """The balanced top-level blocks of ``text`` that decode as exact JSON."""
+    out = []
+    for block, balanced in _top_level_blocks(text):
+        if not balanced:
+            break
+        try:
+            _decode_json(block)
+        except Exception:  # not JSON, or nested past the decoder's depth
+            continue
+        out.append(block)
+    return out
 
 
 def _top_level_blocks(text: str) -> Iterator[tuple[str, bool]]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import networkx as nx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -92,6 +94,16 @@ def test_json_embedded_in_prose_fences_and_thinking_is_found(before, obj, after,
     if think:
         text = f"<think>{before} {{draft}}</think>{text}"
     assert extract_json(text) == json.loads(body)  # json.loads: NaN != NaN, compare decoded forms
+
+
+@pytest.mark.parametrize("text, expected", [
+    (': {"": "</THINK>"}', {"": "</THINK>"}), (': {"": "<THINK>"}', {"": "<THINK>"}),
+    ('see {"a": "x</think>y"} ok', {"a": "x</think>y"}),
+    ('<think>draft {"a": 0}</think>{"a": 1}', {"a": 1}), ('reasoning</think>{"b": 2}', {"b": 2})])
+def test_reasoning_tags_inside_json_strings_are_text(text, expected):
+    """Found by the property above: a tag inside a JSON string after prose was taken as the end of a
+    reasoning block. It is a delimiter only where it does not break the answer's JSON."""
+    assert extract_json(text) == expected
 
 
 @FAST
