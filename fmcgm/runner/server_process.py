@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from .client import ComfyClient, ServerUnreachable
-from .inprocess import check_comfy_folder
+from .boot import check_comfy_folder
 
 
 def free_port() -> int:
@@ -74,10 +74,12 @@ class ComfyServerProcess:
         raise TimeoutError(f"ComfyUI at {self.url} not ready after {timeout:.0f} s"
                            + (f":\n{self.log_tail()}" if self.log_path else ""))
 
-    def log_tail(self, chars: int = 3000) -> str:
+    def log_tail(self, chars: Optional[int] = 3000) -> str:
+        """The end of the server's log (all of it for ``chars=None``)."""
         if self.log_path is None or not self.log_path.exists():
             return ""
-        return self.log_path.read_text(errors="replace")[-chars:]
+        text = self.log_path.read_text(errors="replace")
+        return text[-chars:] if chars else text
 
     def stop(self, timeout: float = 60.0) -> Optional[int]:
         """SIGINT (as Ctrl+C), then SIGKILL after ``timeout``; the exit code."""
