@@ -220,8 +220,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="picks the scenes and the inversions' noise")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     a = p.parse_args()
-    from tests.comfy_harness import bootstrap
-    bootstrap()
+    from fmcgm.runner.lanes import import_lane_comfy
+    import_lane_comfy()  # the lane\'s ComfyUI importable: CPU, one thread
     from fmcgm.miniworld import pipeline
     started = time.perf_counter()
     result = run(a.pictures, a.checkpoint, a.seed)

@@ -100,8 +100,8 @@ def main() -> None:
     p.add_argument("--error-rate", type=float, default=0.2)
     p.add_argument("--pictures", type=int, default=16)
     a = p.parse_args()
-    from tests.comfy_harness import bootstrap  # as bench_miniworld.py: ComfyUI importable, CPU
-    bootstrap()
+    from fmcgm.runner.lanes import import_lane_comfy
+    import_lane_comfy()  # the lane\'s ComfyUI importable: CPU, one thread
     records = run(a.pictures, a.judge, a.error_rate)
     name = "the oracle" if a.judge == "oracle" else f"the oracle erring {a.error_rate:.0%}"
     md = markdown(records, name, a.pictures)

@@ -43,8 +43,8 @@ def main() -> None:
     p.add_argument("--markdown", type=Path)
     a = p.parse_args()
 
-    from tests.comfy_harness import bootstrap
-    bootstrap()
+    from fmcgm.runner.lanes import import_lane_comfy
+    import_lane_comfy()  # the lane\'s ComfyUI importable: CPU, one thread
     import numpy as np
     from fmcgm.miniworld import oracle, pipeline, render, train, world
 

