@@ -13,8 +13,7 @@ from typing import Any, Callable
 import pytest
 
 from fmcgm import prompts
-from fmcgm.extraction import (STAGE_CONCEPTS, STAGE_DESCRIPTION, STAGE_EDGES, ExtractionResult, extract_graph,
-                              graph_from_answer)
+from fmcgm.extraction import STAGE_CONCEPTS, STAGE_DESCRIPTION, STAGE_EDGES, ExtractionResult, extract_graph
 from fmcgm.graph import CausalGraph, Concept, Edge, GraphError
 from fmcgm.manipulator import STAGE_PROPAGATION, STAGE_PROPOSALS, propagate, propose_interventions
 from fmcgm.parsing import ModelAnswerError
@@ -191,15 +190,6 @@ def test_backend_errors_pass_through_and_non_text_answers_are_reported():
     with pytest.raises(ModelAnswerError, match="backend returned NoneType instead of text") as error:
         extract_graph(ScriptedBackend(None), IMAGE)
     assert error.value.stage == STAGE_DESCRIPTION
-
-
-def test_graph_from_answer():
-    result = graph_from_answer('{"nodes": ["sky: blue", "sea: calm"], "links": ["sky -> sea"]}', description="d")
-    assert result.graph.edges == (Edge("sky", "sea"),) and result.graph.description == "d"
-    with pytest.raises(ModelAnswerError, match="no usable concepts"):
-        graph_from_answer('{"nodes": []}')
-    with pytest.raises(ModelAnswerError, match="no JSON object"):
-        graph_from_answer("nothing")
 
 
 # ---------------------------------------------------------------- manipulation
