@@ -27,12 +27,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))  # `fmcgm` as a script; appended: our `nodes/` must not shadow ComfyUI's
-from fmcgm import defaults  # noqa: E402
+from fmcgm import options  # noqa: E402
 
 WORKFLOWS = REPO / "workflows"
-SDXL = defaults.SDXL_CHECKPOINT
-QWEN = defaults.QWEN_FOLDER
-EXAMPLE_PICTURE = defaults.EXAMPLE_PICTURE
+SDXL = options.SDXL_CHECKPOINT
+QWEN = options.QWEN_FOLDER
+EXAMPLE_PICTURE = options.EXAMPLE_PICTURE
 MODELS = [{"name": SDXL, "directory": "checkpoints",
            "url": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors"}]
 GAP = 60            # between columns and between nodes in a column

@@ -46,7 +46,7 @@ sys.path.append(str(REPO))
 from fmcgm.runner.inputs import apply_assignments, title_of  # noqa: E402
 from fmcgm.runner.outputs import save_outputs  # noqa: E402
 from fmcgm.runner.run import prepare, read_workflow  # noqa: E402
-from fmcgm.defaults import EDITOR_NODE, EDITOR_UI_KEY  # noqa: E402
+from fmcgm.options import EDITOR_NODE, EDITOR_UI_KEY  # noqa: E402
 from fmcgm.runner.lanes import comfy_root, lane_info  # noqa: E402
 from fmcgm.runner.server_process import ComfyServerProcess, scratch_args  # noqa: E402
 from fmcgm.tiny.models import FAST_SETTINGS, prepare_models  # noqa: E402  (the tiny stand-in models)

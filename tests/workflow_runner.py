@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from fmcgm.defaults import EDITOR_NODE as EDITOR, EDITOR_UI_KEY  # noqa: F401  (the tests use these names)
+from fmcgm.options import EDITOR_NODE as EDITOR, EDITOR_UI_KEY  # noqa: F401  (the tests use these names)
 from fmcgm.tiny.models import FAST_SETTINGS, TINY_VLM_SERVED, prepare_models, vlm_folder  # noqa: F401
 from fmcgm.tiny.openai_server import ServedModel
 

@@ -8,12 +8,13 @@ non-descendants, for the optional invariant protection of spec 2.5). Each become
 from __future__ import annotations
 
 from ..counterfactual import Counterfactual
+from ..options import THRESHOLD
 from ..roles import Role
 from .errors import CSGInputError
 from .guidance import PROTECT, CounterfactualEdit, EditSet, encode_concept
 
 
-def protect_concepts(clip, phrases, threshold: float = 0.7, attention_tokens: str = "prompt",
+def protect_concepts(clip, phrases, threshold: float = THRESHOLD, attention_tokens: str = "prompt",
                      input_name: str = "protect") -> tuple:
     """Protect concepts (spec 2.5) for ``phrases``: only their cross-attention mask is used."""
     return tuple(encode_concept(clip, p, input_name=f"{input_name}: {p}", attention_tokens=attention_tokens,
@@ -28,7 +29,7 @@ def invariant_phrases(cf: Counterfactual) -> list[str]:
 
 def edits_from_counterfactuals(clip, counterfactuals, include_intervened: bool = True,
                                attention_tokens: str = "prompt", protect_strength: float = 0.0,
-                               protect_threshold: float = 0.7, **params) -> EditSet:
+                               protect_threshold: float = THRESHOLD, **params) -> EditSet:
     """Manipulator ``Counterfactual`` items -> one ``CounterfactualEdit`` each (spec D1), the
     intervened concept first, then every changed descendant.
 

@@ -31,6 +31,7 @@ import torch
 
 from . import masks as masks_mod
 from .errors import CSGInputError
+from ..options import ATTENTION_TOKENS, EDIT_GUIDANCE, THRESHOLD
 from ..roles import EDIT_ROLES, Role
 
 ROLES = EDIT_ROLES
@@ -45,8 +46,8 @@ class EditConcept:
     n_tokens: int | None = None        # real tokens of the prompt (None: unknown, all but the start token)
     text: str | None = None
     role: str = Role.INTERVENED
-    scale: float = 8.0                 # s_e, edit guidance scale
-    threshold: float = 0.7             # lambda, mask quantile
+    scale: float = EDIT_GUIDANCE       # s_e, edit guidance scale
+    threshold: float = THRESHOLD       # lambda, mask quantile
     warmup: int = 10                   # no guidance for steps < warmup
     cooldown: int | None = None        # no guidance for steps >= cooldown (None: never stops)
     reverse: bool = False              # guide away from the concept
@@ -371,7 +372,6 @@ def count_tokens(clip, text: str, input_name: str = "text") -> int:
     return n
 
 
-ATTENTION_TOKENS = ("prompt", "all")
 
 
 def encode_concept(clip, text: str, input_name: str = "text", attention_tokens: str = "prompt",

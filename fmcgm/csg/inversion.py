@@ -36,6 +36,7 @@ import comfy.model_management
 import comfy.samplers
 import torch
 
+from ..options import SKIP
 from . import models, schedule as sched
 from .errors import CSGInputError
 from .progress import Progress
@@ -242,7 +243,7 @@ def source_used(solver: str, source: list | None, source_scale: float) -> bool:
     return float(source_scale) > 1.0
 
 
-def invert(model, latent: dict, *, solver: str = "dpmpp_2m_sde", steps: int = 100, skip: float = 0.15,
+def invert(model, latent: dict, *, solver: str = "dpmpp_2m_sde", steps: int = 100, skip: float = SKIP,
            seed: int = 0, source: list | None = None, source_scale: float = 3.5, uncond: list | None = None,
            zero_noise_steps: int = 3, sigma_table: str = "model", batch: int = 1, keep_trajectory: bool = False,
            callback=None, progress: bool = False, disable_pbar: bool = True) -> Inversion:

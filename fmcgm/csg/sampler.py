@@ -28,9 +28,7 @@ from .errors import CSGError, CSGInputError
 from .hold import Hold
 from .inversion import Inversion
 from .progress import Progress
-
-SOURCE_MODES = ("diffusers", "consistent")
-BATCHING = ("auto", "together", "separately")
+from ..options import BATCHING, SOURCE_MODES
 log = logging.getLogger("FMCGM.csg")
 
 

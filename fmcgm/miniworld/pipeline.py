@@ -23,6 +23,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from ..options import EDIT_GUIDANCE, SKIP, THRESHOLD
 from . import oracle, render, world
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,9 +34,9 @@ CHECKPOINT = REPO / "models" / CHECKPOINT_NAME
 # no source prompt, s_e 8, lambda 0.7, warm-up 10, intersect masks. Baselines: the same schedule,
 # the factual fully specified prompt as the source (DDIM: conditional only; DDPM: CFG 3.5), the
 # counterfactual fully specified prompt regenerated with CFG 7.5.
-PAPER = {"steps": 100, "skip": 0.15, "zero_noise_steps": 3, "edit_guidance": 8.0, "threshold": 0.7,
+PAPER = {"steps": 100, "skip": SKIP, "zero_noise_steps": 3, "edit_guidance": EDIT_GUIDANCE, "threshold": THRESHOLD,
          "warmup": 10, "mask_mode": "intersect", "cfg": 7.5, "ddim_source_scale": 1.0,
-         "ddpm_source_scale": 3.5, "protect_threshold": 0.7}
+         "ddpm_source_scale": 3.5, "protect_threshold": THRESHOLD}
 
 
 def load(path=None):

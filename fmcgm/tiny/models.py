@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..defaults import QWEN_FOLDER, SDXL_CHECKPOINT
+from ..options import QWEN_FOLDER, SDXL_CHECKPOINT
 
 # Widget values a CPU user would lower, by input name (applied only where the node has them).
 FAST_SETTINGS = {"steps": 12, "warmup": 2, "max_new_tokens": 160, "max_concepts": 4, "width": 384,

@@ -18,6 +18,7 @@ import transformers
 from safetensors import SafetensorError
 from transformers import AutoProcessor, StoppingCriteria, StoppingCriteriaList
 
+from ..options import VLM_ATTENTION
 from .base import GenerationRequest, TokenCallback, VLMError
 from .constrained import ConstrainedDecoding, SchemaGrammars, xgrammar_available
 from .loading import ModelFolder, inspect_model_folder
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
           "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
-ATTENTION_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
+ATTENTION_IMPLEMENTATIONS = VLM_ATTENTION
 MIN_TRANSFORMERS = (4, 57)  # first release with Qwen3-VL
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 # What Qwen3's own "enable_thinking=False" renders: an empty, closed reasoning block.
