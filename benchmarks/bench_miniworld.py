@@ -58,13 +58,13 @@ def find_lpips():
 
 def run(n: int, checkpoint, seed_base: int = 0) -> dict:
     import numpy as np
-    from fmcgm.miniworld import pipeline, render, world
+    from fmcgm.miniworld import paint, pipeline, world
     model, clip, vae = pipeline.load(checkpoint)
     lp = find_lpips()
     records, seconds = [], {m: 0.0 for m in METHODS}
     for i in range(n):
         scene, todo, inv_seed = pipeline.benchmark_case(i, seed_base)
-        picture = render.render(scene)
+        picture = paint.render(scene)
         cfs = [pipeline.counterfactual(scene, c, v) for c, v in todo]
         latent = pipeline.encode(vae, picture)
         outputs = {}

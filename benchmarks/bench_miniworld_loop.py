@@ -31,14 +31,14 @@ LOOP = {"scale": 16.0, "threshold": 0.5, "warmup": 10, "max_rounds": 5, "regener
 def run(n: int, judge_kind: str, rate: float, seed_base: int = 0) -> list[dict]:
     from fmcgm.csg import self_check
     from fmcgm.judges import ErringJudge
-    from fmcgm.miniworld import pipeline, render
+    from fmcgm.miniworld import paint, pipeline
     from fmcgm.miniworld.judge import OracleJudge
     model, clip, vae = pipeline.load()
     decode = lambda raw: pipeline.decode(vae, raw)  # noqa: E731
     records = []
     for i in range(n):
         scene, todo, inv_seed = pipeline.benchmark_case(i, seed_base)
-        picture = render.render(scene)
+        picture = paint.render(scene)
         started = time.perf_counter()
         latent = pipeline.encode(vae, picture)
         inv = pipeline.invert(model, latent, seed=inv_seed)

@@ -111,11 +111,11 @@ class MiniworldScene(io.ComfyNode):
     def execute(cls, weather, house, house_side, layout_seed, sky, ground, windows, size):
         import torch
         from fmcgm.graph import CausalGraph
-        from fmcgm.miniworld import render, world
+        from fmcgm.miniworld import paint, world
         overrides = {c: v for c, v in ((world.SKY, sky), (world.GROUND, ground), (world.WINDOWS, windows))
                      if v != FROM_WEATHER}
         scene = world.scene_from_values(weather, house, house_side, layout_seed, **overrides)
-        image = torch.from_numpy(render.render(scene, size)).float().div_(255.0)[None]
+        image = torch.from_numpy(paint.render(scene, size)).float().div_(255.0)[None]
         graph = CausalGraph.from_dict(world.graph_dict(scene.values))
         from fmcgm.miniworld.judge import OracleJudge
         return io.NodeOutput(image, [graph], graph.to_json(), scene.caption(), OracleJudge(scene),

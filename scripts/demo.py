@@ -89,7 +89,7 @@ def _section(heading: str, text: str, folder: Path, saved: list, first: list[tup
 
 def miniature_world(client) -> Section:
     """The real edit: the shipped miniature-world workflow as it is (paper settings), one run."""
-    from fmcgm.miniworld.demo import side_by_side
+    from fmcgm.miniworld.panels import side_by_side
     workflow = read_workflow(MINIWORLD)
     prompt, _ = prepare(client, workflow, [])
     result = client.run(prompt)
@@ -110,7 +110,7 @@ def miniature_world(client) -> Section:
 
 def more_scenes(client) -> Section:
     """The same workflow and intervention on ``MORE_SCENES``: each original, its counterfactual, the verdict."""
-    from fmcgm.miniworld.demo import side_by_side
+    from fmcgm.miniworld.panels import side_by_side
     folder = OUT / "scenes"
     folder.mkdir(parents=True, exist_ok=True)
     workflow = read_workflow(MINIWORLD)

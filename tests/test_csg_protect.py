@@ -1,4 +1,4 @@
-"""Optional invariant protection (spec 2.5): the non-descendants' factual phrases add batch rows
+"""Optional invariant protection (the pack's addition to CSG): the non-descendants' factual phrases add batch rows
 whose cross-attention masks M1_k suppress the edits there, mu_j * (1 - strength * max_k M1_k).
 Real ComfyUI on the tiny SDXL (CPU); off by default and then bit-identical to no protection."""
 from __future__ import annotations

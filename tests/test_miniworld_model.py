@@ -9,11 +9,10 @@ import pytest
 import torch
 
 from fmcgm.miniworld import model as M
-from fmcgm.miniworld import oracle, pipeline, render, world
+from fmcgm.miniworld import oracle, paint, pipeline, world
 
 
-# The trained checkpoint is not in the repo yet (issue 10: training is under way); these run as
-# soon as models/fmcgm-miniworld-sdxl.safetensors is committed.
+# The trained checkpoint ships in models/ (scripts/train_miniworld.py makes it); without it these skip.
 needs_trained = pytest.mark.skipif(not pipeline.CHECKPOINT.is_file(),
                                    reason="models/fmcgm-miniworld-sdxl.safetensors not trained yet "
                                           "(python scripts/train_miniworld.py)")
@@ -30,7 +29,7 @@ def test_shipped_checkpoint_is_small_and_describes_itself():
     assert path.stat().st_size < 30e6
     assert M.read_config(path) == M.CONFIG
     info = json.loads(M.read_metadata(path)[M.INFO_KEY])
-    assert info["unet_steps"] > 0 and info["size"] == render.SIZE
+    assert info["unet_steps"] > 0 and info["size"] == paint.SIZE
 
 
 @needs_trained
@@ -43,7 +42,7 @@ def test_loader_returns_what_checkpoint_loader_simple_returns_for_sdxl(trained):
     assert isinstance(clip, comfy.sd.CLIP) and isinstance(vae, comfy.sd.VAE)
     # the VAE learned the world: every concept survives its round trip
     scenes = [world.sample_scene(random.Random(f"vae-{k}")) for k in range(4)]
-    pictures = np.stack([render.render(s) for s in scenes])
+    pictures = np.stack([paint.render(s) for s in scenes])
     back = pipeline.decode(vae, pipeline.encode(vae, pictures))
     assert np.abs(back.astype(float) - pictures).mean() / 255 < 0.03
     assert [oracle.read(b) for b in back] == [s.values for s in scenes]
@@ -100,7 +99,7 @@ def test_fold_latent_statistics_keeps_the_reconstruction_and_normalises_latents(
     from fmcgm.miniworld import train
     _, _, vae = M.new_modules(M.CONFIG, seed=3)
     vae.eval()
-    pictures = train.to_tensor(np.stack([render.render(world.sample_scene(random.Random(k)))
+    pictures = train.to_tensor(np.stack([paint.render(world.sample_scene(random.Random(k)))
                                          for k in range(6)]))
     with torch.no_grad():
         before = train.vae_decode(vae, train.vae_posterior(vae, pictures)[0])

@@ -317,7 +317,7 @@ def walk(schema: Any, visit: Callable[[dict], None]) -> None:
 @pytest.mark.parametrize("name", list(all_schemas()))
 def test_schemas_are_closed_bounded_and_strict_mode_compatible(name):
     def check(node: dict) -> None:
-        assert "pattern" not in node  # a bounded regex costs xgrammar 150+ ms/token (issue 9)
+        assert "pattern" not in node  # a bounded regex costs xgrammar 150+ ms/token (see fmcgm/prompts.py)
         if node.get("type") == "object":
             assert node["additionalProperties"] is False
             assert node["required"] == list(node["properties"])

@@ -3,8 +3,9 @@
 - ``dpmpp_2m_sde``: edit-friendly DPM-Solver++(2M) SDE inversion as in LEDITS++ (diffusers
   ``LEditsPPPipelineStableDiffusionXL.invert`` with its DPM scheduler): every x_t is sampled
   independently from q(x_t | x0), then the noise map z_t that makes the solver step from x_t land
-  exactly on x_{t-1} is stored. Regenerating with the same solver and these maps reproduces the
-  picture; editing changes only the model prediction.
+  exactly on x_{t-1} is stored. Regenerating with the same solver and these maps retraces the
+  inverted states (the last step returns the model's prediction, see "Reconstruction" below);
+  editing changes only the model prediction.
 - ``ddpm``: the same idea with the DDPM posterior (edit-friendly DDPM inversion, Huberman-Spiegelglas
   et al.; diffusers' LEDITS++ with a DDIM scheduler, eta 1). A paper baseline.
 - ``ddim``: deterministic DDIM inversion (no noise maps). A paper baseline.

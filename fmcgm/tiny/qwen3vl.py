@@ -4,7 +4,7 @@ The folders are written by transformers' own ``save_pretrained`` from the real c
 (``Qwen3VLForConditionalGeneration`` / ``Qwen3VLMoeForConditionalGeneration``,
 ``Qwen3VLProcessor``, ``Qwen2Tokenizer``), so ``from_pretrained(folder, local_files_only=True)``
 runs exactly the code path a user's downloaded checkpoint runs. Sizes follow
-/work/shared/docs/vlm.md §2; the tokenizer is a byte-level BPE trained on a few lines (any
+Qwen3-VL's own configs, shrunk; the tokenizer is a byte-level BPE trained on a few lines (any
 text stays encodable) carrying Qwen's special tokens in Qwen's order, and the chat template
 reproduces Qwen3-VL's (Instruct, or Thinking with its ``<think>`` handling).
 
@@ -205,7 +205,7 @@ def build_tokenizer(vocab: str = "tiny"):
         bpe_vocab, merges = _trained_vocab_and_merges()
 
     # eos/pad/unk are set after the specials exist: passing them to __init__ would register
-    # them first and shift every special id (see vlm.md, pitfall 2).
+    # them first and shift every special id.
     tok = Qwen2Tokenizer(vocab=bpe_vocab, merges=merges, unk_token=None, eos_token=None, pad_token=None)
     tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS], special_tokens=True)
     tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in NON_SPECIAL_ADDED_TOKENS])

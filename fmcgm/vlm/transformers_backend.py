@@ -49,7 +49,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     """'auto' is bf16 (fp16 without bf16 support) on accelerators and fp32 on CPU, where bf16
-    matmuls are several times slower (vlm.md pitfall 5) even though checkpoints ship in bf16."""
+    matmuls are several times slower even though checkpoints ship in bf16."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":
