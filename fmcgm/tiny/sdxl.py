@@ -28,26 +28,16 @@ import comfy.supported_models
 import comfy.utils
 from comfy.ldm.models.autoencoder import AutoencoderKL
 
-from fmcgm.miniworld.model import checkpoint_layout
+from fmcgm.miniworld.model import CLIP_G, CLIP_L, VAE, checkpoint_layout, sdxl_unet
 
-UNET_CONFIG = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-    "legacy": False, "num_classes": "sequential", "adm_in_channels": 1600, "in_channels": 4,
-    "model_channels": 32, "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 1, 1, 2, 2],
-    "channel_mult": [1, 2, 4], "transformer_depth_middle": 2, "use_linear_in_transformer": True,
-    "context_dim": 96, "num_head_channels": 16, "transformer_depth_output": [0, 0, 0, 1, 1, 1, 2, 2, 2],
-    "use_temporal_attention": False, "use_temporal_resblock": False,
-}
+UNET_CONFIG = sdxl_unet(adm_in_channels=1600, model_channels=32, num_res_blocks=[2, 2, 2],
+                        transformer_depth=[0, 0, 1, 1, 2, 2], channel_mult=[1, 2, 4], transformer_depth_middle=2,
+                        context_dim=96, num_head_channels=16, transformer_depth_output=[0, 0, 0, 1, 1, 1, 2, 2, 2])
 # context_dim = clip_l hidden + clip_g hidden; adm_in_channels = clip_g hidden + 6 * 256.
 # clip_g's projection must equal its hidden size (ComfyUI's text_projection is square),
-# and SDXL reads layer -2, so both encoders need at least 3 layers.
-CLIP_L_CONFIG = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2,
-                 "num_hidden_layers": 3, "projection_dim": 32}
-CLIP_G_CONFIG = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4,
-                 "num_hidden_layers": 3, "projection_dim": 64}
-VAE_DDCONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,
-                "ch": 32, "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [],
-                "dropout": 0.0}
+# and SDXL reads layer -2, so both encoders need at least 3 layers. The CLIPs and the VAE are
+# the miniature world model's.
+CLIP_L_CONFIG, CLIP_G_CONFIG, VAE_DDCONFIG = CLIP_L, CLIP_G, VAE
 VAE_EMBED_DIM = 4
 DTYPE = torch.float32
 
@@ -59,14 +49,10 @@ class TinySDXL(comfy.supported_models.SDXL):
 
 # The real SDXL base sizes: UNet as comfy/model_detection.py detects it, the CLIPs as ComfyUI's own
 # config files give them (no overrides), the VAE as SDXL's checkpoints hold it.
-SDXL_UNET_CONFIG = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-    "legacy": False, "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4,
-    "model_channels": 320, "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 2, 2, 10, 10],
-    "channel_mult": [1, 2, 4], "transformer_depth_middle": 10, "use_linear_in_transformer": True,
-    "context_dim": 2048, "num_head_channels": 64, "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
-    "use_temporal_attention": False, "use_temporal_resblock": False,
-}
+SDXL_UNET_CONFIG = sdxl_unet(adm_in_channels=2816, model_channels=320, num_res_blocks=[2, 2, 2],
+                             transformer_depth=[0, 0, 2, 2, 10, 10], channel_mult=[1, 2, 4],
+                             transformer_depth_middle=10, context_dim=2048, num_head_channels=64,
+                             transformer_depth_output=[0, 0, 0, 2, 2, 2, 10, 10, 10])
 SDXL_VAE_DDCONFIG = {"double_z": True, "z_channels": 4, "resolution": 256, "in_channels": 3, "out_ch": 3,
                      "ch": 128, "ch_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_resolutions": [],
                      "dropout": 0.0}
