@@ -251,7 +251,7 @@ def miniature_world() -> Workflow:
     _manipulate(graph, ["7", 0], "graph-only", with_vlm=False, concept=["7", 1], value=["7", 2],
                 descendant_values=["16", 0])
     _render(graph, "miniworld")
-    from fmcgm.miniworld.pipeline import TUNED  # the paper's 8 / 0.7 edit this small model too little
+    from fmcgm.miniworld.pipeline import TUNED  # the paper's settings edit this small model too little
     graph["11"]["inputs"].update(edit_guidance=TUNED["edit_guidance"], threshold=TUNED["threshold"])
     graph["17"] = node("FMCGMMiniworldOracle", "Does the edit show it? (the world's oracle)",
                        image=["13", 0], counterfactual=["8", 0])
@@ -262,7 +262,8 @@ def miniature_world() -> Workflow:
             "do(weather = sunny) on a rainy picture. The world's mechanisms give the descendants' new values "
             "(what a VLM does for real pictures), the manipulator propagates them, CSG renders the edit, and the "
             "world's oracle reads every concept off the result. *CSG Edits From Counterfactual* uses "
-            "`edit_guidance` 16 and `threshold` 0.5: the paper's 8 and 0.7 edit this small model too little "
+            f"`edit_guidance` {TUNED['edit_guidance']:g} and `threshold` {TUNED['threshold']:g}: the paper's "
+            f"{options.EDIT_GUIDANCE:g} and {options.THRESHOLD:g} edit this small model too little "
             "(`docs/miniworld.md` has both measured).\n\n**Try**: another weather, house or "
             "`layout_seed` in *Picture of the miniature world*; another intervention in the editor (click a "
             "concept, *Intervene on this*, type a value the world knows, e.g. `snowy`, `wet ground`).\n\n"
