@@ -162,7 +162,7 @@ class ComfyServer:
         return self
 
     def log(self) -> str:
-        return self.process.log_tail(chars=None)
+        return self.process.log_tail(chars=None) if self.process else ""
 
     def stop(self, timeout: float = 60) -> int | None:
         """Exit code 0 when ComfyUI shut down cleanly, -9 if it had to be killed."""
