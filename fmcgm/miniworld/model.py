@@ -83,8 +83,8 @@ def clip_options(config: dict) -> dict:
 
 # ------------------------------------------------------------------ fresh weights
 
-def _generator(seed: int, key: str) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
+def _generator(seed: int, key: str, device=None) -> torch.Generator:
+    return torch.Generator(device=device or "cpu").manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
 
 
 @torch.no_grad()
@@ -111,19 +111,24 @@ def init_text_encoder(module: torch.nn.Module, seed: int, prefix: str = "") -> N
     """Random text encoders (kept frozen by training): matrices N(0, 1/fan_in), so token and
     position embeddings have O(1/sqrt(hidden)) entries, norms ~1, biases ~0."""
     for name, t in module.state_dict(keep_vars=True).items():
-        if not t.dtype.is_floating_point:
-            continue
-        key = prefix + name
-        if name.endswith("logit_scale"):
-            t.fill_(4.6052)  # ln(100), as trained CLIPs have it
-            continue
-        r = torch.randn(t.shape, generator=_generator(seed, key))
-        if t.ndim >= 2:
-            t.copy_(r / t[0].numel() ** 0.5)
-        elif name.endswith("weight"):
-            t.copy_(1 + 0.1 * r)
-        else:
-            t.copy_(0.05 * r)
+        if t.dtype.is_floating_point:
+            init_like_clip(t, prefix + name, seed, draw_on="cpu")
+
+
+def init_like_clip(t: torch.Tensor, key: str, seed: int, draw_on=None) -> None:
+    """One tensor of ``init_text_encoder``'s scheme, drawn from (seed, key) on ``draw_on`` (the
+    tensor's own device by default: the same numbers come out only on the same device)."""
+    if key.endswith("logit_scale"):
+        t.fill_(4.6052)  # ln(100), as trained CLIPs have it
+        return
+    device = draw_on or t.device
+    r = torch.randn(t.shape, generator=_generator(seed, key, device), dtype=torch.float32, device=device)
+    if t.ndim >= 2:
+        t.copy_(r / t[0].numel() ** 0.5)
+    elif key.endswith("weight"):
+        t.copy_(1 + 0.1 * r)
+    else:
+        t.copy_(0.05 * r)
 
 
 UNET_ZERO = ("out_layers.3.weight", "proj_out.weight", "out.2.weight")

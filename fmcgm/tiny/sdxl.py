@@ -28,7 +28,7 @@ import comfy.supported_models
 import comfy.utils
 from comfy.ldm.models.autoencoder import AutoencoderKL
 
-from fmcgm.miniworld.model import CLIP_G, CLIP_L, VAE, checkpoint_layout, sdxl_unet
+from fmcgm.miniworld.model import CLIP_G, CLIP_L, VAE, checkpoint_layout, init_like_clip, sdxl_unet
 
 UNET_CONFIG = sdxl_unet(adm_in_channels=1600, model_channels=32, num_res_blocks=[2, 2, 2],
                         transformer_depth=[0, 0, 1, 1, 2, 2], channel_mult=[1, 2, 4], transformer_depth_middle=2,
@@ -173,22 +173,8 @@ def _build_filled(seed: int, preset: Preset, dtype: torch.dtype, device):
 def _fill_in_place(module: torch.nn.Module, prefix: str, seed: int) -> None:
     """``_seeded_fill``'s scheme, written straight into the module's tensors (any dtype/device)."""
     for name, t in module.state_dict(keep_vars=True).items():
-        if not t.dtype.is_floating_point:
-            continue
-        key = prefix + name
-        if name.endswith("logit_scale"):
-            t.fill_(4.6052)  # ln(100), as trained CLIPs have it
-            continue
-        g = torch.Generator(device=t.device).manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
-        r = torch.randn(t.shape, generator=g, dtype=torch.float32, device=t.device)
-        if t.ndim >= 2:
-            r /= t[0].numel() ** 0.5
-        elif key.endswith("weight"):
-            r.mul_(0.1).add_(1)
-        else:
-            r.mul_(0.05)
-        t.copy_(r)
-        del r
+        if t.dtype.is_floating_point:
+            init_like_clip(t, prefix + name, seed)
 
 
 def save(path: str | Path, seed: int = 0) -> Path:
