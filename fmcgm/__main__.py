@@ -88,7 +88,9 @@ def main(argv=None) -> int:
     _run_parser(sub)
     from .evaljob import cli as eval_cli
     eval_cli.add_parsers(sub, _comfy_options)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv  # to say how to rerun the command
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.ERROR,
                         format="%(levelname)s %(name)s: %(message)s")
     commands = {"run": cmd_run, **eval_cli.COMMANDS}

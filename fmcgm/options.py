@@ -22,6 +22,7 @@ VLM_ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2")
 # ---- the models the shipped workflows name (a user's own files; the pack never downloads)
 SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
 QWEN_FOLDER = "Qwen3-VL-8B-Instruct"
+QWEN_TEXT_ENCODER = "qwen3vl_8b_fp8_scaled.safetensors"  # Comfy-Org/Qwen3-VL, as ComfyUI's own templates name it
 EXAMPLE_PICTURE = "example.png"  # ComfyUI ships input/example.png
 
 # ---- the causal graph editor node, and the ui payload it sends its widget after a run (web/js reads it)

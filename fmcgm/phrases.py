@@ -6,20 +6,30 @@ them. A prompt built from the values (``edit_phrase``, ``fully_specified_prompt`
 by construction. A model's phrasing is kept only when ``disagreement`` finds nothing wrong
 with it; otherwise the caller replaces it with the built prompt and reports why.
 
-The check, on words (NFKC, casefolded, runs of letters and digits). A prompt states
-a set S of concepts, each with one value (an edit prompt: its own concept; a full prompt:
-every concept). It agrees when:
+The check judges the string that is kept, as the text encoder reads it: CLIP lower-cases
+and composes accents (NFC) but does not fold compatibility forms, and it reads symbols and
+emoji as tokens of their own. So the check compares *tokens* (``words``: NFC, lower-cased
+runs of letters and digits, and every other visible character on its own, except the
+separators ``, . ; : ' ’ - _``). A prompt states a set S of concepts, each with one value
+(an edit prompt: its own concept; a full prompt: every concept). It agrees when:
 
-1. every stated value occurs as a run of consecutive words (a value without any word,
-   such as "?!", must occur as text);
-2. no *other known value* occurs with a word outside those runs: another value of a
+0. it writes no character in a compatibility form (fullwidth "ｓｕｎｎｙ", ligatures, "²")
+   other than those in the stated values and names: CLIP would read other tokens than the
+   check compares;
+1. every stated value occurs as a run of tokens (a value made only of separators must occur
+   as text). In a full prompt every value stands next to its own concept's name as
+   ``edit_phrase`` writes it ("sunny weather", not "sunny hair, dry weather");
+2. no *other known value* occurs with a token outside those runs: another value of a
    concept in S (its factual value after a change, a value the model proposed), or any
-   value of a concept outside S (an edit prompt speaks of its own concept only);
-3. every word outside the runs of stated values and of the names of S is a function word
-   (``FUNCTION_WORDS``: articles, prepositions, "and", "with", possessives, "is").
-   Negations ("not", "no", "without"), contrasts ("or", "instead", "than") and any other
-   content word fail, so "not sunny", "sunny, then a snow storm" and "an old woman in a
-   snow storm" are all refused for do(weather = sunny).
+   value of a concept outside S (an edit prompt speaks of its own concept only). Values
+   made only of symbols ("☀", "🌧") are tokens like any other;
+3. every token outside the runs of stated values and phrases is a function word
+   (``FUNCTION_WORDS``: articles, prepositions, "and", "with", possessives, "is"); an edit
+   prompt may name its concept once more. Negations ("not", "no", "without"), contrasts
+   ("or", "instead", "than"), any other content word, a concept name said again ("rain rain
+   rain in sunny weather") and any symbol that is no part of a value ("🚫", "!=", "⛈️") fail,
+   so "not sunny", "sunny, then a snow storm" and "🚫 sunny weather" are all refused for
+   do(weather = sunny).
 
 Conservative by design: "sunny sky" for weather = sunny fails rule 3 ("sky") and is
 replaced by "sunny weather"; a prompt that agrees says the values and only joins them.
@@ -39,20 +49,26 @@ FUNCTION_WORDS = frozenset("""
     and who which is are has have having
 """.split())
 
-_WORD = re.compile(r"[^\W_]+")
+_TOKEN = re.compile(r"[^\W_]+|[^\w\s]")  # a run of letters and digits, or one other visible character
+_SEPARATORS = frozenset(",.;:'’-")      # join words; CLIP reads them as punctuation, not as values
 
 
 def words(text: str) -> list[str]:
-    """The words of ``text`` as the check compares them."""
-    return _WORD.findall(_folded(text))
+    """The tokens of ``text`` as the check compares them (words, and symbols one by one)."""
+    return [t for t in _TOKEN.findall(_folded(text)) if t not in _SEPARATORS]
 
 
 def _folded(text: str) -> str:
-    return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    """``text`` as CLIP's tokenizer sees it: accents composed (NFC), lower case, whitespace runs as one."""
+    return " ".join(unicodedata.normalize("NFC", text).lower().split())
+
+
+def _is_word(token: str) -> bool:
+    return token.isalnum()
 
 
 def same_value(a: str, b: str) -> bool:
-    """Two spellings of one value: the same words (or, without words, the same text)."""
+    """Two spellings of one value: the same tokens (or, without tokens, the same text)."""
     wa, wb = words(a), words(b)
     return wa == wb if wa or wb else _folded(a) == _folded(b)
 
@@ -77,12 +93,23 @@ def _starts(tokens: list[str], phrase: list[str]) -> list[int]:
     return [i for i in range(len(tokens) - m + 1) if tokens[i] == first and tokens[i:i + m] == phrase]
 
 
+def _compatibility_forms(prompt: str, allowed: str) -> list[str]:
+    """Characters of ``prompt`` that NFKC changes (fullwidth letters, ligatures, superscripts), except
+    those in ``allowed`` (the stated values and names, which are written as the artist wrote them)."""
+    return sorted({ch for ch in prompt if ch not in allowed and unicodedata.normalize("NFKC", ch) != ch})
+
+
 def disagreement(prompt: str, stated: Mapping[str, str], known: Mapping[str, Iterable[str]]) -> Optional[str]:
     """Why ``prompt`` does not agree with the ``stated`` values ({concept name: value}); None if it does.
 
     ``known`` maps concept names to every value known for them (factual, counterfactual,
-    proposed by the model); the stated values may be among them.
+    proposed by the model); the stated values may be among them. ``stated`` with more than
+    one concept is a full prompt: each value must stand in its concept's ``edit_phrase``.
     """
+    odd = _compatibility_forms(prompt, "".join((*stated, *stated.values())))
+    if odd:
+        shown = ", ".join(f"{ch!r} (read as {unicodedata.normalize('NFKC', ch)!r})" for ch in odd[:4])
+        return f"it writes {shown} in a compatibility form, which the text encoder reads as other tokens"
     tokens = words(prompt)
     covered = [False] * len(tokens)
 
@@ -93,12 +120,22 @@ def disagreement(prompt: str, stated: Mapping[str, str], known: Mapping[str, Ite
         return bool(starts)
 
     folded = _folded(prompt)
+    full = len(stated) > 1
+    unbound = []
     for name, value in stated.items():  # rule 1
         phrase = words(value)
         if not (cover(phrase) if phrase else _folded(value) in folded):
             return f"it does not say {short(value)}, the value of {short(name)}"
-    for name in stated:
-        cover(words(name))
+        bound = words(edit_phrase(name, value))
+        if bound and not cover(bound):
+            if full:
+                return f"it does not say {short(value)} next to its concept, as in {short(edit_phrase(name, value))}"
+            unbound.append(name)
+    for name in unbound:  # an edit prompt may name its concept once apart ("the weather is sunny")
+        name_tokens = words(name)
+        free = [i for i in _starts(tokens, name_tokens) if not any(covered[i:i + len(name_tokens)])]
+        for i in free[:1]:
+            covered[i:i + len(name_tokens)] = [True] * len(name_tokens)
     for name, values in known.items():  # rule 2
         for other in values:
             if name in stated and same_value(other, stated[name]):
@@ -109,6 +146,9 @@ def disagreement(prompt: str, stated: Mapping[str, str], known: Mapping[str, Ite
                     kind = "another value of" if name in stated else "the value of another concept,"
                     return f"it says {short(other)}, {kind} {short(name)}"
     extra = [t for t, c in zip(tokens, covered) if not c and t not in FUNCTION_WORDS]  # rule 3
+    symbols = [t for t in extra if not _is_word(t)]
+    if symbols:
+        return f"it has symbols that are no part of a value ({short(' '.join(dict.fromkeys(symbols[:8])))})"
     if extra:
         return f"it also says {short(' '.join(extra[:8]))}, which is none of the values"
     return None

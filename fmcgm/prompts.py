@@ -228,8 +228,38 @@ def propagation_prompt(graph: CausalGraph, concept: str, value: str) -> str:
 
 # ---------------------------------------------------------------- automatic mode
 
+# Above this many (concept, descendant) pairs the proposals schema takes its compact form: one option
+# per concept spells out every pair, and a grammar over them compiles in time that grows faster than the
+# pairs (real Qwen vocabulary, 2 loaded cores: 0.34 s at 32 concepts / 496 pairs, 2.2 s at 64 / 2,016;
+# benchmarks/bench_big_graphs.py).
+EXACT_PROPOSAL_PAIRS = 256
+
+
+def _pairs(graph: CausalGraph) -> int:
+    return sum(len(graph.descendants(c.name)) for c in graph.concepts)
+
+
+def compact_proposals(graph: CausalGraph) -> bool:
+    """Whether ``proposals_schema`` names the concepts once instead of once per (concept, descendant)."""
+    return _pairs(graph) > EXACT_PROPOSAL_PAIRS
+
+
 def proposals_schema(graph: CausalGraph, n: int) -> dict[str, Any]:
-    """Schema for up to ``n`` interventions; each option fixes its concept and requires its descendants."""
+    """Schema for up to ``n`` interventions. Exact form: each option fixes its concept and requires its
+    descendants by name. Compact form (big graphs, ``compact_proposals``): any concept, descendant values
+    as a list of {"concept", "value"}, so the grammar holds each name once and compiles in time
+    independent of the number of pairs; the manipulator ignores and reports values for non-descendants."""
+    if compact_proposals(graph):
+        names = enum_schema(graph.names)
+        item = object_schema({"concept": names, "value": text_schema(VALUE_CHARS)})
+        option = object_schema({
+            "concept": names, "value": text_schema(VALUE_CHARS),
+            "descendant_values": array_schema(item, max_items=max(1, len(graph.names) - 1)),
+            "interventional_prompt": text_schema(SCENE_PROMPT_CHARS),
+            "edit_prompts": array_schema(object_schema({"concept": names, "prompt": text_schema(EDIT_PROMPT_CHARS)}),
+                                         max_items=len(graph.names), min_items=1),
+            "counterfactual_prompt": text_schema(SCENE_PROMPT_CHARS)})
+        return object_schema({"interventions": array_schema(option, max_items=n, min_items=1)})
     options = [object_schema({"concept": enum_schema([c.name]),
                               **_propagation_properties(graph, c.name, text_schema(VALUE_CHARS))})
                for c in graph.concepts]
@@ -237,8 +267,9 @@ def proposals_schema(graph: CausalGraph, n: int) -> dict[str, Any]:
 
 
 def proposals_prompt(graph: CausalGraph, n: int) -> str:
+    values = [{"concept": "...", "value": "..."}] if compact_proposals(graph) else {"...": "..."}
     example = {"interventions": [{
-        "concept": "...", "value": "...", "descendant_values": {"...": "..."}, "interventional_prompt": "...",
+        "concept": "...", "value": "...", "descendant_values": values, "interventional_prompt": "...",
         "edit_prompts": [{"concept": "...", "prompt": "..."}], "counterfactual_prompt": "...",
     }]}
     with_descendants = [c.name for c in graph.concepts if graph.descendants(c.name)]

@@ -6,7 +6,8 @@ Layout and drawing come from well-kept tools, not hand-made geometry:
   spline edges routed around boxes). A graph much wider than the picture gets a width
   bound on its layers, imposed as rank constraints. Only node ids and box sizes are sent
   to it, never concept text. Without
-  Graphviz installed, a simpler layered layout is used (see ``_simple_layout``);
+  Graphviz installed, for a graph too big for dot to lay out quickly, or when dot runs out of
+  its time, a simpler layered layout is used (see ``_simple_layout``, ``DOT_BUDGET_S``);
 * drawing: matplotlib's Agg renderer (no pyplot, no global state) with its bundled DejaVu
   fonts, so the same graph gives the same pixels on every machine with the same versions.
 
@@ -295,23 +296,37 @@ class _Renderer:
         return x0, y0, x1, y1
 
     def draw_edges(self) -> None:
-        from matplotlib.patches import FancyArrowPatch
+        """Every edge as a cubic Bezier spline ending in a filled arrow head, all drawn as two collections
+        (bodies, heads): one artist per edge cost ~1 ms each before anything was drawn, seconds for the
+        2,016 edges of a dense 64-concept graph."""
+        from matplotlib.collections import PathCollection, PolyCollection
         from matplotlib.path import Path
 
         moving = {n for n, r in self.roles.items() if r in (Role.INTERVENED, Role.DESCENDANT)}
         target = next((n for n, r in self.roles.items() if r == Role.INTERVENED), None)
+        bodies, heads, colours, widths, dashes = [], [], [], [], []
         for e, points in zip(self.graph.edges, self.paths):
-            # start, then (control, control, end) triples of a cubic Bezier spline, then the arrow tip
-            codes = [Path.MOVETO] + [Path.CURVE4] * (len(points) - 2) + [Path.LINETO]
             if e.effect == target:  # do() cuts the edges into the intervened concept
                 colour, width, dash = CUT_COLOUR, 1.4, (0, (2, 2))
             elif e.cause in moving and e.effect in moving:
                 colour, width, dash = PROPAGATION_COLOUR, 2.4, "solid"
             else:
                 colour, width, dash = EDGE_COLOUR, 1.4, "solid"
-            self.ax.add_patch(FancyArrowPatch(path=Path(points, codes), arrowstyle="-|>,head_length=0.5,head_width=0.25",
-                                              mutation_scale=16 * self.pt, color=colour,
-                                              linewidth=width * self.pt, linestyle=dash, zorder=2))
+            body, head = _arrow(points)
+            # start, then (control, control, end) triples of a cubic Bezier spline, then the line to the head
+            bodies.append(Path(body, [Path.MOVETO] + [Path.CURVE4] * (len(body) - 2) + [Path.LINETO]))
+            heads.append(head)
+            colours.append(colour)
+            widths.append(width * self.pt)
+            dashes.append(dash)
+        if not bodies:
+            return
+        self.ax.add_collection(PathCollection(bodies, facecolors="none", edgecolors=colours, linewidths=widths,
+                                              linestyles=dashes, zorder=2, transform=self.ax.transData),
+                               autolim=False)
+        self.ax.add_collection(PolyCollection(heads, facecolors=colours, edgecolors=colours,
+                                              linewidths=[0.5 * self.pt] * len(heads), zorder=2,
+                                              transform=self.ax.transData), autolim=False)
 
     def draw_legend(self) -> dict[str, tuple[float, float, float, float]]:
         from matplotlib.patches import Rectangle
@@ -336,7 +351,35 @@ Point = tuple[float, float]
 Layout = tuple[dict[str, Point], list[list[Point]], float, float]  # centres, edge paths, width, height
 
 ARROW_LEN = 10.0
-DOT_TIMEOUT_S = 30
+HEAD_LEN, HEAD_HALF_WIDTH = 8.0, 4.0  # the filled arrow head drawn at an edge's tip
+
+
+def _arrow(points: list[Point]) -> tuple[list[Point], list[Point]]:
+    """An edge path [start, (control, control, end)..., tip] as its body, ending where the head begins,
+    and the head triangle (tip, then the two corners of its base)."""
+    (tx, ty), (px, py) = points[-1], points[-2]
+    length = math.hypot(tx - px, ty - py) or 1.0
+    ux, uy = (tx - px) / length, (ty - py) / length
+    back = min(HEAD_LEN, length)
+    bx, by = tx - ux * back, ty - uy * back
+    head = [(tx, ty), (bx - uy * HEAD_HALF_WIDTH, by + ux * HEAD_HALF_WIDTH),
+            (bx + uy * HEAD_HALF_WIDTH, by - ux * HEAD_HALF_WIDTH)]
+    return [*points[:-1], (bx, by)], head
+DOT_TIMEOUT_S = 30  # all of dot's runs together, when the caller asks for dot (engine="dot")
+# With engine="auto" dot gets this long for all its runs, and is not tried at all on a graph whose edges
+# cross more than DOT_MAX_CROSSINGS layers in all (dot lays every layer an edge crosses out as a node of
+# its own: a dense 32-concept graph has 5,456 of them and one dot run took 12 s, a dense 20-concept one
+# 1,330 and 0.2 s); the simple layout draws those at once (benchmarks/bench_big_graphs.py).
+DOT_BUDGET_S = 3.0
+DOT_MAX_CROSSINGS = 1500
+
+
+def layer_crossings(graph: CausalGraph) -> int:
+    """Edges plus the layers they skip, under longest-path layering: the size of dot's layered graph."""
+    layer: dict[str, int] = {}
+    for name in graph.topological_order():
+        layer[name] = max((layer[p] + 1 for p in graph.parents(name)), default=0)
+    return sum(max(1, layer[e.effect] - layer[e.cause]) for e in graph.edges)
 
 
 def _dot_layout(graph: CausalGraph, size: Mapping[str, Point], aspect: float, required: bool = False
@@ -347,12 +390,15 @@ def _dot_layout(graph: CausalGraph, size: Mapping[str, Point], aspect: float, re
     matplotlib, so no concept text ever reaches Graphviz. When dot's own ranking is much
     wider than the picture, layers with a width bound (``_bounded_layers``: causes still
     above effects) are imposed as rank constraints and the best-fitting drawing is kept.
-    Returns None (or raises, if ``required``) without a working ``dot``.
+    Returns None (or raises, if ``required``) without a working ``dot``, and unless ``required``
+    also for a graph too big for dot (``DOT_MAX_CROSSINGS``) or when its first run does not end
+    within ``DOT_BUDGET_S``; later runs only get what is left of that budget.
     """
     import json
     import logging
     import shutil
     import subprocess
+    import time
 
     dot = shutil.which("dot")
     if dot is None:
@@ -360,6 +406,9 @@ def _dot_layout(graph: CausalGraph, size: Mapping[str, Point], aspect: float, re
             raise RuntimeError("Graphviz is not installed (no 'dot' program on PATH); install it "
                                "(apt install graphviz / brew install graphviz / winget install graphviz)")
         return None
+    if not required and layer_crossings(graph) > DOT_MAX_CROSSINGS:
+        return None
+    budget_end = time.monotonic() + (DOT_TIMEOUT_S if required else DOT_BUDGET_S)
     names = list(graph.names)
     ids = {name: f"n{i}" for i, name in enumerate(names)}
     lines = ["digraph G {",
@@ -371,7 +420,10 @@ def _dot_layout(graph: CausalGraph, size: Mapping[str, Point], aspect: float, re
     source = "\n".join(lines + ["}"])
 
     def run(cmd: list[str], text: str) -> str:
-        done = subprocess.run(cmd, input=text, capture_output=True, text=True, timeout=DOT_TIMEOUT_S)
+        left = budget_end - time.monotonic()
+        if left <= 0:
+            raise subprocess.TimeoutExpired(cmd, 0)
+        done = subprocess.run(cmd, input=text, capture_output=True, text=True, timeout=left)
         if done.returncode != 0:
             raise RuntimeError(f"{cmd[0]} failed ({done.returncode}): {done.stderr.strip()[:500]}")
         return done.stdout
@@ -392,7 +444,12 @@ def _dot_layout(graph: CausalGraph, size: Mapping[str, Point], aspect: float, re
     best, best_fit = None, -1.0
     try:
         for text in attempts:
-            data = json.loads(run([dot, "-Tjson0"], text))
+            try:
+                data = json.loads(run([dot, "-Tjson0"], text))
+            except subprocess.TimeoutExpired:
+                if best is None:
+                    raise
+                break  # the time is spent: the best drawing so far
             x0, y0, x1, y1 = (float(v) for v in data["bb"].split(","))
             # how large the drawing can be shown in a picture of this shape (title, legend, margins included)
             fit = min(aspect / (x1 - x0 + 2 * MARGIN), 1.0 / (y1 - y0 + 6 * MARGIN))

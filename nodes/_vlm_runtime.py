@@ -4,7 +4,10 @@ A transformers model loaded outside a ModelPatcher is invisible to ComfyUI's mem
 which then cannot evict it when SDXL needs the VRAM. So the local backend's torch module is
 wrapped in a ModelPatcher: ``load_models_gpu`` brings it onto the GPU for generation (evicting
 what must go), and after generation it is offloaded again unless the user keeps it loaded;
-even then ComfyUI may evict it under memory pressure, like any other model. The HTTP backend
+even then ComfyUI may evict it under memory pressure, like any other model. ComfyUI's own
+Qwen3-VL (a CLIP) already has its patcher: the same loading and offloading apply to it, with the
+KV cache the answer needs reserved and partial loading allowed (ComfyUI's modules run partly
+offloaded, transformers' cannot). The HTTP backend
 needs none of this: its node hands it ComfyUI's interrupt check as ``cancel_check``, polled in
 every wait.
 """
@@ -34,19 +37,28 @@ class _ModuleHolder(torch.nn.Module):
 class ManagedVLM:
     """A VLMBackend whose local torch model is loaded and offloaded by ComfyUI."""
 
-    def __init__(self, backend, load_device: torch.device, offload_device: torch.device, keep_loaded: bool):
+    def __init__(self, backend, patcher, keep_loaded: bool, full_load: bool = True):
         self.backend = backend
         self.name = backend.name
         self.keep_loaded = keep_loaded
-        self.patcher = comfy.model_patcher.ModelPatcher(_ModuleHolder(backend.model), load_device=load_device,
-                                                        offload_device=offload_device)
+        self.patcher = patcher
+        self.full_load = full_load
+
+    @classmethod
+    def of_module(cls, backend, load_device: torch.device, offload_device: torch.device,
+                  keep_loaded: bool) -> "ManagedVLM":
+        """For a backend whose ``.model`` is a plain torch module (transformers): our own patcher,
+        fully loaded (transformers modules cannot run partially offloaded like ComfyUI's own)."""
+        patcher = comfy.model_patcher.ModelPatcher(_ModuleHolder(backend.model), load_device=load_device,
+                                                   offload_device=offload_device)
+        return cls(backend, patcher, keep_loaded)
 
     def describe(self) -> str:
         return self.backend.describe()
 
     def generate(self, request: GenerationRequest, on_token: Optional[TokenCallback] = None) -> str:
-        # Full load: transformers modules cannot run partially offloaded like ComfyUI's own.
-        mm.load_models_gpu([self.patcher], force_full_load=True)
+        extra = self.backend.memory_required(request) if hasattr(self.backend, "memory_required") else 0
+        mm.load_models_gpu([self.patcher], memory_required=extra, force_full_load=self.full_load)
         try:
             return self.backend.generate(request, on_token)
         finally:

@@ -45,7 +45,7 @@ class ConceptExtractor(io.ComfyNode):
                         "answers are repaired (cycles broken, duplicates merged, unknown names dropped) and every "
                         "repair is listed in the report. One graph per image of the batch.",
             inputs=[
-                VLMSocket.Input("vlm", tooltip="From Load Qwen3-VL or OpenAI-compatible VLM."),
+                VLMSocket.Input("vlm", tooltip="From Load Qwen3-VL, Qwen3-VL from CLIP or OpenAI-compatible VLM."),
                 io.Image.Input("image", tooltip="The picture(s) to analyse; a batch gives one graph per image."),
                 io.String.Input("caption", multiline=True, default="", optional=True,
                                 tooltip="Optional text description of the picture (e.g. the prompt it was made "

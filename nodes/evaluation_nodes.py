@@ -83,8 +83,8 @@ class EvaluateCounterfactual(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
                              tooltip="Sampling seed of the VLM judge: the same seed gives the same verdicts."),
                 VLMSocket.Input("vlm", optional=True,
-                                tooltip="The judge for VLM-Eff (Load Qwen3-VL or OpenAI-compatible VLM). Without "
-                                        "it only LPIPS is measured and vlm_eff is NaN."),
+                                tooltip="The judge for VLM-Eff (Load Qwen3-VL, Qwen3-VL from CLIP or OpenAI-compatible "
+                                        "VLM). Without it only LPIPS is measured and vlm_eff is NaN."),
             ],
             outputs=[
                 io.Float.Output(display_name="vlm_eff"),

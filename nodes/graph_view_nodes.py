@@ -24,6 +24,48 @@ from ._types import CausalGraphSocket, CounterfactualSocket
 
 log = logging.getLogger(__name__)
 
+GRAPH_PREVIEW_ROUTE = "/fmcgm/graph_preview"
+# node id -> function(**widget values) -> CausalGraph, for nodes whose graph output follows from
+# their widgets alone and costs nothing to compute (the miniature world's scene): the editor asks
+# for it through GRAPH_PREVIEW_ROUTE, so the graph is there when a workflow opens and follows
+# every change of those widgets, before any run.
+GRAPH_PREVIEWS: dict = {}
+
+
+def graph_preview(class_type: str, inputs: dict) -> dict:
+    """{"graph", "fingerprint"} of the graph ``class_type`` would output with these widget values
+    (the fingerprint is the one the editor's payload gives after a run). KeyError: the node has no
+    preview; ValueError: the values are not the node's."""
+    from fmcgm.editing import graph_fingerprint
+    make = GRAPH_PREVIEWS[class_type]
+    try:
+        graph = make(**inputs)
+    except TypeError as error:
+        raise ValueError(f"{class_type}: {error}") from None
+    return {"graph": graph.to_dict(), "fingerprint": graph_fingerprint(graph)}
+
+
+def _register_graph_preview_route() -> None:
+    try:
+        from server import PromptServer
+        routes = PromptServer.instance.routes
+    except (ImportError, AttributeError):  # no ComfyUI server (a script or test importing the nodes)
+        return
+    from aiohttp import web
+
+    @routes.post(GRAPH_PREVIEW_ROUTE)
+    async def _graph_preview(request):
+        try:
+            body = await request.json()
+            return web.json_response(graph_preview(str(body.get("class_type", "")), dict(body.get("inputs") or {})))
+        except KeyError:
+            return web.json_response({"error": "this node's graph is known only after a run"}, status=404)
+        except (ValueError, AttributeError, GraphError) as error:
+            return web.json_response({"error": str(error)}, status=400)
+
+
+_register_graph_preview_route()
+
 
 # ==================================================================== viewer
 

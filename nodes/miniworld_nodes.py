@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ._api import CATEGORY, io, schema, ui
 from ._types import CausalGraphSocket, CounterfactualSocket, JudgeSocket
+from .graph_view_nodes import GRAPH_PREVIEWS
 
 WORLD_CATEGORY = f"{CATEGORY}/miniworld"
 PACK_MODELS = Path(__file__).resolve().parent.parent / "models"
@@ -110,16 +111,34 @@ class MiniworldScene(io.ComfyNode):
     @classmethod
     def execute(cls, weather, house, house_side, layout_seed, sky, ground, windows, size):
         import torch
-        from fmcgm.graph import CausalGraph
-        from fmcgm.miniworld import paint, world
-        overrides = {c: v for c, v in ((world.SKY, sky), (world.GROUND, ground), (world.WINDOWS, windows))
-                     if v != FROM_WEATHER}
-        scene = world.scene_from_values(weather, house, house_side, layout_seed, **overrides)
+        from fmcgm.miniworld import paint
+        scene = _scene(weather, house, house_side, layout_seed, sky, ground, windows)
         image = torch.from_numpy(paint.render(scene, size)).float().div_(255.0)[None]
-        graph = CausalGraph.from_dict(world.graph_dict(scene.values))
+        graph = _scene_graph(scene)
         from fmcgm.miniworld.judge import OracleJudge
         return io.NodeOutput(image, [graph], graph.to_json(), scene.caption(), OracleJudge(scene),
                              ui=ui.PreviewText(graph.to_text()))
+
+    @staticmethod
+    def preview_graph(weather, house, house_side, layout_seed, sky, ground, windows, size=128):
+        """The graph execute() outputs for these widget values, without rendering the picture."""
+        return _scene_graph(_scene(weather, house, house_side, int(layout_seed), sky, ground, windows))
+
+
+def _scene(weather, house, house_side, layout_seed, sky, ground, windows):
+    from fmcgm.miniworld import world
+    overrides = {c: v for c, v in ((world.SKY, sky), (world.GROUND, ground), (world.WINDOWS, windows))
+                 if v != FROM_WEATHER}
+    return world.scene_from_values(weather, house, house_side, layout_seed, **overrides)
+
+
+def _scene_graph(scene):
+    from fmcgm.graph import CausalGraph
+    from fmcgm.miniworld import world
+    return CausalGraph.from_dict(world.graph_dict(scene.values))
+
+
+GRAPH_PREVIEWS["FMCGMMiniworldScene"] = MiniworldScene.preview_graph
 
 
 class MiniworldMechanisms(io.ComfyNode):

@@ -1,6 +1,7 @@
-"""VLM loader nodes: a local Qwen3-VL folder (transformers) or an OpenAI-compatible server.
+"""VLM loader nodes: a local Qwen3-VL folder (transformers), ComfyUI's own Qwen3-VL (a CLIP,
+ComfyUI 0.33+) or an OpenAI-compatible server.
 
-Both return the same FMCGM_VLM socket, so every downstream node works with either.
+All return the same FMCGM_VLM socket, so every downstream node works with any of them.
 """
 from __future__ import annotations
 
@@ -122,7 +123,7 @@ class Qwen3VLLoader(io.ComfyNode):
         # Resolve the dtype for where the model will run, not for the offload device it is loaded to.
         backend = TransformersBackend(path, device=offload_device, dtype=resolve_dtype(dtype, load_device),
                                       attention=attention, max_image_tokens=max_image_tokens)
-        return io.NodeOutput(ManagedVLM(backend, load_device, offload_device, keep_loaded))
+        return io.NodeOutput(ManagedVLM.of_module(backend, load_device, offload_device, keep_loaded))
 
 
 class OpenAIVLM(io.ComfyNode):
@@ -135,7 +136,8 @@ class OpenAIVLM(io.ComfyNode):
             description="Uses a VLM served over HTTP with the OpenAI /v1/chat/completions API (vLLM, Ollama, "
                         "LM Studio, llama.cpp server). Answers are constrained to JSON schemas through "
                         "response_format. The API key is read from an environment variable, so workflow files "
-                        "never carry secrets, and is removed from anything the server sends back.",
+                        "never carry secrets, is removed from anything the server sends back, and is sent to "
+                        "base_url's host only (no redirects; the system proxy only when asked for).",
             inputs=[
                 io.String.Input("base_url", default="http://127.0.0.1:8000/v1",
                                 tooltip="Server address, e.g. http://127.0.0.1:8000/v1 (vLLM) or "
@@ -153,6 +155,10 @@ class OpenAIVLM(io.ComfyNode):
                 io.Int.Input("retries", default=2, min=0, max=10,
                              tooltip="Retries after connection errors, HTTP 429 and 5xx (not after other 4xx), "
                                      "within the deadline."),
+                io.Boolean.Input("use_system_proxy", default=False, optional=True,
+                                 tooltip="Send the request through the proxy set in ComfyUI's environment "
+                                         "(http_proxy / https_proxy / no_proxy). Off: the request, and the API "
+                                         "key with it, goes straight to base_url. Redirects are never followed."),
             ],
             outputs=[VLMSocket.Output(display_name="vlm")],
         )
@@ -174,13 +180,53 @@ class OpenAIVLM(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, base_url, model, api_key_env, timeout, retries):
+    def execute(cls, base_url, model, api_key_env, timeout, retries, use_system_proxy=False):
         import comfy.model_management as mm
         from fmcgm.vlm.openai_backend import OpenAIBackend
 
         backend = OpenAIBackend(base_url, model, api_key_env=api_key_env, timeout=timeout, retries=retries,
-                                cancel_check=mm.throw_exception_if_processing_interrupted)
+                                cancel_check=mm.throw_exception_if_processing_interrupted,
+                                use_env_proxy=use_system_proxy)
         return io.NodeOutput(backend)
 
 
-NODES = [Qwen3VLLoader, OpenAIVLM]
+class ComfyQwen3VL(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        from fmcgm.vlm.base import COMFY_QWEN3VL_MIN_COMFYUI as MIN_COMFYUI
+        return schema(
+            node_id="FMCGMComfyQwen3VL",
+            display_name="Qwen3-VL from CLIP (FM-CGM)",
+            category=f"{CATEGORY}/vlm",
+            description=f"Uses the Qwen3-VL that ComfyUI itself loads (needs ComfyUI {MIN_COMFYUI} or later): a "
+                        "Qwen3-VL 4B or 8B text encoder from Load CLIP, the same one an image model may already "
+                        "use, becomes the VLM of the Concept Extractor, Concept Manipulator and Evaluate "
+                        "Counterfactual. No transformers model and no second copy of the weights in models/LLM. "
+                        "Answers are constrained to each stage's JSON schema; ComfyUI's memory manager loads the "
+                        "encoder for generation and offloads it afterwards.",
+            inputs=[
+                io.Clip.Input("clip", tooltip="A Qwen3-VL 4B/8B text encoder from Load CLIP (type "
+                                              "stable_diffusion, or the type of the image model it serves)."),
+                io.Boolean.Input("keep_loaded", default=False,
+                                 tooltip="Keep the encoder on the GPU between generations (faster repeated use). "
+                                         "Off: it is offloaded after each generation so the image model gets "
+                                         "the memory."),
+                io.Int.Input("max_image_tokens", default=1280, min=64, max=16384, step=64,
+                             tooltip="Upper bound on visual tokens per image (32x32 px each; the image is "
+                                     "resized to fit). Lower it to save memory and time."),
+            ],
+            outputs=[VLMSocket.Output(display_name="vlm")],
+        )
+
+    @classmethod
+    def execute(cls, clip, keep_loaded, max_image_tokens):
+        from fmcgm.vlm.comfy_qwen_backend import ComfyQwen3VLBackend
+
+        from ._vlm_runtime import ManagedVLM
+
+        backend = ComfyQwen3VLBackend(clip, max_image_tokens=max_image_tokens)
+        # ComfyUI's own modules run partly offloaded when VRAM is short: no full load forced.
+        return io.NodeOutput(ManagedVLM(backend, clip.patcher, keep_loaded, full_load=False))
+
+
+NODES = [Qwen3VLLoader, ComfyQwen3VL, OpenAIVLM]

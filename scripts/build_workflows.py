@@ -39,12 +39,18 @@ GAP = 60            # between columns and between nodes in a column
 GROUP_PAD = 30      # group border around its nodes
 GROUP_TITLE = 50    # room for the group's title bar
 MIN_WIDTH = 340
-NOTE_SIZE = (440, 560)
+NOTE_SIZE = (520, 820)
 # Nodes that show pictures get room for them up front: the frontend adds a 220 px preview
-# when the first picture arrives, and a node that grew then would cover its neighbour.
-PICTURE_NODES = {"SaveImage", "PreviewImage", "FMCGMCausalGraphViewer", "LoadImage"}
+# widget when the first picture (or live preview) arrives, drawn below the node's widgets
+# whether or not the node has room for it, so a node without that room covers its neighbour.
+PICTURE_NODES = {"SaveImage", "PreviewImage", "FMCGMCausalGraphViewer", "LoadImage", "FMCGMConceptMasksPicture",
+                 "FMCGMBeforeAfter"}
+LIVE_PREVIEW_NODES = {"FMCGMDPMSolverInversion", "FMCGMDDPMInversion", "FMCGMDDIMInversion", "FMCGMCSGSampler",
+                      "FMCGMRegenerateFromInversion"}
+PREVIEW_ROOM = 240      # the frontend's 220 px preview widget and its margins
 PICTURE_NODE_HEIGHT = 380
-VIEW_SCALE = 0.8    # the frontend draws node text from about 0.6 up
+TEXT_HEADROOM = 1.08
+VIEW_SCALE = 0.9    # the Read me's 14 px text (web/js/read_me.js) is 12.6 px on screen
 THUMBNAIL = 512
 TOP_BAND = 56  # px of the card left empty at the top (see thumbnail)
 
@@ -58,6 +64,10 @@ class Workflow:
     widths: dict = dataclasses.field(default_factory=dict)  # node id -> width where the default is too narrow
     # The thumbnail's example: (graph dict, intervened concept, new values); None = GRAPH_ONLY_EXAMPLE's
     example: tuple | None = None
+    # What else the thumbnail shows instead of that drawing: a picture of the workflow's result
+    # (repo path, crop box or None), or several interventions drawn side by side.
+    picture: tuple | None = None
+    interventions: tuple = ()
 
 
 def node(kind: str, title: str | None = None, **inputs) -> dict:
@@ -73,7 +83,9 @@ def _models_and_picture(graph: dict, vlm: str | None = "local") -> None:
     """Nodes 1-4: the SDXL checkpoint, the picture, its latent, the VLM."""
     graph["1"] = node("CheckpointLoaderSimple", "SDXL checkpoint", ckpt_name=SDXL)
     graph["2"] = node("LoadImage", "Picture to edit", image=EXAMPLE_PICTURE)
-    graph["3"] = node("VAEEncode", pixels=["2", 0], vae=["1", 2])
+    # a picture over the size limit is refused (or scaled down) before the VAE, not left to run out of memory
+    graph["19"] = node("FMCGMPictureSizeLimit", "Picture size limit", image=["2", 0])
+    graph["3"] = node("VAEEncode", pixels=["19", 0], vae=["1", 2])
     if vlm == "local":
         graph["4"] = node("FMCGMQwen3VLLoader", "Qwen3-VL (local)", model=QWEN)
     elif vlm == "openai":
@@ -106,11 +118,17 @@ def _render(graph: dict, label: str) -> None:
     graph["12"] = node("FMCGMCSGSampler", model=["1", 0], inversion=["10", 0], edits=["11", 0])
     graph["13"] = node("VAEDecode", samples=["12", 0], vae=["1", 2])
     graph["14"] = node("SaveImage", "Counterfactual (CSG)", images=["13", 0], filename_prefix=f"fmcgm/{label}")
-    graph["15"] = node("PreviewImage", "Where each concept acted (masks)", images=["12", 2])
+    graph["15"] = node("FMCGMConceptMasksPicture", "Where each concept acted (masks)", image=["13", 0],
+                       concept_masks=["12", 1], edits=["11", 0])
+    # Before and after, toggled in ComfyUI's own picture preview. Not ComfyUI's Image Compare node:
+    # 0.3.75 has none, and frontend 1.58.1 draws it only in Nodes 2.0 (its default canvas shows
+    # "ImageCompare: Vue-only" in its place).
+    graph["41"] = node("FMCGMBeforeAfter", "Before / after (click one, then arrow keys)", original=["2", 0],
+                       edited=["13", 0])
 
 
 RENDER_STAGE = ("4. Render the edit with CSG", ("10", "11", "12", "13"))
-OUTPUT_STAGE = ("Outputs", ("14", "15", "9"))
+OUTPUT_STAGE = ("Outputs", ("14", "41", "15", "9"))
 
 MODELS_NOTE = """**Models** (the pack never downloads):
 - SDXL checkpoint (any eps-prediction SDXL) in `ComfyUI/models/checkpoints/`, chosen in *SDXL checkpoint*.
@@ -132,8 +150,9 @@ and in *Causal graph (as read)*. Nothing is rendered yet.
 **Run 2** (Queue again): the manipulator changes the intervened concept and propagates it to its descendants \
 only; CSG renders the counterfactual as a minimal edit of the picture."""
 OUTPUTS = """**Outputs**: *Counterfactual (CSG)* is the edited picture (saved to `output/fmcgm/`); *Where each concept \
-acted* shows one mask per edited concept; *Counterfactual graph* draws the intervention (orange), the descendants \
-that change (blue, dashed) and what stays (grey)."""
+acted* shows, for each edited concept, where CSG changed the picture, in the concept's colour with its name; \
+*Counterfactual graph* draws the intervention (orange), the descendants that change (blue, dashed) and what stays \
+(grey). Each node's report (the manipulator's, the oracle's or the evaluation) is shown in the node."""
 
 
 def causal_edit(vlm: str = "local") -> Workflow:
@@ -144,15 +163,17 @@ def causal_edit(vlm: str = "local") -> Workflow:
     _manipulate(graph, ["7", 0], "manual", concept=["7", 1], value=["7", 2])
     _render(graph, "csg")
     title = "FM-CGM causal edit" if vlm == "local" else "FM-CGM causal edit (VLM server)"
+    # the served workflow's card draws another intervention, so the two cards differ at a glance
+    shown = () if vlm == "local" else (("umbrella", {"umbrella": "closed"}),)
     note = (f"## {title}\nEdit a picture causally: do(concept = value) changes that concept and what it causes, "
             f"nothing else.\n\n{MODELS_NOTE.format(vlm=LOCAL_VLM if vlm == 'local' else SERVED_VLM)}\n\n"
             f"{TWO_RUNS}\n\n{OUTPUTS}")
     return Workflow(title, graph, (
-        ("Models and picture", ("1", "2", "3", "4")),
+        ("Models and picture", ("1", "2", "19", "3", "4")),
         ("1. Read the picture", ("5", "6")),
         ("2. Choose the intervention", ("7",)),
         ("3. Propagate it", ("8",)),
-        RENDER_STAGE, OUTPUT_STAGE), note)
+        RENDER_STAGE, OUTPUT_STAGE), note, interventions=shown)
 
 
 def automatic_interventions() -> Workflow:
@@ -167,10 +188,12 @@ def automatic_interventions() -> Workflow:
             f"{MODELS_NOTE.format(vlm=LOCAL_VLM)}\n\n**Run** (Queue once): one counterfactual per proposal.\n\n"
             f"{OUTPUTS}")
     return Workflow(title, graph, (
-        ("Models and picture", ("1", "2", "3", "4")),
+        ("Models and picture", ("1", "2", "19", "3", "4")),
         ("1. Read the picture", ("5", "6")),
         ("2. Propose and propagate", ("8",)),
-        RENDER_STAGE, OUTPUT_STAGE), note)
+        RENDER_STAGE, OUTPUT_STAGE), note, interventions=(
+            ("weather", {"weather": "sunny", "hair": "dry", "umbrella": "closed"}), ("umbrella", {"umbrella": "closed"}),
+            ("age", {"age": "elderly"})))
 
 
 def baselines() -> Workflow:
@@ -195,10 +218,12 @@ def baselines() -> Workflow:
             "`vgg16-397923af.pth` in `ComfyUI/models/lpips/`.\n\n"
             f"{TWO_RUNS}\n\n{OUTPUTS} The *Baseline* pictures and the three *Evaluate* reports sit beside them.")
     return Workflow(title, graph, base.stages[:-1] + (
-        ("Outputs", ("14", "15", "9")),
+        OUTPUT_STAGE,
         ("5. The paper's baselines", ("20", "21", "22", "23", "25", "26", "27")),
         ("Baseline outputs", ("24", "28")),
-        ("6. Score each method", ("30", "31", "32"))), note)
+        ("6. Score each method", ("30", "31", "32"))), note,
+        # the same methods on the miniature world (benchmarks/bench_miniworld.py): original, DDIM, DDPM, CSG
+        picture=("benchmarks/results/miniworld_table1_examples.png", (0, 0, 528, 160)))
 
 
 GRAPH_ONLY_EXAMPLE = {
@@ -225,14 +250,16 @@ def graph_only() -> Workflow:
             "`descendant_values` (one `concept: value` per line; the example has those for do(weather = ...)).\n\n"
             f"**Run** (Queue).\n\n{OUTPUTS}")
     return Workflow(title, graph, (
-        ("Models and picture", ("1", "2", "3")),
+        ("Models and picture", ("1", "2", "19", "3")),
         ("1. Describe the graph, choose do()", ("7",)),
         ("2. Propagate it", ("8",)),
-        RENDER_STAGE, OUTPUT_STAGE), note)
+        RENDER_STAGE, OUTPUT_STAGE), note, picture=("docs/graph_editor.png", None))
 
 
 MINIWORLD_CHECKPOINT = "fmcgm-miniworld-sdxl.safetensors"  # ships in the pack's models/ folder
 MINIWORLD_SCENE = {"weather": "rainy", "house": "red house", "house_side": "house on the left side", "layout_seed": 7}
+# What the Read me suggests trying in the editor: each changes something on MINIWORLD_SCENE's picture.
+MINIWORLD_SUGGESTIONS = (("weather", "snowy"), ("ground", "dry ground"), ("house", "blue house"))
 
 
 def miniature_world() -> Workflow:
@@ -251,24 +278,42 @@ def miniature_world() -> Workflow:
     _manipulate(graph, ["7", 0], "graph-only", with_vlm=False, concept=["7", 1], value=["7", 2],
                 descendant_values=["16", 0])
     _render(graph, "miniworld")
+    # The self-checking edit takes the place of CSG Edits, the CSG Sampler and the decode: it renders CSG
+    # rounds (decoding each for the judge, the world's oracle) and DDPM regeneration when CSG does not pass.
+    for key in ("11", "12", "13", "15"):
+        del graph[key]
     from fmcgm.miniworld.pipeline import TUNED  # the paper's settings edit this small model too little
-    graph["11"]["inputs"].update(edit_guidance=TUNED["edit_guidance"], threshold=TUNED["threshold"])
+    graph["12"] = node("FMCGMSelfCheckingEdit", "Render the edit and check it (judged by the world's oracle)",
+                       model=["1", 0], clip=["1", 1], vae=["1", 2], latent=["3", 0], inversion=["10", 0],
+                       counterfactual=["8", 0], judge=["2", 4], edit_guidance=TUNED["edit_guidance"],
+                       threshold=TUNED["threshold"])
+    graph["14"] = node("SaveImage", "Counterfactual (self-checked)", images=["12", 0], filename_prefix="fmcgm/miniworld")
+    graph["15"] = node("PreviewImage", "Every round, in order", images=["12", 3])
+    graph["41"]["inputs"]["edited"] = ["12", 0]
     graph["17"] = node("FMCGMMiniworldOracle", "Does the edit show it? (the world's oracle)",
-                       image=["13", 0], counterfactual=["8", 0])
+                       image=["12", 0], counterfactual=["8", 0])
     title = "FM-CGM miniature world (real edit, no downloads)"
     note = (f"## {title}\nA real causal edit on a model that has learned its concepts, with nothing to download: "
             "a tiny SDXL trained on this pack's miniature world (weather → sky, ground, windows; the house's "
             "colour and side independent of it), which ships in the pack's `models/` folder.\n\n**Run** (Queue): "
             "do(weather = sunny) on a rainy picture. The world's mechanisms give the descendants' new values "
-            "(what a VLM does for real pictures), the manipulator propagates them, CSG renders the edit, and the "
-            "world's oracle reads every concept off the result. *CSG Edits From Counterfactual* uses "
+            "(what a VLM does for real pictures), the manipulator propagates them, and the *Self-Checking Edit* "
+            "renders it with CSG, lets the world's oracle read each round and tries again where it failed (more "
+            "guidance for a value not shown, a changed house held on the original, and DDPM regeneration as the "
+            "last rounds); its report gives every round. It starts at "
             f"`edit_guidance` {TUNED['edit_guidance']:g} and `threshold` {TUNED['threshold']:g}: the paper's "
             f"{options.EDIT_GUIDANCE:g} and {options.THRESHOLD:g} edit this small model too little "
-            "(`docs/miniworld.md` has both measured).\n\n**Try**: another weather, house or "
+            "(`docs/miniworld.md` has both measured).\n\n"
+            "**Try**: another weather, house or "
             "`layout_seed` in *Picture of the miniature world*; another intervention in the editor (click a "
-            "concept, *Intervene on this*, type a value the world knows, e.g. `snowy`, `wet ground`).\n\n"
-            f"{OUTPUTS} *Original* is the picture before the edit; the oracle's report says whether each changed "
-            "concept shows its new value and each non-descendant kept its own.")
+            "concept, *Intervene on this*, type a value the world knows, e.g. "
+            + ", ".join(f"{concept} `{value}`" for concept, value in MINIWORLD_SUGGESTIONS)
+            + "; the picture's own value changes nothing).\n\n"
+            "**Outputs**: *Counterfactual (self-checked)* is the best round by the judge (saved to `output/fmcgm/`); "
+            "*Every round, in order* shows what each round rendered; the Self-Checking Edit's report gives each "
+            "round's settings and verdicts; the oracle's report says whether each changed concept shows its new value "
+            "and each non-descendant kept its own; *Counterfactual graph* draws the intervention (orange), the "
+            "descendants that change (blue, dashed) and what stays (grey). *Original* is the picture before the edit.")
     from fmcgm.miniworld import world
     scene = world.scene_from_values(**{k.replace("house_side", "side"): v for k, v in MINIWORLD_SCENE.items()})
     example = (world.graph_dict(scene.values), "weather",
@@ -277,18 +322,40 @@ def miniature_world() -> Workflow:
         ("Model and picture", ("1", "2", "3", "18")),
         ("1. Choose the intervention", ("7",)),
         ("2. Propagate it (the world's mechanisms)", ("16", "8")),
-        ("3. Render the edit with CSG", RENDER_STAGE[1]), ("Outputs", ("14", "15", "17", "9"))), note,
-        example=example)
+        ("3. Render the edit and check it", ("10", "12")), ("Outputs", ("14", "17", "41", "15", "9"))), note,
+        example=example, picture=("docs/miniworld_demo.png", None))
+
+
+QWEN_TEXT_ENCODER = options.QWEN_TEXT_ENCODER
+COMFY_VLM = ("A Qwen3-VL 4B or 8B text encoder in `ComfyUI/models/text_encoders/` (e.g. "
+             "`qwen3vl_8b_fp8_scaled.safetensors` from huggingface.co/Comfy-Org/Qwen3-VL), chosen in *Qwen3-VL text "
+             "encoder*: the file an image model that uses Qwen3-VL already loads, so its weights sit in memory once. "
+             "Needs ComfyUI 0.33 or later.")
+
+
+def causal_edit_comfy_qwen() -> Workflow:
+    """The causal edit with ComfyUI's own Qwen3-VL (Load CLIP) as the VLM: no transformers model."""
+    base = causal_edit()
+    graph = dict(base.graph)
+    graph["16"] = node("CLIPLoader", "Qwen3-VL text encoder", clip_name=QWEN_TEXT_ENCODER, type="stable_diffusion")
+    graph["4"] = node("FMCGMComfyQwen3VL", "Qwen3-VL (ComfyUI's own)", clip=["16", 0])
+    title = "FM-CGM causal edit (ComfyUI Qwen3-VL)"
+    note = (f"## {title}\nEdit a picture causally: do(concept = value) changes that concept and what it causes, "
+            "nothing else. The VLM is the Qwen3-VL ComfyUI loads itself (ComfyUI 0.33 or later).\n\n"
+            f"{MODELS_NOTE.format(vlm=COMFY_VLM)}\n\n{TWO_RUNS}\n\n{OUTPUTS}")
+    # its card draws another intervention than the other two causal edits' (the dialog tells them apart)
+    return Workflow(title, graph, (("Models and picture", ("1", "16", "2", "19", "3", "4")),) + base.stages[1:], note,
+                    interventions=(("age", {"age": "elderly"}),))
 
 
 def definitions() -> list[Workflow]:
     return [causal_edit(), causal_edit(vlm="openai"), automatic_interventions(), baselines(), graph_only(),
-            miniature_world()]
+            miniature_world(), causal_edit_comfy_qwen()]
 
 
 # ----------------------------------------------------------------------------- the frontend side
 
-# Creates the nodes and links of one definition on an empty canvas; returns each node's size.
+# Creates the nodes and links of one definition on an empty canvas.
 CREATE_JS = """async (wf) => {
     app.graph.clear();
     const made = {};
@@ -317,7 +384,6 @@ CREATE_JS = """async (wf) => {
         if (!made[source].connect(slot, to, index)) throw new Error(`cannot link ${source}:${slot} -> ${target}.${input}`);
     }
     if (wf.properties) for (const [id, props] of Object.entries(wf.properties)) Object.assign(made[id].properties, props);
-    return Object.fromEntries(Object.entries(made).map(([id, n]) => [id, [n.size[0], n.size[1]]]));
 }"""
 
 # Places nodes and groups, adds the Note, frames the view; returns the saved workflow.
@@ -331,6 +397,7 @@ PLACE_JS = """async (plan) => {
     note.id = plan.note.id;
     app.graph.add(note);
     note.title = 'Read me';
+    note.properties.fmcgm_read_me = true;  // web/js/read_me.js draws its text larger
     note.widgets[0].value = plan.note.text;
     note.pos = [plan.note.box[0], plan.note.box[1]];
     note.size = [plan.note.box[2], plan.note.box[3]];
@@ -364,20 +431,28 @@ def _widget_inputs(entry: dict, info: dict) -> dict:
     return widgets
 
 
-def _plan(wf: Workflow, sizes: dict[str, list[float]], kinds: dict[str, str]) -> dict:
-    """The Note, then one column per stage left to right, each stage a group."""
+def _node_height(kind: str, created: float) -> float:
+    """Room for what the node will show: its widgets, and a picture or live preview below them."""
+    if kind in PICTURE_NODES | LIVE_PREVIEW_NODES:
+        created += PREVIEW_ROOM
+    return max(created, PICTURE_NODE_HEIGHT) if kind in PICTURE_NODES else created
+
+
+def _plan(wf: Workflow, sizes: dict[str, list[float]], kinds: dict[str, str],
+          text_widths: dict[str, float] | None = None) -> dict:
+    """The Note, then one column per stage left to right, each stage a group; each column as
+    wide as its widest node needs to draw its title and widgets in full (``text_widths``)."""
     missing = set(wf.graph) - {i for _, ids in wf.stages for i in ids}
     if missing:
         raise ValueError(f"{wf.name}: nodes {sorted(missing)} are in no stage")
+    text_widths = text_widths or {}
     boxes, groups = {}, []
     x = NOTE_SIZE[0] + 2 * GROUP_PAD + GAP
     for title, ids in wf.stages:
-        width = max(max(wf.widths.get(i, sizes[i][0]) for i in ids), MIN_WIDTH)
+        width = max(max(max(wf.widths.get(i, sizes[i][0]), text_widths.get(i, 0)) for i in ids), MIN_WIDTH)
         y = 0
         for i in ids:
-            height = sizes[i][1]
-            if kinds[i] in PICTURE_NODES:
-                height = max(height, PICTURE_NODE_HEIGHT)
+            height = _node_height(kinds[i], sizes[i][1])
             boxes[i] = [x, y, width, height]
             y += height + GAP
         groups.append({"title": title, "box": [x - GROUP_PAD, -GROUP_TITLE, width + 2 * GROUP_PAD,
@@ -403,21 +478,24 @@ def build(page, wf: Workflow, object_info: dict) -> dict:
                 links.append([value[0], value[1], node_id, name])
         if entry["class_type"] == "CheckpointLoaderSimple":  # lets the frontend offer the download
             properties[node_id] = {"models": MODELS}
-    sizes = page.evaluate(CREATE_JS, {"nodes": nodes, "links": links, "properties": properties})
-    return page.evaluate(PLACE_JS, _plan(wf, sizes, kinds))
+    page.evaluate(CREATE_JS, {"nodes": nodes, "links": links, "properties": properties})
+    page.wait_for_timeout(2000)  # an editor whose incoming graph the backend knows grows to show it
+    sizes = page.evaluate("() => Object.fromEntries(app.graph.nodes.map(n => [n.id, [n.size[0], n.size[1]]]))")
+    from fmcgm.runner.frontend import TEXT_NEEDS_JS
+    # Measured in this frontend; others draw titles a little larger (1.58.1: about 1 % wider):
+    # TEXT_HEADROOM more, in whole multiples of 8 px.
+    text_widths = {str(k): 8 * -(-max(need for _, need in needs) * TEXT_HEADROOM // 8)
+                   for k, needs in page.evaluate(TEXT_NEEDS_JS).items()}
+    return page.evaluate(PLACE_JS, _plan(wf, sizes, kinds, text_widths))
 
 
 def thumbnail(wf: Workflow, path: Path) -> None:
-    """The Templates dialog's square card: the title, the causal graph an edit works on (the
-    graph-only example with do(weather = sunny)), and the workflow's stages. The top band stays
-    empty: frontend 1.58 lays a "Node graph" badge over the card's top-left corner."""
+    """The Templates dialog's square card: the title, the workflow's own picture (_thumbnail_panel),
+    and its stages. The top band stays empty: frontend 1.58 lays a "Node graph" badge over the
+    card's top-left corner."""
     from PIL import Image, ImageDraw, ImageFont
 
-    from fmcgm.graph import CausalGraph
-    from fmcgm.render import render_graph
-    example, concept, values = wf.example or (GRAPH_ONLY_EXAMPLE, "weather",
-                                              {"weather": "sunny", "hair": "dry", "umbrella": "closed"})
-    drawing = render_graph(CausalGraph.from_dict(example), concept, values, width=THUMBNAIL - 40, height=250).image
+    drawing = _thumbnail_panel(wf, THUMBNAIL - 40, 250)
     card = Image.new("RGB", (THUMBNAIL, THUMBNAIL), (24, 27, 33))
     draw = ImageDraw.Draw(card)
     font = _thumbnail_font(ImageFont, bold=True, size=28)
@@ -429,13 +507,35 @@ def thumbnail(wf: Workflow, path: Path) -> None:
         else:
             lines.append(word)
     draw.multiline_text((20, TOP_BAND), "\n".join(lines[:2]), font=font, fill=(240, 240, 240), spacing=4)
-    card.paste(Image.fromarray(drawing), (20, TOP_BAND + 70))
+    card.paste(Image.fromarray(drawing), (20 + (THUMBNAIL - 40 - drawing.shape[1]) // 2, TOP_BAND + 70))
     small = _thumbnail_font(ImageFont, bold=False, size=17)
     y = TOP_BAND + 70 + 250 + 10
     for title, _ in wf.stages[:6]:
         draw.text((24, y), "\u2022 " + title, font=small, fill=(200, 205, 215))
         y += 19
     card.save(path, quality=90)
+
+
+def _thumbnail_panel(wf: Workflow, width: int, height: int):
+    """The card's picture (RGB array at most width x height): the workflow's result where there is
+    one to show, else its causal graph with the intervention(s) it makes."""
+    import numpy as np
+    from PIL import Image
+
+    from fmcgm.graph import CausalGraph
+    from fmcgm.render import render_graph
+    if wf.picture:
+        path, crop = wf.picture
+        picture = Image.open(REPO / path).convert("RGB")
+        picture = picture.crop(crop) if crop else picture
+        picture.thumbnail((width, height))
+        return np.asarray(picture)
+    example = wf.example or (GRAPH_ONLY_EXAMPLE, "weather", {"weather": "sunny", "hair": "dry", "umbrella": "closed"})
+    shown = wf.interventions or ((example[1], example[2]),)
+    graph = CausalGraph.from_dict(example[0])
+    drawings = [render_graph(graph, concept, values, width=width // len(shown), height=height).image
+                for concept, values in shown]
+    return np.concatenate(drawings, axis=1)
 
 
 def _thumbnail_font(image_font, bold: bool, size: int):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from fmcgm.runner.frontend import (BENIGN_CONSOLE, CHROMIUM, READY, SETTINGS, Page, RunFailed,  # noqa: F401
-                                   chromium_available, frontend_root, launched_browser, write_settings)
+from fmcgm.runner.frontend import (BENIGN_CONSOLE, CHROMIUM, READY, SETTINGS, TEXT_NEEDS_JS, Page,  # noqa: F401
+                                   RunFailed, chromium_available, frontend_root, launched_browser,
+                                   write_settings)
 from tests.comfy_harness import ComfyServer
 
 

@@ -252,3 +252,87 @@ def test_bad_inputs_get_short_clear_errors_and_the_server_keeps_serving(stack):
            "ISOLATE)" in report
     # and an ordinary prompt still runs
     assert run(server, manipulator_prompt(url, image))["status"]["status_str"] == "success"
+
+
+# ================================================================ prompts that passed the agreement check, through ComfyUI's HTTP API
+
+# Prompts that passed the agreement check before: symbols, emoji, fullwidth text, a value bound to the
+# wrong concept, a concept name said again and again. do(weather = sunny); hair becomes dry.
+SYMBOL_PROMPTS = {
+    "symbols and fullwidth": {
+        "interventional_prompt": "weather != sunny, wet hair, young age, woman gender",
+        "edit_prompts": [{"concept": "weather", "prompt": "\U0001f6ab sunny weather"},
+                         {"concept": "hair", "prompt": "dry hair \u26c8\ufe0f\U0001f327\ufe0f"}],
+        "counterfactual_prompt": "\uff53\uff55\uff4e\uff4e\uff59 \uff57\uff45\uff41\uff54\uff48\uff45\uff52, dry hair, "
+                                 "young age, woman gender"},
+    "swapped and repeated": {
+        "interventional_prompt": "rain rain rain in sunny weather, wet hair, young age, woman gender",
+        "edit_prompts": [{"concept": "weather", "prompt": "\u2600 \U0001f327 weather"},
+                         {"concept": "hair", "prompt": "hair hair dry hair"}],
+        "counterfactual_prompt": "dry weather, sunny hair, young age, woman gender"},
+}
+
+
+@pytest.mark.parametrize("case", list(SYMBOL_PROMPTS))
+def test_prompts_with_symbols_or_wrong_bindings_are_replaced_through_comfyui(stack, case):
+    server, image, url, served = stack
+    served.script["propagation"] = json.dumps({"descendant_values": {"hair": "dry"}, **SYMBOL_PROMPTS[case]})
+    seed = 2000 + list(SYMBOL_PROMPTS).index(case)  # a prompt of its own: ComfyUI would answer from its cache
+    entry = run(server, manipulator_prompt(url, image, seed=seed))
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    (cf,) = captured(entry, "5")[0]
+    assert [p["prompt"] for p in cf["edit_prompts"]] == ["sunny weather", "dry hair"]
+    assert captured(entry, "7")[0] == "sunny weather, wet hair, young age, woman gender"  # interventional
+    assert captured(entry, "6")[0] == "sunny weather, dry hair, young age, woman gender"  # counterfactual
+    report = captured(entry, "9")[0]
+    for what in ("edit prompt for 'weather'", "edit prompt for 'hair'", "interventional prompt",
+                 "counterfactual prompt"):
+        assert f"replaced the model's {what}" in report, report
+
+
+def test_a_huge_picture_is_refused_before_the_vae_or_resized_when_asked(comfy):
+    """The issue's 6000 x 4000 picture: the Picture Size Limit node (between Load Image and VAE Encode)
+    says its size and how to resize it, or scales it down; the server keeps serving."""
+    import io
+
+    from PIL import Image
+    server, _ = comfy
+    buffer = io.BytesIO()
+    Image.new("RGB", (6000, 4000), (40, 120, 200)).save(buffer, format="PNG")
+    huge = server.upload_image("fmcgm_huge.png", buffer.getvalue())
+
+    def limited(if_larger: str) -> dict:
+        return run(server, {
+            "1": {"class_type": "LoadImage", "inputs": {"image": huge}},
+            "2": {"class_type": "FMCGMPictureSizeLimit",
+                  "inputs": {"image": ["1", 0], "max_megapixels": 2.0, "if_larger": if_larger}},
+            "3": {"class_type": "FMCGMTest_Capture", "inputs": {"value": ["2", 0]}}})
+
+    message = error_of(limited("refuse"))
+    assert "is 6000 x 4000 pixels (24.0 megapixels), over the limit of 2 megapixels" in message
+    assert "Resize it to at most 1728 x 1152" in message and "set if_larger to 'resize'" in message
+    entry = limited("resize")
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert captured(entry, "3") == [{"shape": [1, 1152, 1728, 3]}]
+
+
+def test_the_viewer_draws_64_concepts_and_2016_edges_through_comfyui(comfy):
+    import time
+
+    from fmcgm.graph import CausalGraph, Concept, Edge
+    server, _ = comfy
+    names = [f"concept {i}" for i in range(64)]
+    graph = CausalGraph(tuple(Concept(n, f"value {i}") for i, n in enumerate(names)),
+                        tuple(Edge(a, b) for i, a in enumerate(names) for b in names[i + 1:]), "a scene")
+    started = time.monotonic()
+    entry = run(server, {
+        "1": {"class_type": "FMCGMCausalGraphEditor",
+              "inputs": {"graph_json": graph.to_json(), "intervene_concept": "concept 40", "intervene_value": "new",
+                         "edit_base": ""}},
+        "2": {"class_type": "FMCGMCausalGraphViewer",
+              "inputs": {"width": 1024, "height": 1024, "graph": ["1", 0], "intervene_concept": ["1", 1],
+                         "intervene_value": ["1", 2]}}})
+    print(f"\nMEASURED Causal Graph Viewer, 64 concepts / 2,016 edges, through ComfyUI: "
+          f"{time.monotonic() - started:.2f} s (prompt queued to done)")
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert len(entry["outputs"]["2"]["images"]) == 1

@@ -148,22 +148,27 @@ def test_capture_layer_returns_attention_from_the_probabilities_it_captures():
         assert torch.allclose(a[slot], split[slot], atol=1e-6)
 
 
-@pytest.mark.parametrize("heads,nq,dtype", [(1, 16, torch.float32), (4, 1, torch.float32), (4, 16, torch.bfloat16)])
-def test_capture_layer_output_is_its_own_tensor_in_the_input_dtype(heads, nq, dtype):
+@pytest.mark.parametrize("heads,nq,d,dtype", [
+    (1, 16, 8, torch.float32), (4, 1, 8, torch.float32), (4, 16, 1, torch.float32), (1, 1, 1, torch.float32),
+    (4, 16, 8, torch.float32), (1, 16, 8, torch.float16), (4, 1, 1, torch.float16),
+    (4, 16, 8, torch.bfloat16), (4, 16, 1, torch.bfloat16)])
+def test_capture_layer_output_is_its_own_tensor_in_the_input_dtype(heads, nq, d, dtype):
     """The layers share one scratch buffer per shape; an output must not be a view of it (with one
-    head or one query the merge of heads is a view), or the next layer would overwrite it."""
+    head, one query or head dimension 1 the merge of heads is a view), or the next layer would
+    overwrite it."""
     cap = attention.AttentionCapture()
     fn = cap.make_replacement()
     tw = {0: attention.token_weights(torch.tensor([3]))}
     side = max(1, int(math.isqrt(nq)))
     opts = {"n_heads": heads, "block": ("input", 7), "activations_shape": [2, 32, side, side], "cond_or_uncond": [0, 1]}
     cap.begin({1: 0}, tw, (4 * side, 4 * side))
-    first = [t.to(dtype) for t in _fake_attention(1, [0, 1], nq=nq, heads=heads, seed=1)]
-    second = [t.to(dtype) for t in _fake_attention(1, [0, 1], nq=nq, heads=heads, seed=2)]
+    first = [t.to(dtype) for t in _fake_attention(1, [0, 1], nq=nq, heads=heads, d=d, seed=1)]
+    second = [t.to(dtype) for t in _fake_attention(1, [0, 1], nq=nq, heads=heads, d=d, seed=2)]
     out1 = fn(*first, opts)
     kept = out1.clone()
     out2 = fn(*second, opts)
     assert out1.dtype == dtype and torch.equal(out1, kept)
+    assert out1.untyped_storage().data_ptr() not in {b.untyped_storage().data_ptr() for b in cap._scratch.values()}
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     for out, qkv in ((out1, first), (out2, second)):
         assert torch.allclose(out.float(), _reference(*[t.float() for t in qkv], heads)[0], atol=tol)

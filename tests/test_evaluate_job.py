@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -34,6 +35,8 @@ VOLATILE = {"worker", "seconds", "finished_at"}  # where and when, not what
 DEFAULT_LANE_ONLY = pytest.mark.skipif(comfy_harness.LANE != "0.3.75", reason="Ray and the store do not depend "
                                        "on the ComfyUI version; the 0.3.75 lane runs it")
 STARTS = re.compile(r"fmcgm-worker \S+:(\d+) starts (\S+)/(\S+) \(attempt (\d+)\)")
+# what Ray prints on its own (colours, raylet notes, merged lines, warnings): never in the driver's output
+RAY_NOISE = ("\x1b[", "(raylet)", "[repeated", "Token authentication", "restart will fail", "Traceback")
 BAD = {("MS-COCO", "900"): "corrupt", ("MS-COCO", "901"): "16-bit",
        ("CelebA-HQ", "gray.png"): "grayscale", ("CelebA-HQ", "huge.png"): "huge"}
 
@@ -187,6 +190,10 @@ def test_a_worker_killed_mid_item_is_restarted_and_its_item_retried(tmp_path, jo
     text = "".join(log)
     retried = re.search(rf"starts {re.escape(started[2])}/{re.escape(started[3])} \(attempt 2\)", text)
     assert retried, text[-6000:]
+    # said by the driver, once each: the death, the restarted worker, the retry (none merged by Ray)
+    assert re.search(r"^fmcgm-worker \d: its process died; Ray restarts it \(start 2\)$", text, re.M), text[-6000:]
+    assert re.search(r"^fmcgm-worker \S+ \(worker \d, start 2\) ready in \d+ s$", text, re.M), text[-6000:]
+    assert not [noise for noise in RAY_NOISE if noise in text], text[-6000:]
     assert comparable(read_rows(tmp_path / "results")) == reference[1]
 
 
@@ -244,3 +251,112 @@ def test_workers_holding_their_own_comfyui_server_give_the_same_rows(tmp_path, j
     rows = comparable(read_rows(tmp_path / "results"))
     assert {(d, i) for d, i, _ in rows} == {("MS-COCO", i) for i in ("100", "900", "901")}
     assert rows == {key: row for key, row in reference[1].items() if key[0] == "MS-COCO"}
+
+
+# ------------------------------------------------------------------ before and after the run
+
+
+def test_the_driver_prints_its_own_lines_only_one_start_per_item(reference):
+    _, rows, log = reference
+    assert not [noise for noise in RAY_NOISE if noise in log], log
+    starts = [(m[2], m[3], m[4]) for m in STARTS.finditer(log)]
+    assert sorted(starts) == sorted((d, i, "1") for d, i in {(d, i) for d, i, _ in rows}), log
+    assert re.search(r"fmcgm-worker \S+ \(worker 1\) ready in \d+ s", log), log
+    assert "6 items from 2 datasets" in log and "item(s)" not in log and "worker(s)" not in log, log
+    assert "--samples 10, but MS-COCO has 3 captioned pictures: taking all 3" in log, log
+    assert log.rstrip().splitlines()[-1].startswith("done: 6 items written (4 failed, 4 of them for their picture)")
+
+
+def test_preflight_refuses_what_would_fail_every_item_before_starting_anything(tmp_path, served_vlm, job_args):
+    """No Ray, no worker: each problem is one line saying what to do, exit status 2."""
+    at = job_args.index("--vlm-url")
+    rest = job_args[at + 4:]
+    root = served_vlm[: -len("/v1")]
+    results = tmp_path / "results"
+    wrong = fmcgm("evaluate", "--results", str(results), "--imagefolder", "Faces", str(tmp_path / "none"),
+                  "--vlm-url", served_vlm, "--vlm-model", "Qwen/not-served", "--server", "http://127.0.0.1:9",
+                  "--workflow", str(tmp_path / "missing.json"), "--interventions", "1", timeout=120)
+    assert wrong.returncode == 2, wrong.stderr
+    problems = wrong.stderr.split("nothing was run:\n")[1].splitlines()
+    starts = ["  dataset: ", "  --workflow: ", "  ComfyUI: ",
+              f"  VLM (--vlm-url {served_vlm} --vlm-model Qwen/not-served): "]
+    assert [p[:len(start)] for p, start in zip(problems, starts)] == starts and len(problems) == 4, wrong.stderr
+    assert problems[0].endswith("one {\"file_name\": ..., \"text\": ...} per line)")
+    assert "no ComfyUI answers there" in problems[2]
+    assert problems[3].endswith(f"That server serves {workflow_runner.TINY_VLM_SERVED}: pass --vlm-model "
+                                f"{workflow_runner.TINY_VLM_SERVED}."), problems[3]
+    no_api = fmcgm("evaluate", "--results", str(results), *job_args[:at], "--vlm-url", root + "/api",
+                   "--vlm-model", workflow_runner.TINY_VLM_SERVED, *rest, timeout=120)
+    assert no_api.returncode == 2 and "HTTP 404" in no_api.stderr, no_api.stderr
+    assert "usually ending in /v1 (e.g. http://127.0.0.1:8000/v1)" in no_api.stderr.splitlines()[-1]
+    # the server's root works (the client adds /v1): only the dataset is refused
+    root_ok = fmcgm("evaluate", "--results", str(results), "--imagefolder", "Faces", str(tmp_path / "none"),
+                    "--coco", *job_args[job_args.index("--coco") + 1:job_args.index("--coco") + 4],
+                    "--samples", "1000", "--vlm-url", root, "--vlm-model", workflow_runner.TINY_VLM_SERVED, *rest,
+                    timeout=120)
+    assert root_ok.returncode == 2, root_ok.stderr
+    assert "--samples 1000, but MS-COCO has 3 captioned pictures: taking all 3" in root_ok.stderr
+    assert [line for line in root_ok.stderr.splitlines() if line.startswith("  ")] == [
+        f"  dataset: --imagefolder Faces: {tmp_path / 'none' / 'metadata.jsonl'} does not exist (an imagefolder "
+        "keeps its captions in metadata.jsonl: one {\"file_name\": ..., \"text\": ...} per line)"]
+    assert not results.exists()  # nothing started, nothing written
+
+
+def _without_lpips(job_args: list, tiny_models, tmp_path) -> list:  # noqa: F811
+    """job_args with a model paths file that has no lpips folder."""
+    paths = tmp_path / "no_lpips.yaml"
+    paths.write_text(tiny_models.read_text().replace("    lpips: lpips\n", ""))
+    assert "lpips" not in paths.read_text()
+    at = job_args.index("--comfyui-args") + 1
+    return [*job_args[:at], job_args[at].replace(str(tiny_models), str(paths)), *job_args[at + 1:]]
+
+
+def test_missing_lpips_weights_stop_the_job_as_the_worker_starts(tmp_path, monkeypatch, job_args,
+                                                                 tiny_models):  # noqa: F811
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # no hub cache either
+    results = tmp_path / "results"
+    done = fmcgm("evaluate", "--results", str(results), "--workers", "1",
+                 *_without_lpips(job_args, tiny_models, tmp_path), timeout=600)
+    assert done.returncode == 2, done.stderr[-4000:]
+    problems = done.stderr.split("nothing was run:\n")[1].splitlines()
+    assert len(problems) == 1 and problems[0].startswith("  LPIPS: no vgg16-397923af.pth in this ComfyUI's models/"
+                                                         "lpips folders nor in torch hub's cache"), done.stderr
+    assert problems[0].endswith("or skip LPIPS with --set '*.lpips_weights=(none: skip LPIPS)'"), problems[0]
+    assert not list(results.rglob("*.parquet"))  # nothing run, nothing written
+    assert not [noise for noise in RAY_NOISE if noise in done.stderr], done.stderr  # Ray's went to ray.log
+
+
+@DEFAULT_LANE_ONLY
+def test_ctrl_c_ends_with_the_counts_and_the_command_that_resumes(tmp_path, monkeypatch, job_args,
+                                                                  tiny_models):  # noqa: F811
+    """LPIPS skipped as the preflight advised, then Ctrl-C (the terminal's SIGINT to the driver's process group)
+    after the first item: no traceback, the counts and the command; the table says why LPIPS is n/a."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    results = tmp_path / "results"
+    args = ["evaluate", "--results", str(results), "--workers", "1", *_without_lpips(job_args, tiny_models, tmp_path),
+            "--set", "*.lpips_weights=(none: skip LPIPS)"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "fmcgm", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    log = []
+    try:
+        _lines_until(proc, log, lambda line: line.startswith("[1/6] MS-COCO 100: CSG VLM-Eff"))
+        os.killpg(proc.pid, signal.SIGINT)
+        log += proc.stdout.readlines()
+        assert proc.wait(timeout=120) == 130, "".join(log[-40:])
+    finally:
+        proc.kill()
+    text = "".join(log)
+    assert not [noise for noise in RAY_NOISE if noise in text], text
+    written = len(re.findall(r"^\[\d/6\]", text, re.M))
+    assert written == len(list(results.rglob("*.parquet"))) >= 1, text
+    ending = log[-1].strip()
+    assert ending.startswith(f"interrupted: {'1 item' if written == 1 else f'{written} items'} written"), ending
+    assert f"already there, {6 - written} left; what is written is kept" in ending, ending
+    assert ending.endswith(f"Rerun the same command to resume: python -m fmcgm {shlex.join(args)}"), ending
+    table = fmcgm("table", str(results), timeout=120)
+    assert table.returncode == 0, table.stderr
+    notes = table.stdout.split("n/a, and why:\n")[1].split("\n\n")[0].splitlines()
+    skipped = [n for n in notes if n.endswith(": LPIPS was skipped: the settings choose lpips_weights '(none: skip "
+                                                 "LPIPS)'")]
+    assert skipped and re.match(r"  LPIPS (everywhere|of )", skipped[0]), table.stdout

@@ -7,6 +7,7 @@ import io
 import json
 import multiprocessing
 import os
+import re
 import signal
 
 import pytest
@@ -223,3 +224,133 @@ def test_the_eval_extra_is_optional_for_users_and_installed_for_the_tests():
             "print(sorted({'ray', 'pyarrow', 'torch', 'comfy'} & set(sys.modules)))")
     out = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_table_lists_failures_by_reason_and_says_why_a_column_is_na(tmp_path):
+    from fmcgm.evaljob.store import ResultStore
+    from fmcgm.evaljob.table import tables
+    store = ResultStore(tmp_path)
+    down = "VLMError: Could not connect to http://127.0.0.1:8000/v1/chat/completions (connection refused)"
+    for dataset, item, failure, reason in (("A", "1", "picture", "corrupt: 1.png could not be decoded"),
+                                           ("B", "2", "picture", "corrupt: 2.png could not be decoded"),
+                                           ("A", "3", "run", down), ("B", "4", "run", down),
+                                           ("B", "5", "worker", "the worker died 3 times running this item")):
+        store.write_item([_row(item, m, dataset=dataset, status="failed", failure=failure, reason=reason,
+                               vlm_eff=None, lpips=None) for m in ("CSG", "DDIM Inversion")])
+    # A: CSG scored without LPIPS (skipped), DDIM ran but got no verdict; B: nothing ran to the end
+    store.write_item([_row("6", "CSG", dataset="A", vlm_eff=[1.0], lpips=[None]),
+                      _row("6", "DDIM Inversion", dataset="A", vlm_eff=[None], lpips=[None])])
+    prompt = {"10": {"class_type": "FMCGMCSGSampler", "inputs": {}},
+              "11": {"class_type": "FMCGMEvaluateCounterfactual",
+                     "inputs": {"edited": ["10", 0], "lpips_weights": "(none: skip LPIPS)"}},
+              "20": {"class_type": "FMCGMDDIMInversion", "inputs": {}},
+              "21": {"class_type": "FMCGMEvaluateCounterfactual", "inputs": {"edited": ["20", 0], "lpips_weights":
+                                                                          "auto: vgg16-397923af.pth"}}}
+    (tmp_path / "s1.json").write_text(json.dumps({"vlm_model": "m", "job": {"interventions": 1, "size": 64},
+                                                  "prompt": prompt}))
+    text = tables(tmp_path)
+    assert text.splitlines()[0] == "Table 1 - settings s1 (m, 1 intervention per picture, 64 px)"
+    notes = text.split("n/a, and why:\n")[1].split("\n\n")[0].splitlines()
+    assert notes == [  # the paper's method order, VLM-Eff. first
+        "  VLM-Eff. of DDIM Inversion on A: the judge gave no verdict on any edited picture (every item unjudged)",
+        "  VLM-Eff. on B; LPIPS on B: no item ran to the end (see the failures below)",
+        "  LPIPS of DDIM Inversion on A: no LPIPS value was recorded",
+        "  LPIPS of CSG on A: LPIPS was skipped: the settings choose lpips_weights '(none: skip LPIPS)'"], text
+    failures = text.split("not picture ones):\n")[1].splitlines()
+    assert failures == ["  2 items (A 1, B 1), picture: corrupt", f"  2 items (A 1, B 1), run: {down}",
+                        "  1 item (B 1), worker: the worker died 3 times running this item"], text
+
+
+def test_the_exit_status_says_how_the_run_ended():
+    import argparse
+    from fmcgm.evaljob.cli import _ending
+    from fmcgm.evaljob.job import JobSummary
+    args = argparse.Namespace(results="out", argv=["evaluate", "--results", "out", "--set", "*.steps=4 5"])
+    rerun = "python -m fmcgm evaluate --results out --set '*.steps=4 5'"
+
+    def failed(item, kind, reason):
+        return {"dataset": "D", "item": item, "method": "CSG", "status": "failed", "failure": kind, "reason": reason}
+    pictures = [failed("1", "picture", "huge: 9000x9000"), failed("2", "picture", "grayscale: 8x8 L")]
+    status, lines = _ending(args, JobSummary(5, "s", skipped=1, todo=4, written=4, failed_rows=pictures))
+    assert status == 0 and lines == ["done: 4 items written (2 failed, 2 of them for their picture), 1 already "
+                                     "there; python -m fmcgm table out"]
+    vlm = [failed(i, "run", "VLMError: connection refused") for i in ("3", "4")]
+    status, lines = _ending(args, JobSummary(5, "s", todo=5, written=5, failed_rows=pictures + vlm))
+    assert status == 1 and lines == [
+        "done: 5 items written (4 failed, 2 of them for their picture), 0 already there; 2 items failed for a reason "
+        "a rerun can fix:", "  2 items (D 2), run: VLMError: connection refused",
+        f"fix that, then rerun the same command (written items are kept): {rerun}"]
+    status, lines = _ending(args, JobSummary(5, "s", todo=5, written=1, interrupted=True))
+    assert status == 130 and lines == [f"interrupted: 1 item written, 0 already there, 4 left; what is written is "
+                                       f"kept. Rerun the same command to resume: {rerun}"]
+    status, lines = _ending(args, JobSummary(5, interrupted=True))  # while the workers were starting
+    assert status == 130 and "0 items written, 0 already there, 5 left" in lines[0]
+
+
+def test_lpips_weights_are_checked_as_the_node_finds_them(tmp_path):
+    from fmcgm.evaljob.preflight import SKIP_LPIPS, check_lpips
+    auto, skip = "auto: vgg16-397923af.pth (models/lpips or torch hub cache)", "(none: skip LPIPS)"
+
+    def prompt(*choices):
+        return {str(n): {"class_type": "FMCGMEvaluateCounterfactual", "inputs": {"lpips_weights": c}}
+                for n, c in enumerate(choices)}
+
+    def info(files, v3=False):
+        options = [auto, skip, *files]
+        spec = ["COMBO", {"options": options}] if v3 else [options, {}]
+        return {"FMCGMEvaluateCounterfactual": {"input": {"required": {"lpips_weights": spec}}}}
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    for v3 in (False, True):  # combos as ComfyUI lists them, in both layouts
+        assert check_lpips(prompt(auto, skip), info(["vgg16-397923af.pth"], v3), hub) is None
+        assert check_lpips(prompt(skip, skip), info([], v3), hub) is None
+        # auto looks in the folder itself, not in a sub-folder
+        missing = check_lpips(prompt(auto, skip), info(["sub/vgg16-397923af.pth"], v3), hub)
+        assert missing.startswith(f"LPIPS: no vgg16-397923af.pth in this ComfyUI's models/lpips folders nor in torch "
+                                  f"hub's cache {hub}: download https://download.pytorch.org/models/vgg16-397923af.pth")
+        assert missing.endswith(f"or skip LPIPS with {SKIP_LPIPS}")
+        named = check_lpips(prompt("mine.pth"), info(["other.pth"], v3), hub)
+        assert named.startswith("LPIPS: lpips_weights 'mine.pth' is not in this ComfyUI's models/lpips folders (they "
+                                "hold other.pth)"), named
+    (hub / "vgg16-397923af.pth").write_bytes(b"weights")
+    assert check_lpips(prompt(auto), info([]), hub) is None  # torch hub's cache, as the node's auto
+
+    # an item failing on the node's own advice gets the command line's way to follow it
+    from fmcgm.evaljob.worker import _command_fix
+    from fmcgm.evaluation import LPIPSWeightsError, missing_weights_message
+    reason = f"{LPIPSWeightsError.__name__}: {missing_weights_message([tmp_path])}"
+    assert _command_fix(reason) == f"{reason} (python -m fmcgm evaluate: {SKIP_LPIPS})"
+    assert _command_fix("VLMError: connection refused") == "VLMError: connection refused"
+
+
+def test_one_ray_version_everywhere():
+    import tomllib
+    from pathlib import Path
+    from fmcgm.evaljob.cli import EXTRA_HINT
+    repo = Path(__file__).resolve().parent.parent
+    extra = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["optional-dependencies"]["eval"]
+    install = "pip install " + " ".join(f'"{r}"' for r in extra)
+    assert install in EXTRA_HINT
+    for doc in ("README.md", "docs/evaluation_at_scale.md"):
+        assert install in (repo / doc).read_text(), doc
+    for path in (repo / "requirements-test.txt", repo / "pyproject.toml"):
+        assert re.findall(r"ray(?:\[\w+\])?>=([\d.]+)", path.read_text()) and \
+            set(re.findall(r"ray(?:\[\w+\])?>=([\d.]+)", path.read_text())) == {extra[0].split(">=")[1]}, path
+
+
+def test_ray_output_loses_its_colour_codes_unless_it_goes_to_a_terminal():
+    from fmcgm.evaljob.raylog import PlainText
+    coloured = "\x1b[33m(raylet)\x1b[0m a worker died\n"
+    into_file = io.StringIO()
+    PlainText(into_file).write(coloured)
+    assert into_file.getvalue() == "(raylet) a worker died\n"
+    main, other = os.openpty()
+    try:
+        with os.fdopen(other, "w", closefd=False) as terminal:
+            stream = PlainText(terminal)
+            stream.write(coloured)
+            stream.flush()
+            assert stream.isatty() and os.read(main, 1000).replace(b"\r\n", b"\n") == coloured.encode()
+    finally:
+        os.close(main)
+        os.close(other)

@@ -25,8 +25,8 @@ def scene() -> CausalGraph:
 
 
 MODEL_PROMPTS = {  # do(gender = woman): two prompts that agree with the values, two that do not
-    "interventional_prompt": "A woman with wet hair, a full beard and a square face shape on a city street in "
-                             "rainy weather",
+    "interventional_prompt": "A woman gender with wet hair, full beard facial hair and a square face shape on a "
+                             "city street background in rainy weather",  # each value beside its concept's name
     "edit_prompts": [{"concept": "facial hair", "prompt": "clean-shaven face"},
                      {"concept": "gender", "prompt": "a woman"}],
     "counterfactual_prompt": "A clean-shaven woman with long wet hair in the rain",
@@ -157,7 +157,7 @@ def test_a_do_that_changes_nothing_changes_nothing():
 
 def test_prompt_aliases_and_forms():
     g = scene()
-    full = "sunny weather, dry hair, man, full beard, square face shape, city street background"
+    full = "sunny weather, dry hair, man gender, full beard facial hair, square face shape, city street background"
     as_mapping = apply_intervention(g, "weather", "sunny", {"hair": "dry"},
                                     {"intervention_prompt": full.replace("dry", "wet"),
                                      "prompts": {"weather": "the sunny weather", "hair": "dry hair"},
@@ -276,7 +276,7 @@ def test_to_text_lists_changes_and_notes():
 # ---------------------------------------------------------------- manual mode answers
 
 def test_counterfactual_from_answer_reads_aliases_and_bare_values():
-    full = "rainy weather, wet hair, woman, none facial hair, square face shape, city street background"
+    full = "rainy weather, wet hair, woman gender, none facial hair, square face shape, city street background"
     answer = {"updated_values": [{"concept": "facial hair", "value": "none"}],
               "intervention_prompt": full.replace("none", "full beard"),
               "edit_prompts": {"gender": "woman"}, "counterfactual_prompt": full}

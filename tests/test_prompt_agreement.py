@@ -5,7 +5,9 @@ with a concept name or a function word) make an independent oracle simple: a pro
 value exactly when the value's words occur in a row. Model answers are adversarial: prompts
 that say a factual value instead of the new one, a value the model proposed for another
 concept, a negation, a poison phrase that is no value at all ("snow storm", "zebra"), junk,
-huge text and invisible characters, next to prompts that do agree. For EVERY prompt that
+huge text and invisible characters, symbols and emoji ("🚫", "!=", "⛈️"), fullwidth and other
+compatibility forms, values bound to the wrong concept and repeated concept names, next to
+prompts that do agree. Two values are emoji, which the text encoder reads as tokens. For EVERY prompt that
 can reach a text encoder (``Counterfactual.encoder_prompts``: CSG edit and protect phrases,
 interventional and counterfactual prompts; the node's string outputs are these) the tests
 assert, in manual, automatic and graph-only mode:
@@ -13,7 +15,11 @@ assert, in manual, automatic and graph-only mode:
 * it states each value it speaks for (an edit or protect phrase its concept's value, a
   scene prompt every value: new for changed concepts, factual for the rest);
 * it states no other value known for any concept (factual, new, or proposed by the model);
-* every word in it is a value word, a concept-name word or a function word (nothing else);
+* every word in it is a value word, a concept-name word or a function word (nothing else), it
+  holds no symbol that is no part of a value and no compatibility form (what the check saw
+  is what the encoder reads);
+* a full prompt says each value next to its concept's name (``edit_phrase``), and names no
+  concept outside those phrases;
 * a model prompt that agreed is kept, and one that was replaced is reported.
 
 Example counts are printed by ``python -m pytest tests/test_prompt_agreement.py -s`` and can be
@@ -47,15 +53,20 @@ def fuzz(name: str):
 # Atomic vocabulary: values never share a word with each other, with names or with FUNCTION_WORDS.
 VALUES = ["rainy", "sunny", "foggy", "wet", "dry", "curly", "old", "young", "man", "woman", "full beard",
           "clean shaven", "city street", "sandy beach", "red", "blue", "dark", "bright", "long coat",
-          "bare feet", "nightfall", "midday"]
+          "bare feet", "nightfall", "midday", "☀", "🌧"]
 NAMES = ["weather", "hair", "age", "gender", "facial hair", "background", "colour", "light", "clothing",
          "footwear", "time of day", "hair colour"]
 POISON = ["snow storm", "zebra", "blizzard", "thunder"]
 NEGATIONS = ["not", "no", "without", "never", "instead of", "rather than"]
+SYMBOLS = ["🚫", "⛈️", "!=", "≠", "->", "/", "(", "×", "#"]
+SEPARATORS = ",.;:'’-"
 
 
 def tokens(text: str) -> list[str]:
-    return re.findall(r"[^\W_]+", unicodedata.normalize("NFKC", text).casefold())
+    """Words, and every other visible character but a separator, of the NFKC-folded text (stricter
+    than the library: a fullwidth 'ｓｕｎｎｙ' says 'sunny' here)."""
+    return [t for t in re.findall(r"[^\W_]+|[^\w\s]", unicodedata.normalize("NFKC", text).casefold())
+            if t not in SEPARATORS]
 
 
 def occurs(phrase: str, text: str) -> bool:
@@ -80,12 +91,29 @@ def graphs(draw) -> CausalGraph:
 
 def adversarial_prompt(draw, graph: CausalGraph, stated: dict[str, str], scene: bool) -> tuple[str, bool]:
     """A model's prompt for ``stated`` values, and whether it is built to agree with them."""
-    phrases = [draw(st.sampled_from([v, edit_phrase(n, v), f"the {v}", f"{v} {n}"])) for n, v in stated.items()]
+    forms = (lambda n, v: [edit_phrase(n, v), f"the {edit_phrase(n, v)}"]) if scene else \
+        (lambda n, v: [v, edit_phrase(n, v), f"the {v}", f"{v} {n}", f"the {n} is {v}"])
+    phrases = [draw(st.sampled_from(forms(n, v))) for n, v in stated.items()]
     glue = draw(st.sampled_from([", ", " and ", " with ", " in the ", " of the "]))
     good = glue.join(draw(st.permutations(phrases)))
     kind = draw(st.sampled_from(["good", "good", "factual", "other value", "negated", "poison", "missing",
-                                 "junk", "huge", "invisible", "case and space"]))
+                                 "junk", "huge", "invisible", "case and space", "symbol", "compatibility form",
+                                 "swapped", "repeated name"]))
     some = draw(st.sampled_from(sorted(stated)))
+    if kind == "symbol":
+        at = draw(st.sampled_from(["start", "end", "value"]))
+        mark = draw(st.sampled_from(SYMBOLS))
+        return (f"{mark} {good}" if at == "start" else f"{good} {mark}" if at == "end"
+                else good.replace(stated[some], f"{stated[some]} {mark}", 1)), False
+    if kind == "compatibility form":  # fullwidth letters, or a ligature / superscript where one fits
+        wide = "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in good)
+        return draw(st.sampled_from([wide, good.replace("fi", "\ufb01").replace("f", "\uff46")
+                                     .replace("2", "\u00b2") if any(c in good for c in "f2") else wide])), False
+    if kind == "swapped" and len(stated) > 1:  # each value beside another concept's name
+        names, vals = list(stated), list(stated.values())
+        return glue.join(edit_phrase(n, v) for n, v in zip(names, vals[1:] + vals[:1])), False
+    if kind == "repeated name":
+        return f"{some} {some} {some} {good}", False
     if kind == "good":
         return good, True
     if kind == "case and space":
@@ -164,6 +192,15 @@ def assert_prompts_agree(cf: Counterfactual, answers: list[dict]) -> int:
                 assert not occurs(other, text), (prompt.what, text, f"says {other!r} ({name})")
         assert set(tokens(text)) <= VOCABULARY, (prompt.what, text, set(tokens(text)) - VOCABULARY)
         assert not any(occurs(p, text) for p in POISON), (prompt.what, text)
+        assert unicodedata.normalize("NFKC", text) == text, (prompt.what, text)  # read as checked
+        if len(stated) > 1:  # a full prompt: each value beside its own name, no name anywhere else
+            bound = [edit_phrase(n, v) for n, v in stated.items()]
+            assert all(occurs(b, text) for b in bound), (prompt.what, text, bound)
+            rest = f" {' '.join(tokens(text))} "
+            for b in sorted(bound, key=len, reverse=True):
+                while f" {' '.join(tokens(b))} " in rest:
+                    rest = rest.replace(f" {' '.join(tokens(b))} ", " ")
+            assert not any(occurs(n, rest) for n in stated), (prompt.what, text)
     assert Counterfactual.from_json(cf.to_json()) == cf  # and the strict reader accepts it back
     return len(prompts)
 

@@ -35,10 +35,46 @@ def sample_graph() -> CausalGraph:
 
 def production_schemas() -> dict[str, dict]:
     g = sample_graph()
+    with pytest.MonkeyPatch.context() as patch:  # the big-graph form, on the small graph's odd names
+        patch.setattr(prompts, "EXACT_PROPOSAL_PAIRS", 0)
+        compact = prompts.proposals_schema(g, 2)
     return {"description": prompts.description_schema(), "concepts": prompts.concepts_schema(3),
             "edges": prompts.edges_schema(NAMES[:3]), "manual": prompts.propagation_schema(g, NAMES[0]),
             "manual, leaf": prompts.propagation_schema(g, NAMES[5]), "automatic": prompts.proposals_schema(g, 2),
-            "judge": effectiveness_schema(NAMES)}
+            "automatic, compact": compact, "judge": effectiveness_schema(NAMES)}
+
+
+def dense_graph(n: int) -> CausalGraph:
+    names = [f"concept {i}" for i in range(n)]
+    return CausalGraph(tuple(Concept(name, f"value {i}") for i, name in enumerate(names)),
+                       tuple(Edge(a, b) for i, a in enumerate(names) for b in names[i + 1:]), "a scene")
+
+
+def test_big_graphs_get_the_compact_proposals_schema_whose_size_does_not_grow_with_the_pairs():
+    small, big = dense_graph(8), dense_graph(64)  # 28 and 2,016 (concept, descendant) pairs
+    assert not prompts.compact_proposals(small) and prompts.compact_proposals(big)
+    assert "anyOf" in json.dumps(prompts.proposals_schema(small, 3))
+    sizes = {n: len(schema_to_ebnf(prompts.proposals_schema(dense_graph(n), 3))) for n in (24, 64)}
+    per_name = (sizes[64] - sizes[24]) / 40
+    assert per_name < 40, sizes  # each further concept adds its name once (~15 characters), not once per pair
+
+
+def test_a_compact_proposal_answer_is_read_like_an_exact_one():
+    from fmcgm.manipulator import counterfactuals_from_proposals
+    graph = dense_graph(24)
+    schema = prompts.proposals_schema(graph, 2)
+    assert prompts.compact_proposals(graph)
+    answer = {"interventions": [{
+        "concept": "concept 20", "value": "new 20",
+        "descendant_values": [{"concept": "concept 21", "value": "new 21"}, {"concept": "concept 5", "value": "x"}],
+        "interventional_prompt": "p", "edit_prompts": [{"concept": "concept 20", "prompt": "new 20 concept 20"}],
+        "counterfactual_prompt": "p"}]}
+    jsonschema.validate(answer, schema)
+    assert accepts(schema, json.dumps(answer, ensure_ascii=False))
+    [cf] = counterfactuals_from_proposals(graph, answer["interventions"], 2).counterfactuals
+    assert cf.value == "new 20" and cf.descendant_values == {"concept 21": "new 21", "concept 22": "value 22",
+                                                             "concept 23": "value 23"}
+    assert any("concept 5" in line for line in cf.reports)  # not a descendant: ignored and said
 
 
 @functools.lru_cache(maxsize=None)

@@ -179,11 +179,35 @@ def test_a_plain_text_answer_is_named_as_plain_text():
     ("not sunny", "it also says 'not'"),
     ("sunny, no longer rainy", "it says 'rainy', another value of 'weather'"),
     ("sunny snow storm", "it also says 'snow storm'"),
+    ("the weather is sunny", None),
+    ("sunny weather weather", "it also says 'weather'"),
+    ("sunny weather \u26c8\ufe0f\U0001f327\ufe0f", "it says '\U0001f327', another value of 'weather'"),
+    ("\U0001f6ab sunny weather", "it has symbols that are no part of a value ('\U0001f6ab')"),
+    ("weather != sunny", "it has symbols that are no part of a value ('! =')"),
+    ("\uff53\uff55\uff4e\uff4e\uff59 weather", "in a compatibility form"),
+    ("sunny weather\u00b2", "'\u00b2' (read as '2') in a compatibility form"),
 ])
 def test_an_edit_phrase_says_its_value_and_nothing_else(prompt, reason):
-    known = {"weather": {"rainy", "sunny"}, "hair": {"wet", "dry"}}
+    known = {"weather": {"rainy", "sunny", "\U0001f327"}, "hair": {"wet", "dry"}}
     found = disagreement(prompt, {"weather": "sunny"}, known)
     assert found == reason if reason is None else reason in found
+
+
+def test_a_full_prompt_binds_each_value_to_its_concept_and_symbol_values_are_values():
+    known = {"weather": {"sunny", "rainy"}, "hair": {"dry", "wet"}, "rain": {"heavy", "none"}}
+    stated = {"weather": "sunny", "hair": "dry", "rain": "heavy"}
+    assert disagreement("sunny weather, dry hair and heavy rain", stated, known) is None
+    assert "not say 'sunny' next to its concept, as in 'sunny weather'" in disagreement(
+        "dry weather, sunny hair, heavy rain", stated, known)
+    assert "it also says 'rain rain rain'" in disagreement(
+        "rain rain rain in sunny weather, dry hair, heavy rain", stated, known)
+    sun, storm = "\u2600", "\U0001f327"
+    symbols = {"weather": {sun, storm}}
+    assert disagreement(f"{sun} weather", {"weather": sun}, symbols) is None
+    assert f"it says '{storm}', another value of 'weather'" in disagreement(f"{sun} {storm} weather",
+                                                                           {"weather": sun}, symbols)
+    wide = "\uff53\uff55\uff4e\uff4e\uff59"  # a value typed fullwidth is said as typed
+    assert disagreement(f"{wide} weather", {"weather": wide}, {"weather": {wide, "rainy"}}) is None
 
 
 def test_a_value_inside_another_value_is_not_a_contradiction():

@@ -270,3 +270,35 @@ def test_the_title_is_never_cut_at_the_picture_edge():
         border = np.concatenate([image[:, :3].reshape(-1, 3), image[:, -3:].reshape(-1, 3),
                                  image[:3].reshape(-1, 3), image[-3:].reshape(-1, 3)])
         assert (border > 245).all(), (width, height)
+
+
+# ---------------------------------------------------------------- big graphs stay fast
+
+def dense_graph(n: int) -> CausalGraph:
+    names = [f"concept {i}" for i in range(n)]
+    return CausalGraph(tuple(Concept(name, f"value {i}") for i, name in enumerate(names)),
+                       tuple(Edge(a, b) for i, a in enumerate(names) for b in names[i + 1:]), "a scene")
+
+
+def test_a_graph_too_big_for_dot_is_drawn_with_the_simple_layout_at_once():
+    """64 concepts and 2,016 edges: dot would lay out 43,680 layer crossings (one run of a 32-concept
+    dense graph took 12 s); the simple layout draws it with every role (timed by bench_big_graphs.py)."""
+    from fmcgm import render
+    graph = dense_graph(64)
+    assert render.layer_crossings(graph) == 43_680 > render.DOT_MAX_CROSSINGS
+    assert render.layer_crossings(street_graph()) < render.DOT_MAX_CROSSINGS
+    drawing = render_graph(graph, "concept 40", width=1024, height=0)  # 64 layers: as tall as it needs
+    assert drawing.engine == "simple" and drawing.image.shape[1] == 1024 and drawing.image.shape[0] > 2000
+    assert_roles_drawn(drawing, concept_roles(graph, "concept 40"))
+
+
+@pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz is not installed")
+def test_dot_gets_a_time_budget_and_the_simple_layout_takes_over_when_it_is_spent(monkeypatch, caplog):
+    from fmcgm import render
+    assert render_graph(street_graph()).engine == "dot"
+    monkeypatch.setattr(render, "DOT_BUDGET_S", 0.0)
+    assert render_graph(street_graph()).engine == "simple"
+    assert "Graphviz layout failed" in caplog.text
+    with pytest.raises(RuntimeError, match="Graphviz layout failed"):  # asked for by name: its own limit
+        monkeypatch.setattr(render, "DOT_TIMEOUT_S", 0.0)
+        render_graph(street_graph(), engine="dot")

@@ -209,6 +209,16 @@ def test_base_url_forms():
     assert chat_completions_url("https://h/v1/chat/completions") == "https://h/v1/chat/completions"
     with pytest.raises(VLMError, match="must start with http"):
         chat_completions_url("localhost:8000")
+    azure = "https://r.openai.azure.com/openai/deployments/gpt/chat/completions?api-version=2024-10-21"
+    assert chat_completions_url(azure) == azure  # the query stays on the endpoint
+    assert chat_completions_url("http://h:1/v1/?api-version=1") == "http://h:1/v1/chat/completions?api-version=1"
+    assert chat_completions_url("http://h/openai?x=1#top") == "http://h/openai/v1/chat/completions?x=1"
+
+
+def test_a_query_string_reaches_the_server_on_the_endpoint(server):
+    """The scripted server routes only /v1/chat/completions: the query must come after that path."""
+    answer = json.loads(OpenAIBackend(server + "/v1?api-version=2024-10-21", "echo", timeout=60).generate(request()))
+    assert answer["path"] == "/v1/chat/completions?api-version=2024-10-21"
 
 
 def test_image_helpers_convert_comfy_tensors_and_limit_size():
@@ -315,12 +325,87 @@ def test_ordinary_variable_names_are_accepted(name):
     assert backend.describe().endswith(f"key from ${name}")
 
 
-@pytest.mark.parametrize("url", ["http://user:hunter2@127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1?api_key=abc",
-                                 "https://h/v1?token=abc"])
-def test_credentials_in_the_base_url_are_refused(url):
+@pytest.mark.parametrize("url, secret", [
+    ("http://user:hunter2@127.0.0.1:8000/v1", "hunter2"), ("http://127.0.0.1:8000/v1?api_key=abc", "abc"),
+    ("https://h/v1?token=abc", "abc"), ("https://fn.azurewebsites.net/api/v1?code=zq9Xw", "zq9Xw"),
+    (f"http://{KEY}@127.0.0.1:8000/v1", KEY), (f"https://h/v1/{KEY}/", KEY), (f"https://h/v1?k={KEY}", KEY),
+    ("https://h/AbCdEfGh12345678IjKlMnOp/v1", "AbCdEfGh12345678IjKlMnOp"), (KEY, KEY)])
+def test_credentials_in_the_base_url_are_refused_without_repeating_them(url, secret):
     with pytest.raises(VLMError) as info:
         OpenAIBackend(url, MODEL)
-    assert "hunter2" not in str(info.value) and "abc" not in str(info.value)
+    message = str(info.value)
+    assert secret not in message and secret[:8] not in message
+    assert "carries a credential" in message or "not shown: it looks like a key" in message
+
+
+@pytest.mark.parametrize("url", ["https://gateway.ai.cloudflare.com/v1/0123456789abcdef0123456789abcdef/gw/openai",
+                                 "http://127.0.0.1:8000/v1?api-version=2024-10-21"])
+def test_ids_and_versions_in_the_base_url_are_not_mistaken_for_keys(url):
+    assert OpenAIBackend(url, MODEL).url.startswith(url.split("?")[0])
+
+
+@pytest.mark.parametrize("mode", ["redirect-302", "redirect-307"])
+def test_a_redirect_is_not_followed_so_the_key_stays_with_the_configured_host(server, monkeypatch, mode):
+    monkeypatch.setenv("FMCGM_TEST_API_KEY", KEY)
+    with pytest.raises(VLMError) as info:
+        client(server, mode, api_key_env="FMCGM_TEST_API_KEY").generate(request())
+    message = str(info.value)
+    assert f"answered HTTP {mode[-3:]}" in message and "a redirect to http://localhost:" in message
+    assert "redirects are not followed" in message and "set base_url" in message
+    assert "leak" not in debug(server, "auth") and request_count(server, mode) == 1  # not retried either
+
+
+def test_the_environment_proxy_is_used_only_when_asked_for(server, monkeypatch):
+    """A proxy from the environment would receive the key even for a 127.0.0.1 server."""
+    dead_proxy = f"http://127.0.0.1:{free_closed_port()}"
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, dead_proxy)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    assert json.loads(client(server, "echo").generate(request()))["model"] == "echo"  # straight to the server
+    with pytest.raises(VLMError, match=r"Could not connect .*connection refused.* through the proxy set in the"):
+        client(server, "echo", use_env_proxy=True, retries=0).generate(request())
+
+
+def test_near_copies_of_an_echoed_key_are_redacted(server, monkeypatch):
+    monkeypatch.setenv("FMCGM_TEST_API_KEY", KEY)
+    with pytest.raises(VLMError) as info:
+        client(server, "echo-key-variants", api_key_env="FMCGM_TEST_API_KEY").generate(request())
+    message = str(info.value)
+    assert "answered HTTP 401" in message and message.count("[redacted]") == 3
+    for near in (KEY[1:-1], KEY.upper(), KEY[:len(KEY) // 2], KEY[len(KEY) // 2:], KEY[4:12]):
+        assert near.lower() not in message.lower()
+
+
+@pytest.mark.parametrize("mode", ["deep-200", "deep-stream", "deep-500"])
+def test_deeply_nested_json_is_the_backends_error_and_a_5xx_is_retried(server, mode):
+    before = request_count(server, mode)
+    with pytest.raises(VLMError) as info:
+        client(server, mode, retries=1).generate(request())
+    message = str(info.value)
+    assert len(message) < 1500 and str(server) in message
+    if mode == "deep-500":
+        assert "answered HTTP 500" in message and "after 2 attempts" in message
+        assert request_count(server, mode) - before == 2
+    else:
+        assert "not valid JSON (it is nested too deeply to read)" in message
+        assert request_count(server, mode) - before == 1
+
+
+@pytest.mark.parametrize("body", [{"choices": {"0": 1}}, {"choices": [{"message": ["x"]}]},
+                                  {"choices": [{"message": {"content": {"a": 1}}}]}])
+def test_answers_of_the_wrong_shape_are_reported_not_raised(body):
+    """Lists where objects belong and the like: the backend's error (or an empty answer), never a raw
+    Python exception."""
+    from fmcgm.vlm.api_keys import Redactor
+    from fmcgm.vlm.openai_answers import AnswerReader
+    reader = AnswerReader("http://h/v1/chat/completions", MODEL, Redactor(None), None, 8)
+    try:
+        content, _ = reader._read_body(json.dumps(body).encode())
+    except VLMError as error:
+        assert "has no 'choices'" in str(error)
+    else:
+        assert content == ""
 
 
 def test_redactor_removes_keys_and_credentials_but_leaves_prose():
@@ -333,6 +418,20 @@ def test_redactor_removes_keys_and_credentials_but_leaves_prose():
         assert secret not in cleaned
     prose = "A flag bearer walks past; authorization pending."
     assert redact.secrets(prose + KEY) == prose + "[redacted]"
+
+
+@pytest.mark.parametrize("near", [KEY[2:], KEY[:-2], KEY[1:-1], KEY.upper(), KEY.lower(), KEY[:9] + "\n" + KEY[9:],
+                                  KEY[:9] + "\\n" + KEY[9:], " ".join(KEY), KEY[:8], KEY[-8:]])
+def test_the_redactor_removes_near_copies_of_the_key(near):
+    from fmcgm.vlm.api_keys import Redactor
+    cleaned = Redactor(KEY)(f"before {near} after")
+    assert cleaned == "before [redacted] after"
+
+
+def test_the_redactor_leaves_text_that_shares_less_than_eight_characters_with_the_key():
+    from fmcgm.vlm.api_keys import Redactor
+    text = "sk-fmcg is short; 0123456 too; a test of SECRET things"
+    assert Redactor(KEY).secrets(text) == text
 
 
 def test_retry_after_as_an_http_date():

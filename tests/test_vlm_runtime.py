@@ -28,15 +28,22 @@ def picture():
 
 
 def loaded(vlm) -> bool:
+    """Whether ComfyUI's memory manager holds the VLM's patcher."""
     import comfy.model_management as mm
     return any(entry.model is vlm.patcher for entry in mm.current_loaded_models)
 
 
 @pytest.mark.parametrize("keep_loaded", [False, True])
 def test_comfy_memory_manager_loads_the_vlm_and_offloads_it_unless_kept(loader, keep_loaded):
-    from fmcgm.extraction import extract_graph
     vlm = loader(keep_loaded)
     assert not loaded(vlm)
+    extract_then_offload_unless_kept(vlm, keep_loaded)
+
+
+def extract_then_offload_unless_kept(vlm, keep_loaded: bool) -> None:
+    """A graph is read; the memory manager holds the VLM afterwards only if kept, until offloaded.
+    (Also used for ComfyUI's own Qwen3-VL.)"""
+    from fmcgm.extraction import extract_graph
     with torch.inference_mode():
         result = extract_graph(vlm, picture(), temperature=0.0, max_new_tokens=64, max_concepts=3)
     assert result.graph.concepts
@@ -52,15 +59,22 @@ def runtime_module():
 
 
 def test_cancel_stops_generation_within_a_token(loader):
+    vlm = loader(False)
+    assert cancel_while_generating(vlm, at_token=5) == [1, 2, 3, 4, 5]  # one call per token, not one more
+    assert not loaded(vlm)  # and the model was offloaded on the way out
+
+
+def cancel_while_generating(vlm, at_token: int) -> list[int]:
+    """Extract a graph through the node's progress callback, pressing Cancel at token ``at_token``;
+    the token counts the callback saw. (Also used for ComfyUI's own Qwen3-VL.)"""
     import comfy.model_management as mm
     from fmcgm.extraction import extract_graph
-    vlm = loader(False)
     progress = runtime_module().progress_callback()
     seen = []
 
     def on_token(done, total):
         seen.append(done)
-        if len(seen) == 5:  # the user presses Cancel while the VLM is generating
+        if len(seen) == at_token:  # the user presses Cancel while the VLM is generating
             mm.interrupt_current_processing(True)
         progress(done, total)
 
@@ -69,5 +83,4 @@ def test_cancel_stops_generation_within_a_token(loader):
             extract_graph(vlm, picture(), temperature=0.0, max_new_tokens=64, max_concepts=3, on_token=on_token)
     finally:
         mm.interrupt_current_processing(False)
-    assert len(seen) == 5  # not one token more
-    assert not loaded(vlm)  # and the model was offloaded on the way out
+    return seen

@@ -196,9 +196,10 @@ def test_backend_errors_pass_through_and_non_text_answers_are_reported():
 
 PROPAGATION = json.dumps({
     "descendant_values": {"facial hair": "clean-shaven"},
-    "interventional_prompt": "A woman with a full beard and wet hair in rainy weather",
+    # full prompts say each value beside its concept's name, as the phrase rule writes it
+    "interventional_prompt": "A woman gender with full beard facial hair and wet hair in rainy weather",
     "edit_prompts": [{"concept": "gender", "prompt": "woman"}, {"concept": "facial hair", "prompt": "clean-shaven"}],
-    "counterfactual_prompt": "A clean-shaven woman with wet hair in rainy weather",
+    "counterfactual_prompt": "A woman gender with clean-shaven facial hair and wet hair in rainy weather",
 })
 
 
@@ -245,7 +246,7 @@ def test_propagate_does_not_ask_the_model_when_the_do_changes_nothing():
 PROPOSALS = json.dumps({"interventions": [
     {"concept": "weather", "value": "sunny", "descendant_values": {"hair": "dry"}, "interventional_prompt": "sun",
      "edit_prompts": [{"concept": "weather", "prompt": "sunny sky"}, {"concept": "hair", "prompt": "dry hair"}],
-     "counterfactual_prompt": "a man with a full beard and dry hair in sunny and snowy weather"},
+     "counterfactual_prompt": "man gender with full beard facial hair and dry hair in sunny weather and snowy weather"},
     {"concept": "weather", "value": "snowy", "descendant_values": {"hair": "snowy"}, "interventional_prompt": "x",
      "edit_prompts": [], "counterfactual_prompt": "x"},
     {"concept": "gender", "value": "woman", "descendant_values": {"facial hair": "none"},

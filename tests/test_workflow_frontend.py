@@ -28,12 +28,13 @@ from PIL import Image
 from fmcgm.workflow_format import default_value, is_widget_spec, node_inputs, spec_options, ui_to_api
 from tests import browser_support as bs
 from tests import workflow_runner as wr
-from tests.comfy_harness import LANE
+from tests.comfy_harness import LANE, comfy_version
 
 REPO = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((REPO / "workflows").glob("*.json"))
 DEFINITIONS = {wf.name: wf for wf in wr.build_workflows.definitions()}
 PICTURE = (96, 64)  # width, height: not square, as most photos are
+READABLE_PX = 12  # the smallest text size on screen taken as readable
 
 bs.require_chromium()
 
@@ -74,6 +75,11 @@ def test_every_definition_is_shipped():
     assert sorted(DEFINITIONS) == sorted(p.stem for p in WORKFLOWS), "run scripts/build_workflows.py"
     for path in WORKFLOWS:
         assert path.with_suffix(".jpg").exists(), f"{path.name} has no thumbnail for the Templates dialog"
+    # each card's picture differs from every other's (the band below the title: not only the title)
+    pictures = {p.stem: np.asarray(Image.open(p.with_suffix(".jpg")).convert("L"), dtype=float)[130:380]
+                for p in WORKFLOWS}
+    for (a, pa), (b, pb) in itertools.combinations(pictures.items(), 2):
+        assert np.abs(pa - pb).mean() > 8, f"the thumbnails of {a!r} and {b!r} show the same picture"
 
 
 # ----------------------------------------------------------------------------- what the file must hold
@@ -147,6 +153,11 @@ def _picture(server, info: dict) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(server.view(info))))
 
 
+def _loaded_picture(server) -> np.ndarray:
+    """The picture the workflows' Load Image reads (ComfyUI's input/example.png, this test's)."""
+    return np.asarray(Image.open(server.base / "input" / wr.build_workflows.EXAMPLE_PICTURE).convert("RGB"))
+
+
 def _images(entry: dict, node_id: str) -> list[dict]:
     return entry["outputs"].get(node_id, {}).get("images", [])
 
@@ -169,10 +180,48 @@ def _pick_intervention(p: bs.Page, editor_id: int, concept: str | None) -> tuple
     return name, value
 
 
+def _read_me_font_px(p: bs.Page) -> float:
+    """The Read me's smallest text size on screen, in px (its CSS size times any CSS scaling)."""
+    return p.page.evaluate("""() => Math.min(...[...document.querySelectorAll(
+        '.comfy-markdown p, .comfy-markdown li')].filter(e => e.offsetWidth).map(e =>
+        parseFloat(getComputedStyle(e).fontSize) * e.getBoundingClientRect().width / e.offsetWidth))""")
+
+
+def _editor_shows(p: bs.Page, editor_id: int, scene: dict) -> None:
+    """The editor's diagram holds the world's graph with this scene's values, and the chosen
+    concept is one of its concepts."""
+    from playwright.sync_api import expect
+
+    from fmcgm.miniworld import world
+    values = world.scene_from_values(**{k.replace("house_side", "side"): v for k, v in scene.items()}).values
+    ed = p.page.locator(f'.fmcgm-editor[data-node-id="{editor_id}"]')
+    for concept, value in values.items():
+        expect(ed.locator(f'.fmcgm-chip[data-concept="{concept}"]')).to_contain_text(f"{concept}: {value}")
+    assert "(not in graph)" not in " ".join(ed.locator(".fmcgm-do-concept option").all_inner_texts())
+
+
+def _reports_shown(p: bs.Page, entry: dict) -> None:
+    """Every text a pack node reported in this run is in that node's report box, where the user
+    looks: the box is on screen when the node is, and holds exactly what the node said."""
+    from playwright.sync_api import expect
+    kinds = {n["id"]: n["type"] for n in p.serialize()["nodes"]}
+    reported = {int(k): o["text"] for k, o in entry["outputs"].items()
+                if "text" in o and kinds.get(int(k), "").startswith("FMCGM")}
+    assert reported, f"no node reported text: {sorted(entry['outputs'])}"
+    for node_id, texts in reported.items():
+        p.focus(node_id, 0.8)  # 1.58.1 puts a node's DOM widgets in the page only while it is on screen
+        box = p.page.locator(f'.fmcgm-report[data-node-id="{node_id}"]')
+        expect(box, f"node {node_id} ({kinds[node_id]}) reported text but shows none").to_have_count(1)
+        expect(box).to_be_visible()
+        expect(box).to_have_value("\n\n".join(texts))
+
+
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.stem)
 def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifacts):
     server, served = stack
     definition = DEFINITIONS[path.stem]
+    if any(n["class_type"] == "FMCGMComfyQwen3VL" for n in definition.graph.values()) and comfy_version() < (0, 33):
+        pytest.skip("ComfyUI's own Qwen3-VL needs ComfyUI 0.33 (tests/test_vlm_comfy_qwen.py checks the message)")
     object_info = server.get_json("/object_info")
     p = bs.Page(browser, server).open()
     try:
@@ -182,6 +231,8 @@ def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifa
         assert flagged == [], f"the frontend flags {flagged} (a model or value it cannot find?)"
         assert p.page.locator(".p-dialog").count() == 0, p.page.locator(".p-dialog").all_inner_texts()
         assert _overlaps(p.node_bounds()) == []
+        assert p.clipped_texts() == [], "a title or widget text is cut short"
+        assert _read_me_font_px(p) >= READABLE_PX, "the Read me's text is too small at the saved zoom"
         p.page.screenshot(path=str(lane_artifacts / f"{path.stem}_loaded.png"))
 
         # 2. The frontend's prompt holds the definition, input by input, with the right types.
@@ -203,6 +254,9 @@ def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifa
         strip = lambda pr: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in pr.items()}  # noqa: E731
         assert strip(ui_to_api(json.loads(path.read_text()), object_info)) == strip(prompt)
 
+        if world:  # the world's graph is in the editor before any run
+            _editor_shows(p, editors[0], definition.graph["2"]["inputs"])
+
         # 3. Run it as a CPU user: lower the heavy settings, point at the VLM server, press Run.
         p.set_widgets(wr.FAST_SETTINGS)
         p.set_widgets({"base_url": served.url, "model": wr.TINY_VLM_SERVED}, "FMCGMOpenAIVLM")
@@ -211,9 +265,14 @@ def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifa
         events_before = p.page.evaluate("window.__events.length")
         _, first = p.run()
         times["run 1"] = round(time.perf_counter() - started, 1)
+        _reports_shown(p, first)
+        assert _overlaps(p.node_bounds()) == [], "a node's pictures or previews grew over another in run 1"
         outputs = [first]
         if editors and not world:
             assert "14" not in first["outputs"], "rendered before an intervention was chosen"
+            p.focus(8, 0.8)
+            manipulator = p.page.locator('.fmcgm-report[data-node-id="8"]')
+            assert manipulator.input_value().startswith("No intervention chosen yet"), "the user is not told why"
             concept = "weather" if "graph_json" in definition.graph["7"]["inputs"] else None
             picked = _pick_intervention(p, editors[0], concept)
             p.page.screenshot(path=str(lane_artifacts / f"{path.stem}_picked.png"))
@@ -241,8 +300,12 @@ def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifa
         assert counterfactuals, f"no counterfactual: {sorted(final['outputs'])}"
         for info in counterfactuals:
             assert _picture(server, info).shape == (height, width, 3)
-        masks = _images(final, "15")
-        assert masks and all(_picture(server, m).shape[:2] == (height, width) for m in masks)
+        masks = _images(final, "15")  # readable: a panel per concept, a caption strip above them
+        assert masks and all(_picture(server, m).shape[0] > height for m in masks)
+        before_after = _images(final, "41")  # the original, then each counterfactual, to toggle between
+        assert len(before_after) == 1 + len(counterfactuals)
+        original = _picture(server, _images(first, "18")[0]) if world else _loaded_picture(server)
+        assert (_picture(server, before_after[0]) == original).all()
         drawing = _images(final, "9")
         assert drawing and _picture(server, drawing[0]).shape[:2] == (wr.FAST_SETTINGS["height"], wr.FAST_SETTINGS["width"])
         if "6" in definition.graph:  # the graph as read, from the first run
@@ -255,11 +318,17 @@ def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifa
         for evaluator in ("30", "31", "32"):
             if evaluator in definition.graph:
                 assert "mean" in final["outputs"][evaluator]["text"][0]
+        _reports_shown(p, final)
+        p.focus(14, 0.6)  # the outputs: the counterfactual, where each concept acted, the reports
         p.page.wait_for_timeout(500)
         p.page.screenshot(path=str(lane_artifacts / f"{path.stem}_rendered.png"))
         assert p.page_errors == [] and p.console_errors == [], (p.page_errors, p.console_errors)
         assert p.deprecations_since_ready() == []
-        assert _overlaps(p.node_bounds()) == [], "a node grew over another while running"
+        assert _overlaps(p.node_bounds()) == [], "a node's pictures or previews grew over another while running"
+        if world:  # a new scene: the editor follows it (not the last run's graph)
+            scene = {**definition.graph["2"]["inputs"], "weather": "snowy"}
+            p.set_widgets({"weather": "snowy"}, "FMCGMMiniworldScene")
+            _editor_shows(p, editors[0], scene)
         record = lane_artifacts / "workflow_times.json"
         known = json.loads(record.read_text()) if record.exists() else {}
         known[path.stem] = times

@@ -85,10 +85,12 @@ def attention_output(probs: torch.Tensor, v: torch.Tensor, out: torch.Tensor, dt
     vh = _f32(v).reshape(b, L, heads, d).transpose(1, 2)       # [b, H, L, d], a view
     for o, p, vr in zip(out.unbind(0), probs.unbind(0), vh.unbind(0)):
         torch.bmm(p, vr, out=o)
-    merged = out.transpose(1, 2).reshape(b, nq, heads * d)  # a copy, except for one head or one query:
-    if heads == 1 or nq == 1:                               # then a view of the buffer the next layer overwrites
-        merged = merged.clone()
-    return merged if dtype == torch.float32 else merged.to(dtype)
+    merged = out.transpose(1, 2).reshape(b, nq, heads * d)  # a copy, or a view when reshape can avoid one
+    if dtype != torch.float32:                              # (one head, one query, d == 1): the cast copies
+        return merged.to(dtype)
+    if merged.untyped_storage().data_ptr() == out.untyped_storage().data_ptr():
+        merged = merged.clone()                             # never hand out the buffer the next layer overwrites
+    return merged
 
 
 class AttentionCapture:

@@ -4,8 +4,8 @@ As in the paper: per dataset and method, VLM-Eff is the mean over every counterf
 the judge scored, LPIPS the mean over every counterfactual picture; the Average columns are
 the means of the per-dataset values (as the paper's 0.767 = (0.792 + 0.741) / 2). Under it,
 per dataset and method, how many items were scored, ran but got no verdict at all (unjudged:
-left out of VLM-Eff), or failed (by kind: picture, run, worker). Each settings hash gets its
-own table.
+left out of VLM-Eff), or failed (by kind: picture, run, worker); then why each n/a column has
+no value, and the failed items grouped by reason. Each settings hash gets its own table.
 """
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ import math
 from collections import Counter
 from dataclasses import dataclass, field
 
+from .preflight import NO_LPIPS
+from .prompt import EVALUATE, method_of
+from .report import failure_lines, plural
 from .store import ResultStore
 
 PAPER_ORDER = ("DDIM Inversion", "DDPM Inversion", "CSG")
@@ -49,6 +52,49 @@ class Cell:
         failed = sum(self.failed.values())
         kinds = ", ".join(f"{kind} {n}" for kind, n in sorted(self.failed.items()))
         return f"{self.scored} / {self.unjudged} / {failed}" + (f" ({kinds})" if kinds else "")
+
+
+def _why_na(cell: Cell, metric: str, lpips_skipped: bool):
+    """Why a dataset x method cell has no value for ``metric``; None when it has one."""
+    if not cell.scored + cell.unjudged:
+        return "no item ran to the end (see the failures below)" if cell.failed else "no items"
+    if metric == "VLM-Eff." and not cell.vlm_eff:
+        return "the judge gave no verdict on any edited picture (every item unjudged)"
+    if metric == "LPIPS" and not cell.lpips:
+        return (f"LPIPS was skipped: the settings choose lpips_weights {NO_LPIPS!r}" if lpips_skipped
+                else "no LPIPS value was recorded")
+    return None
+
+
+def na_notes(datasets: list[str], methods: list[str], cells: dict, lpips_skipped: set) -> list[str]:
+    """One line per reason a cell is n/a, naming its columns (an Average is n/a when all its datasets are)."""
+    by_reason: dict = {}
+    for metric in ("VLM-Eff.", "LPIPS"):
+        for method in methods:
+            for dataset in datasets:
+                reason = _why_na(cells.get((dataset, method), Cell()), metric, method in lpips_skipped)
+                if reason:
+                    by_reason.setdefault(reason, {}).setdefault(metric, {}).setdefault(method, []).append(dataset)
+    lines = []
+    for reason, metrics in by_reason.items():
+        where = []
+        for metric, per_method in metrics.items():
+            places = {tuple(found) for found in per_method.values()}
+            if len(per_method) == len(methods) and len(places) == 1:  # every method alike
+                found = places.pop()
+                where.append(f"{metric} everywhere" if len(found) == len(datasets)
+                             else f"{metric} on {', '.join(found)}")
+                continue
+            where += [f"{metric} of {method}" + ("" if len(found) == len(datasets) else f" on {', '.join(found)}")
+                      for method, found in per_method.items()]
+        lines.append(f"  {'; '.join(where)}: {reason}")
+    return lines
+
+
+def lpips_skipped_methods(prompt: dict) -> set:
+    """The methods whose Evaluate node skips LPIPS, from a settings record's prompt."""
+    return {method_of(prompt, node_id, "edited") or node_id for node_id, node in prompt.items()
+            if node.get("class_type") == EVALUATE and node.get("inputs", {}).get("lpips_weights") == NO_LPIPS}
 
 
 def summarize(rows: list[dict]) -> tuple[list[str], list[str], dict]:
@@ -109,8 +155,17 @@ def tables(folder, settings: str = None, markdown: bool = False) -> str:
         info = json.loads(described.read_text()) if described.exists() else {}
         job = info.get("job", {})
         title = (f"Table 1 - settings {settings_hash}"
-                 + (f" ({info.get('vlm_model')}, {job.get('interventions')} interventions per picture, "
+                 + (f" ({info.get('vlm_model')}, {plural(job.get('interventions', 0), 'intervention')} per picture, "
                     f"{job.get('size')} px)" if job else ""))
-        datasets, methods, cells = summarize([r for r in rows if r["settings"] == settings_hash])
-        out.append(render(datasets, methods, cells, title, markdown))
+        mine = [r for r in rows if r["settings"] == settings_hash]
+        datasets, methods, cells = summarize(mine)
+        parts = [render(datasets, methods, cells, title, markdown)]
+        notes = na_notes(datasets, methods, cells, lpips_skipped_methods(info.get("prompt", {})))
+        if notes:
+            parts.append("\n".join(["n/a, and why:", *notes]))
+        failures = failure_lines(mine)
+        if failures:
+            parts.append("\n".join(["Failed items by reason (a rerun retries run and worker failures, not picture "
+                                     "ones):", *failures]))
+        out.append("\n\n".join(parts))
     return "\n\n".join(out)

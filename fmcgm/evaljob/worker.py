@@ -27,7 +27,13 @@ from ..runner.run import read_workflow
 from .datasets import Item
 from .pictures import DEFAULT_MAX_PIXELS, DEFAULT_SIZE, PictureError, load_picture
 from .prompt import PAPER_INTERVENTIONS, RESULTS_UI_KEY, ItemPrompt, VLMServer, item_prompt, settings_hash
+from .preflight import NO_LPIPS, SKIP_LPIPS, check_lpips
 from .store import PICTURE_FAILURE, RUN_FAILURE, item_digest
+
+
+def _command_fix(reason: str) -> str:
+    """A node's advice to choose '(none: skip LPIPS)', with the command line's way to do it."""
+    return f"{reason} (python -m fmcgm evaluate: {SKIP_LPIPS})" if repr(NO_LPIPS) in reason else reason
 
 
 @dataclass(frozen=True)
@@ -64,9 +70,11 @@ class ItemEvaluator:
         self.server = None
         self.session = self._open(server_url)
         workflow = read_workflow(config.workflow)
-        self.template: ItemPrompt = item_prompt(workflow, self.session.object_info(), config.vlm,
-                                                config.interventions, config.assignments)
+        object_info = self.session.object_info()
+        self.template: ItemPrompt = item_prompt(workflow, object_info, config.vlm, config.interventions,
+                                                config.assignments)
         self.settings = settings_hash(self.template, config.job_settings())
+        self.preflight = check_lpips(self.template.prompt, object_info)  # only here are its model folders known
 
     def _open(self, server_url: Optional[str]):
         config = self.config
@@ -93,6 +101,7 @@ class ItemEvaluator:
 
     def describe(self) -> dict:
         return {"settings": self.settings, "worker": self.name, "session": self.session.name,
+                "preflight": self.preflight,
                 "methods": sorted(self.template.methods.values()), "prompt": self.template.prompt,
                 "job": self.config.job_settings()}
 
@@ -114,8 +123,8 @@ class ItemEvaluator:
             rows = self._rows(base, result.outputs, started)
             pictures = self._pictures(result.outputs) if self.config.save_pictures else {}
         except Exception as error:  # any failure of this item is its result; the worker goes on
-            return {"rows": self._failed(base, RUN_FAILURE, f"{type(error).__name__}: {error}", started),
-                    "pictures": {}}
+            reason = _command_fix(f"{type(error).__name__}: {error}")
+            return {"rows": self._failed(base, RUN_FAILURE, reason, started), "pictures": {}}
         return {"rows": rows, "pictures": pictures}
 
     def pid(self) -> int:

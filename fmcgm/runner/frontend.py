@@ -79,6 +79,33 @@ class RunFailed(AssertionError):
     """A run started from the page ended in an execution error."""
 
 
+# The width each node needs to draw its title and every widget's name and value in full, by
+# the rules the frontends draw them with (LiteGraph's LGraphNode.drawTitleText: the title gets
+# the width less two title heights; BaseWidget.drawTruncatingText: name + 5 px + value within
+# the width less four 15 px margins and 25 px of padding), measured in the page's own fonts.
+# Returns {node id: [[what, px needed], ...]}. DOM widgets (the editor, reports, notes) wrap
+# their own text and are left out, as are widgets fed by a link (they show no value).
+TEXT_NEEDS_JS = """() => { const c = document.createElement('canvas').getContext('2d'); const out = {};
+    const font = (size) => `${size}px ${LiteGraph.NODE_FONT || 'Arial'}`;
+    for (const n of app.graph.nodes) {
+        c.font = n.titleFontStyle || font(LiteGraph.NODE_TEXT_SIZE);
+        const title = String(n.getTitle?.() ?? n.title ?? '');
+        const needs = [[`title "${title}"`, c.measureText(title).width + 2 * LiteGraph.NODE_TITLE_HEIGHT]];
+        c.font = font(LiteGraph.NODE_SUBTEXT_SIZE);
+        for (const w of n.widgets ?? []) {
+            if (w.hidden || w.element || w.options?.hidden || !['number', 'combo', 'text', 'string', 'toggle']
+                .includes(w.type)) continue;
+            if (n.inputs?.find(i => i.widget?.name === w.name)?.link != null) continue;
+            const label = String(w.label ?? w.name), value = w.type === 'toggle'
+                ? String(w.value ? (w.options?.on ?? 'true') : (w.options?.off ?? 'false'))
+                : String(w._displayValue ?? w.value ?? '');
+            needs.push([`widget ${label} = ${value}`, c.measureText(label).width + 5 + c.measureText(value).width + 85]);
+        }
+        out[n.id] = needs;
+    }
+    return out; }"""
+
+
 class Page:
     """One browser page on the server (anything with ``url`` and ``wait(prompt_id, timeout=)``: a
     ``ComfyClient``), with websocket events and console problems recorded."""
@@ -163,10 +190,20 @@ class Page:
         return self.page.evaluate("async () => (await app.graphToPrompt()).output")
 
     def node_bounds(self) -> dict[int, list[float]]:
-        """Each node's [x, y, width, height] on the canvas, title bar included, as the frontend has it."""
+        """Each node's [x, y, width, height] on the canvas as drawn, title bar included: its size, or
+        the height its widgets need where that is more (a picture or live preview arrives as a 220 px
+        widget that is drawn below the others whether or not the node has room for it)."""
         return {int(k): v for k, v in self.page.evaluate("""() => Object.fromEntries(app.graph.nodes.map(n =>
             [n.id, [n.pos[0], n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT, n.size[0],
-                    n.size[1] + LiteGraph.NODE_TITLE_HEIGHT]]))""").items()}
+                    Math.max(n.size[1], n.computeSize?.()?.[1] ?? 0) + LiteGraph.NODE_TITLE_HEIGHT]]))""").items()}
+
+    def clipped_texts(self) -> list[str]:
+        """Titles and widget names or values the frontend would cut short ("ckpt_na..."): what each
+        needs (TEXT_NEEDS_JS) against the node's width."""
+        widths = {int(k): v[2] for k, v in self.node_bounds().items()}
+        return [f"node {node_id}: {what} needs {need:.0f} px, the node is {widths[int(node_id)]:.0f} px wide"
+                for node_id, needs in self.page.evaluate(TEXT_NEEDS_JS).items() for what, need in needs
+                if need > widths[int(node_id)] + 0.5]
 
     def set_widgets(self, values: dict, node_type: str | None = None) -> list[str]:
         """Set widget values by input name through the widgets (as typing would); returns what changed."""

@@ -21,6 +21,11 @@ Scripted behaviours, chosen per request by the ``model`` name (or for every requ
   retry-after-S   HTTP 503 with ``Retry-After: S``, every time
   echo-key-error  HTTP 401 whose reason phrase and error body echo the Authorization header
   echo-key-stream a stream that starts answering, then sends an error event echoing the Authorization header
+  echo-key-variants  HTTP 401 whose error echoes near-copies of the key: without its first and last
+              character, split by a line break, upper-cased
+  redirect-302 / redirect-307  a redirect to another host name for this server (localhost), path /leak
+  deep-200 / deep-stream / deep-500   JSON nested 50,000 deep: as the 200 body, as a streamed event,
+              as the body of an HTTP 500
   huge-N      a valid JSON answer ({"description": ...}) of N characters, streamed in 4096-character deltas
   prose-description   the description stage (a schema with only "description") is answered in plain
               prose; every other request by the model
@@ -29,7 +34,8 @@ how many chat requests each model name received (to check retries); ``GET /debug
 requests, prompt and completion tokens the model processed in all (as vLLM's token counters) and
 the seconds it spent generating; ``GET /debug/auth``
 the SHA-256 of the last Authorization header each model name received (the header itself is
-never served back except by the echo modes).
+never served back except by the echo modes). ``/leak`` (GET or POST) stands for the other host a
+redirect points to: it records its Authorization header under "leak" and answers like a model.
 
 ``unaccepting_port()`` gives a port whose connections hang in connect (for client deadlines).
 
@@ -62,7 +68,9 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 FAILURE_MODES = ("error-500", "error-400", "flaky-503", "flaky-429", "malformed", "nonjson", "nochoices",
-                 "slow", "nostream", "echo", "echo-key-error", "echo-key-stream", "prose-description")
+                 "slow", "nostream", "echo", "echo-key-error", "echo-key-stream", "echo-key-variants",
+                 "redirect-302", "redirect-307", "deep-200", "deep-stream", "deep-500", "prose-description")
+DEEP = 50_000
 NUMBERED_MODES = re.compile(r"^(slow|keepalive|drip|retry-after|huge)-(\d+(?:\.\d+)?)$")
 CANNED = json.dumps({"concepts": ["late"]})
 KEEPALIVE_FOR_S = 30.0
@@ -201,12 +209,16 @@ class ChatHandler(BaseHTTPRequestHandler):
         elif self.path == "/debug/auth":
             with self.server.counts_lock:
                 self._send_json(200, dict(self.server.auth))
+        elif self.path == "/leak":
+            self._leak()
         else:
             self._send_error(404, f"no route {self.path}", "not_found")
 
     def do_POST(self) -> None:
         try:
-            if self.path.rstrip("/") != "/v1/chat/completions":
+            if self.path == "/leak":
+                return self._leak()
+            if self.path.split("?")[0].rstrip("/") != "/v1/chat/completions":  # a query is allowed (Azure)
                 return self._send_error(404, f"no route {self.path}", "not_found")
             length = int(self.headers.get("Content-Length") or 0)
             try:
@@ -247,6 +259,23 @@ class ChatHandler(BaseHTTPRequestHandler):
             return self._send_json(401, {"error": {"message": message, "type": "invalid_request_error",
                                                    "request": {"headers": {"Authorization": auth}}}},
                                    reason=f"Unauthorized ({auth})")
+        if mode == "echo-key-variants":
+            key = (self.headers.get("Authorization") or "none").split()[-1]
+            cut = len(key) // 2
+            message = f"bad key {key[1:-1]}; as sent: {key[:cut]}\n{key[cut:]}; normalised: {key.upper()}"
+            return self._send_error(401, message, "invalid_request_error")
+        if mode in ("redirect-302", "redirect-307"):
+            where = f"http://localhost:{self.server.server_address[1]}/leak"
+            return self._send(int(mode[-3:]), b"", headers={"Location": where})
+        if mode == "deep-200":
+            return self._send(200, b'{"choices": ' + b"[" * DEEP + b"]" * DEEP + b"}")
+        if mode == "deep-500":
+            return self._send(500, b'{"error": ' + b"[" * DEEP + b"]" * DEEP + b"}")
+        if mode == "deep-stream":
+            self._start_stream()
+            self.wfile.write(b'data: {"choices": ' + b"[" * DEEP + b"]" * DEEP + b"}\n\n")
+            self.wfile.flush()
+            return None
         if mode == "malformed":
             return self._send(200, b'{"id": "chatcmpl-1", "choices": [{"message": {"content": "{\\"nod')
         if mode == "nochoices":
@@ -291,8 +320,15 @@ class ChatHandler(BaseHTTPRequestHandler):
         else:
             self._complete(model, text, usage)
 
+    def _leak(self) -> None:
+        """The other host of a redirect: what reaches it leaked."""
+        self.server.count("leak", self.headers.get("Authorization"))
+        length = int(self.headers.get("Content-Length") or 0)
+        self.rfile.read(length)
+        self._complete("leak", json.dumps({"concepts": ["leaked"]}), {"prompt_tokens": 0, "completion_tokens": 1})
+
     def _summary(self, body: dict, messages: list) -> dict:
-        return {"authorization": self.headers.get("Authorization"), "model": body.get("model"),
+        return {"authorization": self.headers.get("Authorization"), "path": self.path, "model": body.get("model"),
                 "temperature": body.get("temperature"), "max_tokens": body.get("max_tokens"),
                 "seed": body.get("seed"), "stream": body.get("stream"),
                 "response_format": body.get("response_format"),

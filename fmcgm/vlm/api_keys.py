@@ -9,7 +9,12 @@ still leak are closed here:
 - a key typed where the variable's NAME belongs would be echoed as a "name":
   ``check_env_name`` refuses anything that is not a plausible variable name, without echoing it;
 - a server may echo the key (or the Authorization header) in an error body, a streamed error
-  event or even an answer: ``Redactor`` removes it from all text a server sends back.
+  event or even an answer: ``Redactor`` removes it from all text a server sends back, also
+  near-copies (upper- or lower-cased, split by spaces or line breaks, any run of 8 or more of
+  its characters: the key minus a few at either end);
+- a credential written into the base URL (``user@host``, ``?key=``/``?code=``, a key in the
+  path) would be stored in the workflow and shown in messages: ``check_base_url`` refuses it
+  without repeating it.
 """
 from __future__ import annotations
 
@@ -75,38 +80,109 @@ def read_key(env_name: str) -> str:
     return key
 
 
+# A key in a URL's path or query value: a provider prefix, or a long run mixing upper and lower case and
+# digits (random base62). Plain hex or lower-case runs (account and deployment ids) are not keys.
+_KEY_SHAPED = re.compile(r"(?=[A-Za-z0-9]*[0-9])(?=[A-Za-z0-9]*[a-z])(?=[A-Za-z0-9]*[A-Z])[A-Za-z0-9]{20,}")
+_CREDENTIAL_PARAM = re.compile(r"(?i)key|token|secret|password|passwd|auth|sig|code|credential")
+
+
+def looks_like_key(text: str) -> bool:
+    return bool(KEY_PREFIXES.match(text) or _KEY_SHAPED.search(text))
+
+
 def check_base_url(url: str) -> None:
-    """Refuse a base URL that carries a password or a key-like query parameter: the URL is shown in
-    messages and stored in workflows."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password:
-        raise VLMError("base_url carries a password (user:password@host); it would be stored in the workflow and "
-                       f"shown in messages. Remove it and give the credential as an API key: {NAME_HELP}")
-    for name, _ in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
-        if re.search(r"(?i)key|token|secret|password|auth|sig", name):
-            raise VLMError(f"base_url carries a credential in its query parameter {name!r}; it would be stored in "
-                           f"the workflow and shown in messages. Remove it and give the key as an API key: {NAME_HELP}")
+    """Refuse a base URL that carries a credential (user info, a key-like query parameter or value, a key
+    in the path): the URL is shown in messages and stored in workflows. Messages never repeat it."""
+    parts = urllib.parse.urlsplit(url.strip())
+    where = None
+    if "@" in parts.netloc:
+        where = "before the host (user@host or user:password@host)"
+    else:
+        for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True):
+            if _CREDENTIAL_PARAM.search(name) or looks_like_key(value):
+                where = f"in its query parameter {name!r}" if not looks_like_key(name) else "in its query"
+                break
+        else:
+            if any(looks_like_key(segment) for segment in re.split(r"[/;]", parts.path)):
+                where = "in its path"
+    if where:
+        raise VLMError(f"base_url carries a credential {where}; it would be stored in the workflow and shown in "
+                       f"messages, so it is not used and not shown here. Remove it and give the key as an API key: "
+                       f"{NAME_HELP}")
+
+
+FRAGMENT_CHARS = 8  # a run of this many characters of a key is treated as the key
+_SKIPPED = re.compile(r"\s+|\\[nrt]?")  # what may split a key: whitespace, backslash escapes
 
 
 class Redactor:
-    """Removes a key (as sent, JSON-escaped or URL-quoted) and any credential-looking value from text."""
+    """Removes a key and its near-copies, and (``__call__``) any credential-looking value, from text.
+
+    Exact forms: the key as sent, JSON-escaped and URL-quoted. Near-copies: any run of at least
+    ``FRAGMENT_CHARS`` of the key's characters, in any case, with whitespace, line breaks or their
+    backslash escapes between them (a server that echoes the key minus two characters, split over
+    two lines, or upper-cased). A key shorter than that is removed in its exact forms only.
+    """
 
     def __init__(self, *secrets: Optional[str]):
-        forms = set()
+        forms, grams = set(), set()
         for secret in filter(None, secrets):
             forms |= {secret, json.dumps(secret)[1:-1], urllib.parse.quote(secret, safe=""),
                       urllib.parse.quote_plus(secret)}
+            bare = secret.replace("\\", "").lower()
+            grams |= {bare[i:i + FRAGMENT_CHARS] for i in range(len(bare) - FRAGMENT_CHARS + 1)}
         # Longest first, so a form containing another is removed whole.
         self._forms = sorted((f for f in forms if len(f) >= 4), key=len, reverse=True)
+        self._grams = grams
 
     def secrets(self, text: str) -> str:
-        """Only the key itself: for model answers, where words like 'bearer' are ordinary prose."""
+        """Only the key and its near-copies: for model answers, where words like 'bearer' are ordinary prose."""
         for form in self._forms:
             text = text.replace(form, REDACTED)
+        return self._without_fragments(text) if self._grams else text
+
+    def _without_fragments(self, text: str) -> str:
+        quick = _SKIPPED.sub("", text).lower()  # the common case, no fragment at all, at C speed
+        if not any(gram in quick for gram in self._grams):
+            return text
+        # The text with whitespace and backslash escapes skipped, lower-cased; ``at`` maps back to the text.
+        at, kept = [], []
+        i, n = 0, len(text)
+        while i < n:
+            ch = text[i]
+            if ch == "\\":
+                i += 2 if i + 1 < n and text[i + 1] in "nrt" else 1
+                continue
+            if not ch.isspace():
+                at.append(i)
+                low = ch.lower()
+                kept.append(low if len(low) == 1 else ch)  # one character each, so ``at`` stays aligned
+            i += 1
+        skeleton = "".join(kept)
+        hit = bytearray(len(skeleton))
+        for gram in self._grams:
+            start = skeleton.find(gram)
+            while start >= 0:
+                hit[start:start + FRAGMENT_CHARS] = b"\x01" * FRAGMENT_CHARS
+                start = skeleton.find(gram, start + 1)
+        if not any(hit):
+            return text
+        spans, j = [], 0
+        while j < len(hit):
+            if hit[j]:
+                end = j
+                while end + 1 < len(hit) and hit[end + 1]:
+                    end += 1
+                spans.append((at[j], at[end] + 1))
+                j = end + 1
+            else:
+                j += 1
+        for begin, end in reversed(spans):
+            text = text[:begin] + REDACTED + text[end:]
         return text
 
     def __call__(self, text: str) -> str:
-        """The key and every credential-looking value: for anything a server says about a request."""
+        """The key, its near-copies and every credential-looking value: for anything a server says about a request."""
         text = self.secrets(text)
         for pattern in _CREDENTIALS:
             text = pattern.sub(lambda m: (m.group(1) + m.group(2) if m.lastindex else "") + REDACTED, text)

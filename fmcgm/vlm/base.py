@@ -17,6 +17,9 @@ TokenCallback = Callable[[int, int], None]
 # ordinary text are ~130,000. A longer answer is a runaway generation (or a server ignoring
 # max_tokens) and is refused with a message saying so, never handed on to be cut and misread.
 MAX_ANSWER_CHARS = 200_000
+# The first ComfyUI with native Qwen3-VL that comfy_qwen_backend was built and tested against (here,
+# not there, so a node schema can name it without importing transformers at ComfyUI's start).
+COMFY_QWEN3VL_MIN_COMFYUI = "0.33.0"
 
 
 class VLMError(RuntimeError):

@@ -28,6 +28,8 @@ from .schema_grammar import UnsupportedSchema, schema_to_ebnf
 
 log = logging.getLogger(__name__)
 
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+
 
 def xgrammar_available() -> bool:
     return importlib.util.find_spec("xgrammar") is not None
@@ -109,6 +111,10 @@ class SchemaGrammars:
             self._cache.popitem(last=False)
         log.info("compiled JSON schema grammar in %.2f s", self.last_compile_seconds)
         return compiled
+
+    def clear(self) -> None:
+        """Forget every compiled grammar (the tokenizer info stays): the next compile of any schema is timed."""
+        self._cache.clear()
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -203,3 +209,34 @@ class ConstrainedDecoding(LogitsProcessor):
         target = scores if device.type in ("cuda", "cpu") else scores.to("cpu")
         xgr.apply_token_bitmask_inplace(target, self._bitmask.to(target.device, non_blocking=True))
         return target if target.device == device else target.to(device)
+
+
+class RequestConstraint:
+    """Mixed into the local backends: the ``ConstrainedDecoding`` one request needs, or None.
+
+    The backend sets ``grammars`` (None without xgrammar: generation is then unconstrained, said
+    once in the log, and the answer parser repairs) and ``thinking_budget``.
+    """
+
+    grammars: Optional[SchemaGrammars] = None
+    thinking_budget: int = 0
+    _warned_unconstrained = False
+
+    def request_constraint(self, request: Any, reasoning: bool, tokenizer: Any,
+                           eos_token_ids: Iterable[int]) -> Optional[ConstrainedDecoding]:
+        grammar = None
+        if request.json_schema is not None:
+            if self.grammars is not None:
+                grammar = self.grammars.compile(request.json_schema)
+            elif not self._warned_unconstrained:
+                self._warned_unconstrained = True
+                log.warning("xgrammar is not installed: generating without the JSON-schema constraint; the "
+                            "answer parser will repair what it can (pip install xgrammar to enforce it).")
+        # Leave at least half of max_new_tokens for the answer.
+        budget = max(1, min(self.thinking_budget, request.max_new_tokens // 2)) if reasoning else 0
+        if grammar is None and budget == 0:
+            return None
+        think_open, think_close = tokenizer.convert_tokens_to_ids([THINK_OPEN, THINK_CLOSE])
+        return ConstrainedDecoding(grammar, thinking_budget=budget, think_end_id=think_close,
+                                   eos_token_ids=eos_token_ids,
+                                   blocked_token_ids=[t for t in (think_open, think_close) if t is not None])

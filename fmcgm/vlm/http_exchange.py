@@ -3,10 +3,14 @@
 Blocking socket calls (name lookup, connect, TLS handshake, reads) cannot be interrupted from
 Python, and a socket timeout only bounds the silence between two packets: a server sending a
 keep-alive comment every 2 s keeps a 3 s timeout alive for ever. So the request runs in a
-worker thread (through urllib, which keeps proxies and redirects working) and hands raw bytes
+worker thread (through urllib) and hands raw bytes
 over a small queue; the calling thread waits on that queue in ticks of ``TICK_S`` and checks
 the deadline and Cancel between ticks. When either fires, the socket is shut down, which ends
 a blocked read at once, and the worker is left to finish on its own.
+
+The request carries the API key, so it goes to the configured host and nowhere else: redirects
+are never followed (a 3xx is handed back like any other answer, and the caller says where it
+pointed), and the environment's proxies (``http_proxy``...) are used only when asked for.
 """
 from __future__ import annotations
 
@@ -94,13 +98,15 @@ class Exchange:
     Use as a context manager: leaving it (answer read, error, Cancel) closes the connection.
     """
 
-    def __init__(self, url: str, body: bytes, headers: dict[str, str], deadline: Deadline):
+    def __init__(self, url: str, body: bytes, headers: dict[str, str], deadline: Deadline,
+                 use_env_proxy: bool = False):
         self._deadline = deadline
         self._queue: queue.Queue = queue.Queue(maxsize=64)
         self._closed = threading.Event()
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
-        self._opener = urllib.request.build_opener(_TrackingHTTPHandler(self._track),
+        proxies = urllib.request.ProxyHandler(None if use_env_proxy else {})  # None: from the environment
+        self._opener = urllib.request.build_opener(proxies, _NoRedirects(), _TrackingHTTPHandler(self._track),
                                                    _TrackingHTTPSHandler(self._track))
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         timeout = max(0.1, deadline.remaining()) + WORKER_GRACE_S
@@ -179,7 +185,7 @@ class Exchange:
                 response = error
             if not self._put(("head", Head(response.status, str(response.reason or ""), response.headers))):
                 return
-            limit = ERROR_BODY_BYTES if response.status >= 400 else None
+            limit = None if 200 <= response.status < 300 else ERROR_BODY_BYTES
             read = 0
             while limit is None or read < limit:
                 data = response.read1(READ_BYTES) if hasattr(response, "read1") else response.read(READ_BYTES)
@@ -197,6 +203,14 @@ class Exchange:
                     response.close()
                 except Exception:
                     pass
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is not followed (urllib would send the Authorization header to the new host); the
+    3xx then reaches the caller as an HTTPError, i.e. as an answer with its Location header."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 class _TrackedConnectionMixin:

@@ -1,8 +1,10 @@
 """Reading an OpenAI-compatible chat-completions answer: server-sent events or one JSON body.
 
 What a server sends is untrusted: its error texts are redacted (``api_keys.Redactor``) before
-they reach a message, and an answer longer than ``MAX_ANSWER_CHARS`` is refused as over-long
-while it arrives, never buffered whole and never handed on to be cut and misread.
+they reach a message, an answer longer than ``MAX_ANSWER_CHARS`` is refused as over-long
+while it arrives, never buffered whole and never handed on to be cut and misread, and JSON of
+any depth or shape (nested past Python's recursion limit, lists where objects belong) is the
+backend's own error, never a raw Python exception.
 """
 from __future__ import annotations
 
@@ -16,6 +18,15 @@ from .http_exchange import Exchange, Head
 EXCERPT_CHARS = 300
 # Bytes a non-streamed body (or one streamed event) may take: the longest answer, JSON-escaped.
 MAX_BODY_BYTES = 8 * MAX_ANSWER_CHARS + 65536
+
+
+def loads_json(data: str | bytes) -> Any:
+    """``json.loads``, with JSON nested too deeply for Python's parser as a ValueError like any other
+    malformed JSON (``json`` raises RecursionError there)."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError("it is nested too deeply to read") from None
 
 
 def excerpt(text: str | bytes, limit: int = EXCERPT_CHARS, redact: Optional[Callable[[str], str]] = None) -> str:
@@ -87,10 +98,10 @@ class AnswerReader:
                 break
             chunk = self._parse_json(data, "a streamed chunk")
             choices = chunk.get("choices")
-            if not choices or not isinstance(choices[0], dict):
+            if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
                 continue  # usage-only chunks carry no choices
             saw_choices = True
-            delta = choices[0].get("delta") or {}
+            delta = _mapping(choices[0].get("delta"))
             piece = _text(delta.get("content"))
             thought = _text(delta.get("reasoning_content") or delta.get("reasoning"))
             content.append(piece)
@@ -111,7 +122,7 @@ class AnswerReader:
             keys = ", ".join(excerpt(str(k), 40, self.redact) for k in list(answer)[:20]) or "none"
             raise VLMError(f"The answer from {self.url} has no 'choices' (got keys: {self.redact(keys)}): "
                            f"{excerpt(body, redact=self.redact)!r}")
-        message = choices[0].get("message") or {}
+        message = _mapping(choices[0].get("message"))
         content = _text(message.get("content"))
         reasoning = _text(message.get("reasoning_content") or message.get("reasoning"))
         self._count(len(content) + len(reasoning))
@@ -134,8 +145,8 @@ class AnswerReader:
 
     def _parse_json(self, data: str | bytes, what: str) -> dict:
         try:
-            parsed = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
+            parsed = loads_json(data)
+        except ValueError as exc:  # also UnicodeDecodeError and too deep
             raise VLMError(f"{what.capitalize()} from {self.url} is not valid JSON ({exc}): "
                            f"{excerpt(data, redact=self.redact)!r}") from None
         if not isinstance(parsed, dict):
@@ -143,8 +154,16 @@ class AnswerReader:
         if "error" in parsed and "choices" not in parsed:  # also a streamed error event
             error = parsed["error"]
             detail = error.get("message", error) if isinstance(error, dict) else error
-            raise VLMError(f"{self.url} reported an error: {excerpt(str(detail), redact=self.redact)}")
+            try:
+                shown = excerpt(str(detail), redact=self.redact)
+            except RecursionError:
+                shown = "(an error object nested too deeply to show)"
+            raise VLMError(f"{self.url} reported an error: {shown}")
         return parsed
+
+
+def _mapping(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
 
 
 def _text(value: Any) -> str:

@@ -9,7 +9,8 @@ same tolerant parser and repairs as for the local backend.
 Retry-After waits together), and ``cancel_check`` (ComfyUI's interrupt check) is polled in
 every wait, so Cancel takes effect within a tick (``http_exchange.TICK_S``). The API key is
 read from an environment variable whose *name* is configured and is removed from everything
-a server sends back (``api_keys``).
+a server sends back (``api_keys``). It goes to the configured host only: redirects are not
+followed, and the environment's proxies are used only with ``use_env_proxy``.
 """
 from __future__ import annotations
 
@@ -19,13 +20,14 @@ import json
 import logging
 import re
 import time
+import urllib.parse
 from typing import Any, Callable, Iterable, Optional
 
-from .api_keys import Redactor, check_base_url, check_env_name, read_key
+from .api_keys import Redactor, check_base_url, check_env_name, looks_like_key, read_key
 from .base import GenerationRequest, TokenCallback, VLMError
 from .http_exchange import Deadline, DeadlineExceeded, Exchange, Head, TransportError
 from .images import limit_pixels, png_data_uri
-from .openai_answers import AnswerReader, excerpt
+from .openai_answers import AnswerReader, excerpt, loads_json
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +35,19 @@ RETRY_STATUSES = (429, 500, 502, 503, 504)
 
 
 def chat_completions_url(base_url: str) -> str:
-    """Accept 'http://host:8000', '.../v1' or the full endpoint; return the endpoint URL."""
-    url = base_url.strip().rstrip("/")
-    if not re.match(r"^https?://", url):
-        raise VLMError(f"Base URL {base_url!r} must start with http:// or https:// "
-                       "(e.g. http://127.0.0.1:8000/v1).")
+    """Accept 'http://host:8000', '.../v1' or the full endpoint, with a query string kept at the end
+    (Azure-style '?api-version=...'); return the endpoint URL. A URL with a credential is refused first,
+    so that no message repeats it."""
+    url = base_url.strip()
     check_base_url(url)
-    if url.endswith("/chat/completions"):
-        return url
-    return url + ("/chat/completions" if url.endswith("/v1") else "/v1/chat/completions")
+    if not re.match(r"^https?://", url, re.I):
+        shown = "(not shown: it looks like a key)" if looks_like_key(url) else repr(url[:200])
+        raise VLMError(f"Base URL {shown} must start with http:// or https:// (e.g. http://127.0.0.1:8000/v1).")
+    parts = urllib.parse.urlsplit(url)
+    path = parts.path.rstrip("/")
+    if not path.endswith("/chat/completions"):
+        path += "/chat/completions" if path.endswith("/v1") else "/v1/chat/completions"
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
 
 
 class OpenAIBackend:
@@ -52,7 +58,7 @@ class OpenAIBackend:
     def __init__(self, base_url: str, model: str, *, api_key_env: Optional[str] = None, timeout: float = 300.0,
                  retries: int = 2, backoff: float = 1.0, stream: bool = True,
                  max_image_pixels: int = 1280 * 32 * 32, schema_name: str = "causal_graph",
-                 cancel_check: Optional[Callable[[], None]] = None):
+                 cancel_check: Optional[Callable[[], None]] = None, use_env_proxy: bool = False):
         self.url = chat_completions_url(base_url)
         self.model = model
         self.api_key_env = check_env_name(api_key_env)
@@ -65,6 +71,7 @@ class OpenAIBackend:
         self.max_image_pixels = max_image_pixels
         self.schema_name = schema_name
         self.cancel_check = cancel_check
+        self.use_env_proxy = bool(use_env_proxy)
 
     def describe(self) -> str:
         auth = f", key from ${self.api_key_env}" if self.api_key_env else ""
@@ -127,7 +134,7 @@ class OpenAIBackend:
             last = attempt == self.retries
             reader.waiting_for = "an answer"
             try:
-                with Exchange(self.url, payload, headers, deadline) as exchange:
+                with Exchange(self.url, payload, headers, deadline, self.use_env_proxy) as exchange:
                     head = exchange.head()
                     if 200 <= head.status < 300:
                         return reader.read(exchange, head)
@@ -193,25 +200,41 @@ class OpenAIBackend:
         else:
             return (f"{self.url} did not answer with valid HTTP ({self._cause(error, redact)}); is the base URL "
                     "pointing at an OpenAI-compatible server?")
+        proxy = (" The request went through the proxy set in the environment (use_system_proxy is on): check "
+                 "that proxy too, or turn the option off." if self.use_env_proxy else "")
         return (f"Could not connect to {self.url} ({cause}; {attempts} attempt{'s' * (attempts > 1)}). The "
                 "OpenAI-compatible server must be running and reachable at that address: start it "
-                "(vLLM, Ollama, LM Studio, llama-server...) or fix the base URL.")
+                f"(vLLM, Ollama, LM Studio, llama-server...) or fix the base URL.{proxy}")
 
     def _http_error_message(self, head: Head, body: bytes, attempts: int, redact: Redactor) -> str:
-        detail: Any = body
+        text: str | bytes = body
         try:
-            error = json.loads(body).get("error")
+            error = loads_json(body)
+            error = error.get("error") if isinstance(error, dict) else None
             detail = (error.get("message") if isinstance(error, dict) else error) or body
-        except (ValueError, AttributeError, UnicodeDecodeError):
+            text = detail if isinstance(detail, (str, bytes)) else json.dumps(detail)
+        except (ValueError, RecursionError):  # not JSON, or nested too deeply: the body as it came
             pass
         key_hint = f"check the API key (environment variable {self.api_key_env or 'not configured'})"
         hint = {401: key_hint, 403: key_hint,
                 404: f"check the base URL (usually ends in /v1) and the model name {self.model!r}"}.get(
                     head.status, "the server rejected the request" if head.status < 500 else "the server failed")
+        if 300 <= head.status < 400:
+            hint = self._redirect_hint(head, redact)
         tries = f" after {attempts} attempts" if attempts > 1 else ""
-        text = detail if isinstance(detail, (str, bytes)) else json.dumps(detail)
         reason = excerpt(head.reason, 80, redact)
         return f"{self.url} answered HTTP {head.status} {reason}{tries}: {excerpt(text, redact=redact)!r} ({hint})."
+
+
+    def _redirect_hint(self, head: Head, redact: Redactor) -> str:
+        """Where a redirect pointed (scheme, host and path only: no user info or query, which may hold
+        credentials), and why it was not followed."""
+        target = urllib.parse.urlsplit(urllib.parse.urljoin(self.url, head.header("Location")))
+        host = target.netloc.rpartition("@")[2]
+        path = "/..." if looks_like_key(target.path) else target.path
+        shown = excerpt(f"{target.scheme}://{host}{path}", 120, redact) if host else "nowhere readable"
+        return (f"a redirect to {shown}; redirects are not followed, so that the API key is only sent to the "
+                "configured host. If that address is the server, set base_url to it")
 
 
 def _retryable(cause: BaseException) -> bool:

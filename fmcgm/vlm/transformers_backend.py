@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import importlib.util
-import logging
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
@@ -20,16 +19,14 @@ from transformers import AutoProcessor, StoppingCriteria, StoppingCriteriaList
 
 from ..options import VLM_ATTENTION
 from .base import GenerationRequest, TokenCallback, VLMError
-from .constrained import ConstrainedDecoding, SchemaGrammars, xgrammar_available
+from .constrained import THINK_OPEN, RequestConstraint, SchemaGrammars, xgrammar_available
 from .loading import ModelFolder, inspect_model_folder
 
-log = logging.getLogger(__name__)
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
           "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
 ATTENTION_IMPLEMENTATIONS = VLM_ATTENTION
 MIN_TRANSFORMERS = (4, 57)  # first release with Qwen3-VL
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 # What Qwen3's own "enable_thinking=False" renders: an empty, closed reasoning block.
 EMPTY_THINK_SUFFIX = "\n\n</think>\n\n"
 
@@ -109,7 +106,7 @@ class GenerationStats:
     mask_seconds: float = 0.0  # of which xgrammar spent computing token masks
 
 
-class TransformersBackend:
+class TransformersBackend(RequestConstraint):
     """A local Qwen3-VL checkpoint folder behind the ``VLMBackend`` interface.
 
     ``model_path`` is a folder, or a folder name looked up in ``search_dirs``. ``device``:
@@ -146,7 +143,6 @@ class TransformersBackend:
             self.grammars = SchemaGrammars(self.tokenizer, self.model.config.get_text_config().vocab_size,
                                             self.eos_token_ids)
         self.last_stats = GenerationStats()
-        self._warned_unconstrained = False
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -229,7 +225,7 @@ class TransformersBackend:
         inputs = self.processor(text=[prompt], images=images or None, return_tensors="pt").to(self.device)
         prompt_len = inputs["input_ids"].shape[1]
 
-        processor = self._logits_processor(request, reasoning)
+        processor = self.request_constraint(request, reasoning, self.tokenizer, self.eos_token_ids)
         criteria = StoppingCriteriaList([_ReportTokens(on_token, prompt_len, request.max_new_tokens)] if on_token else [])
         with torch.random.fork_rng(devices=self._rng_devices()), torch.inference_mode():
             torch.manual_seed(request.seed)
@@ -246,24 +242,6 @@ class TransformersBackend:
         text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
         # The opening tag was part of the prompt; restore it so the answer is self-describing.
         return f"{THINK_OPEN}\n{text}" if reasoning else text
-
-    def _logits_processor(self, request: GenerationRequest, reasoning: bool) -> Optional[ConstrainedDecoding]:
-        grammar = None
-        if request.json_schema is not None:
-            if self.grammars is not None:
-                grammar = self.grammars.compile(request.json_schema)
-            elif not self._warned_unconstrained:
-                self._warned_unconstrained = True
-                log.warning("xgrammar is not installed: generating without the JSON-schema constraint; the "
-                            "answer parser will repair what it can (pip install xgrammar to enforce it).")
-        # Leave at least half of max_new_tokens for the answer.
-        budget = max(1, min(self.thinking_budget, request.max_new_tokens // 2)) if reasoning else 0
-        if grammar is None and budget == 0:
-            return None
-        think_open, think_close = self.tokenizer.convert_tokens_to_ids([THINK_OPEN, THINK_CLOSE])
-        return ConstrainedDecoding(grammar, thinking_budget=budget, think_end_id=think_close,
-                                   eos_token_ids=self.eos_token_ids,
-                                   blocked_token_ids=[t for t in (think_open, think_close) if t is not None])
 
     def _generation_config(self, request: GenerationRequest) -> Any:
         config = copy.deepcopy(self.model.generation_config)

@@ -7,17 +7,25 @@
 //   intervene_value    its new value
 //   edit_base          fingerprint of the incoming graph the edit started from (stale-edit check)
 // This extension hides those widgets and shows a diagram instead. After a run the backend
-// sends the incoming graph (ui payload "fmcgm_graph_editor", read in onExecuted).
+// sends the incoming graph (ui payload "fmcgm_graph_editor", read in onExecuted). Where the
+// incoming graph follows from the upstream node's widgets alone (the miniature world's scene),
+// the backend computes it on request (GRAPH_PREVIEW_ROUTE), so it is there before any run and
+// follows every change of those widgets.
 //
 // Everything shown comes from a model or a shared file, so it is only ever set as text
 // (textContent, input.value, SVG attributes), never parsed as HTML.
 import { app } from "../../../scripts/app.js"; // served at /extensions/ComfyUI-FMCGM/js/
+import { addStyleOnce } from "./page_style.js";
+import { api } from "../../../scripts/api.js";
 
 const NODE_TYPE = "FMCGMCausalGraphEditor";
 const UI_KEY = "fmcgm_graph_editor";
 const STATE_WIDGETS = ["graph_json", "intervene_concept", "intervene_value", "edit_base"];
 const SVG_NS = "http://www.w3.org/2000/svg";
 const MARGIN = 8; // around the editor inside its node
+const GRAPH_PREVIEW_ROUTE = "/fmcgm/graph_preview";
+const PREVIEW_CHECK_MS = 700; // how often the upstream node's widgets are compared (no request unless changed)
+const NO_PREVIEW = new Set(); // node types whose graph the backend knows only after a run
 let editorCount = 0;
 
 // Same identity as fmcgm.graph.concept_key: "Hair_Color" and "hair color" are one concept.
@@ -86,14 +94,6 @@ const STYLE = `
 .fmcgm-edge-list { display: flex; flex-direction: column; gap: 2px; }
 .fmcgm-empty { color: #aaa; padding: 8px; text-align: center; white-space: pre-wrap; }
 `;
-
-function ensureStyle() {
-  if (document.getElementById("fmcgm-editor-style")) return;
-  const style = document.createElement("style");
-  style.id = "fmcgm-editor-style";
-  style.textContent = STYLE;
-  document.head.appendChild(style);
-}
 
 // ---------------------------------------------------------------- graph helpers (plain objects)
 
@@ -211,10 +211,12 @@ function parseGraph(text) {
 
 class CausalGraphEditor {
   constructor(node) {
-    ensureStyle();
+    addStyleOnce("fmcgm-editor-style", STYLE);
     this.node = node;
     this.id = ++editorCount;
     this.payload = null; // the last ui payload from the backend
+    this.preview = null; // {graph, fingerprint} of the upstream node's current widgets, where the backend can say
+    this.previewSignature = null;
     this.selected = null;
     this.root = el("div", "fmcgm-editor");
     // Keys typed here must not reach the canvas (Delete would delete the node, etc.).
@@ -238,12 +240,63 @@ class CausalGraphEditor {
     this.node.setDirtyCanvas?.(true, true);
   }
 
-  // The graph on screen: the edit if there is one, else the incoming graph from the last run.
+  // The incoming graph: the upstream node's current one where the backend can say, else the
+  // one the last run brought; and its fingerprint (for the stale-edit check).
+  incoming() {
+    if (this.preview) return { graph: this.preview.graph, fingerprint: this.preview.fingerprint };
+    return { graph: this.payload?.upstream ?? null, fingerprint: this.payload?.upstream_fingerprint ?? "" };
+  }
+
+  // The graph on screen: the edit if there is one, else the incoming graph.
   current() {
     const text = this.get("graph_json").trim();
     if (text) return parseGraph(text);
-    const upstream = this.payload?.upstream;
+    const upstream = this.incoming().graph;
     return [upstream ? cloneGraph(upstream) : null, null];
+  }
+
+  // {class_type, inputs} of the node feeding the graph input, its widget values as they are now;
+  // null when nothing is linked or one of its inputs comes from another node.
+  upstreamState() {
+    const slot = this.node.findInputSlot?.("graph") ?? -1;
+    const source = slot >= 0 ? this.node.getInputNode?.(slot) : null;
+    if (!source) return null;
+    const declared = source.constructor?.nodeData?.input;
+    const names = declared ? new Set([...Object.keys(declared.required ?? {}), ...Object.keys(declared.optional ?? {})])
+      : null;
+    const inputs = {};
+    for (const w of source.widgets ?? []) {
+      if (w.serialize === false || (names && !names.has(w.name))) continue;
+      if (source.inputs?.find((i) => i.widget?.name === w.name)?.link != null) return null;
+      inputs[w.name] = w.value;
+    }
+    for (const i of source.inputs ?? []) if (i.link != null && !i.widget) return null;
+    return { class_type: source.comfyClass ?? source.type, inputs };
+  }
+
+  // Asks the backend for the incoming graph when the upstream node's widgets changed.
+  async refreshPreview() {
+    const state = this.upstreamState();
+    const signature = state ? JSON.stringify(state) : "";
+    if (signature === this.previewSignature) return;
+    this.previewSignature = signature;
+    let preview = null;
+    if (state && !NO_PREVIEW.has(state.class_type)) {
+      try {
+        const response = await api.fetchApi(GRAPH_PREVIEW_ROUTE, {
+          method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(state) });
+        if (signature !== this.previewSignature) return; // a newer change is being asked about
+        if (response.status === 404) NO_PREVIEW.add(state.class_type);
+        else if (response.ok) preview = await response.json();
+        else this.say(`The incoming graph cannot be shown yet: ${(await response.json()).error ?? response.status}`, "error");
+      } catch (error) {
+        console.warn("[FMCGM] graph preview failed", error);
+      }
+    }
+    if (signature !== this.previewSignature) return;
+    const changed = JSON.stringify(preview) !== JSON.stringify(this.preview);
+    this.preview = preview;
+    if (changed) this.render();
   }
 
   isEdited() {
@@ -251,7 +304,8 @@ class CausalGraphEditor {
   }
 
   commit(graph, message) {
-    if (!this.isEdited() && this.payload?.upstream_fingerprint) this.set("edit_base", this.payload.upstream_fingerprint);
+    const base = this.incoming().fingerprint;
+    if (!this.isEdited() && base) this.set("edit_base", base);
     this.set("graph_json", JSON.stringify(graph, null, 2));
     this.say(message || "", "info");
     this.render();
@@ -371,8 +425,10 @@ class CausalGraphEditor {
     const [graph, error] = this.current();
     this.graph = graph;
     if (error) this.say(`${error}. Fix or clear it (Use incoming graph).`, "error");
-    const stale = Boolean(this.payload?.stale && this.isEdited() &&
-      this.get("edit_base") !== this.payload.upstream_fingerprint);
+    const base = this.get("edit_base");
+    const stale = this.isEdited() && (this.preview
+      ? Boolean(base && base !== this.preview.fingerprint)
+      : Boolean(this.payload?.stale && base !== this.payload.upstream_fingerprint));
     this.stale.classList.toggle("shown", stale);
     this.staleText.textContent = stale
       ? "The incoming graph has changed since you edited it. Your edited graph is the one used."
@@ -661,12 +717,13 @@ class CausalGraphEditor {
   resetToIncoming() {
     this.set("graph_json", "");
     this.set("edit_base", "");
-    this.say(this.payload?.upstream ? "Using the incoming graph." : "Edits cleared; run the workflow to load the incoming graph.");
+    this.say(this.incoming().graph ? "Using the incoming graph." : "Edits cleared; run the workflow to load the incoming graph.");
     this.render();
   }
 
   keepEdits() {
-    if (this.payload?.upstream_fingerprint) this.set("edit_base", this.payload.upstream_fingerprint);
+    const base = this.incoming().fingerprint;
+    if (base) this.set("edit_base", base);
     this.say("Keeping your edits.");
     this.render();
   }
@@ -706,6 +763,7 @@ app.registerExtension({
       this.fmcgmEditor = editor;
       this.setSize([Math.max(this.size[0], 520), Math.max(this.size[1], 520)]);
       editor.render();
+      editor.previewTimer = setInterval(() => editor.refreshPreview(), PREVIEW_CHECK_MS);
       return result;
     };
 
@@ -731,6 +789,7 @@ app.registerExtension({
     const onRemoved = nodeType.prototype.onRemoved;
     nodeType.prototype.onRemoved = function () {
       this.fmcgmEditor?.resizeObserver?.disconnect();
+      clearInterval(this.fmcgmEditor?.previewTimer);
       return onRemoved?.apply(this, arguments);
     };
   },

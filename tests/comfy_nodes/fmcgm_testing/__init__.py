@@ -6,7 +6,9 @@ the stock CheckpointLoaderSimple, when the tiny file sits where the real SDXL wo
 pack wraps ``comfy.sd.load_checkpoint_guess_config``: a file carrying the tiny fixture's
 metadata is built with its own configs, any other file goes to ComfyUI as usual. That wrap
 is the one place the harness reaches into ComfyUI's loading. ``TinySDXLCheckpointLoader``
-does the same as a node. Everything downstream is stock.
+does the same as a node. Likewise, on a ComfyUI with native Qwen3-VL (0.33+), ``comfy.sd.load_clip``
+(the stock Load CLIP) builds a file carrying the tiny Qwen3-VL fixture's metadata with its own
+sizes (tests/fixtures/tiny_comfy_qwen3vl.py). Everything downstream is stock.
 """
 import os
 import sys
@@ -33,6 +35,25 @@ def _tiny_aware(stock):
 
 if not getattr(comfy.sd.load_checkpoint_guess_config, "fmcgm_tiny_aware", False):
     comfy.sd.load_checkpoint_guess_config = _tiny_aware(comfy.sd.load_checkpoint_guess_config)
+
+try:
+    from tests.fixtures import tiny_comfy_qwen3vl  # noqa: E402
+except ImportError:  # a ComfyUI without comfy.text_encoders.qwen3vl
+    tiny_comfy_qwen3vl = None
+
+
+def _tiny_qwen3vl_aware(stock):
+    def load_clip(ckpt_paths, embedding_directory=None, clip_type=comfy.sd.CLIPType.STABLE_DIFFUSION,
+                  model_options={}, *args, **kwargs):
+        if len(ckpt_paths) == 1 and tiny_comfy_qwen3vl.is_tiny_file(ckpt_paths[0]):
+            return tiny_comfy_qwen3vl.load(ckpt_paths[0], model_options)
+        return stock(ckpt_paths, embedding_directory, clip_type, model_options, *args, **kwargs)
+    load_clip.fmcgm_tiny_aware = True
+    return load_clip
+
+
+if tiny_comfy_qwen3vl is not None and not getattr(comfy.sd.load_clip, "fmcgm_tiny_aware", False):
+    comfy.sd.load_clip = _tiny_qwen3vl_aware(comfy.sd.load_clip)
 
 
 class TinySDXLCheckpointLoader(io.ComfyNode):
@@ -90,9 +111,41 @@ class Capture(io.ComfyNode):
         return io.NodeOutput(ui={"fmcgm_capture": [json.dumps(_plain(value))]})
 
 
+class RecordingVLM(io.ComfyNode):
+    """Passes a VLM on unchanged, keeping every (JSON schema, answer) it gives in ``.exchanges``."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="FMCGMTest_RecordingVLM",
+            display_name="Recording VLM (FM-CGM tests)",
+            category="FMCGM/testing",
+            description="Test helper: the same VLM, recording each request's schema and the raw answer.",
+            inputs=[io.Custom("FMCGM_VLM").Input("vlm", tooltip="Any VLM.")],
+            outputs=[io.Custom("FMCGM_VLM").Output(display_name="vlm")],
+        )
+
+    @classmethod
+    def execute(cls, vlm):
+        return io.NodeOutput(_Recorder(vlm))
+
+
+class _Recorder:
+    def __init__(self, vlm):
+        self.vlm, self.name, self.exchanges = vlm, vlm.name, []
+
+    def describe(self):
+        return self.vlm.describe()
+
+    def generate(self, request, on_token=None):
+        answer = self.vlm.generate(request, on_token)
+        self.exchanges.append((request.json_schema, answer))
+        return answer
+
+
 class _Extension(ComfyExtension):
     async def get_node_list(self):
-        return [TinySDXLCheckpointLoader, Capture]
+        return [TinySDXLCheckpointLoader, Capture, RecordingVLM]
 
 
 async def comfy_entrypoint():
