@@ -42,6 +42,12 @@ def _skip_in():
                                   f"last 'steps' kept. Lower = stronger edits, less faithful (paper: {SKIP}).")
 
 
+def _source_in(prompt_tip: str, scale_default: float, scale_tip: str) -> list:
+    """The inversion's source prompt and its CFG scale (each inversion says what they do there)."""
+    return [io.Conditioning.Input("source", optional=True, tooltip=prompt_tip),
+            io.Float.Input("source_scale", default=scale_default, min=0.0, max=30.0, step=0.1, tooltip=scale_tip)]
+
+
 def _seed_in():
     return io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=False,
                         tooltip="Seed of the independent noise samples the inversion starts from.")
@@ -105,15 +111,13 @@ class DPMSolverInversion(io.ComfyNode):
                         "the inputs stay the same). Shows progress with live previews, as KSampler does.",
             inputs=[
                 _model_in(), _latent_in(), _steps_in(), _skip_in(), _seed_in(),
-                io.Conditioning.Input("source", optional=True,
-                                      tooltip="Optional prompt describing the picture, used with CFG during "
-                                              "inversion only. Leave empty (default) so that an edit without "
-                                              "concepts retraces the inversion."),
-                io.Float.Input("source_scale", default=3.5, min=0.0, max=30.0, step=0.1,
-                               tooltip="CFG scale of the source prompt during inversion (paper: 3.5). As in "
-                                       "diffusers, the source prompt is used only above 1: at 1 or less the "
-                                       "inversion uses the unconditional prediction alone. No effect without a "
-                                       "source prompt."),
+                *_source_in(
+                    "Optional prompt describing the picture, used with CFG during inversion only. Leave "
+                    "empty (default) so that an edit without concepts retraces the inversion.",
+                    3.5,
+                    "CFG scale of the source prompt during inversion (paper: 3.5). As in diffusers, the "
+                    "source prompt is used only above 1: at 1 or less the inversion uses the unconditional "
+                    "prediction alone. No effect without a source prompt."),
                 _negative_in(),
                 io.Int.Input("zero_noise_steps", default=3, min=0, max=800,
                              tooltip="The last N editing steps add no noise (diffusers' SDXL default 3, against "
@@ -153,12 +157,12 @@ class DDPMInversion(io.ComfyNode):
                         "Inversion and the full counterfactual prompt; CSG Sampler accepts it too.",
             inputs=[
                 _model_in(), _latent_in(),
-                io.Conditioning.Input("source", optional=True,
-                                      tooltip="The fully specified factual prompt (all concepts), used with CFG."),
-                io.Float.Input("source_scale", default=3.5, min=0.0, max=30.0, step=0.1,
-                               tooltip="CFG scale of the source prompt during inversion (edit-friendly DDPM: 3.5). "
-                                       "As in diffusers, used only above 1: at 1 or less the inversion uses the "
-                                       "unconditional prediction alone."),
+                *_source_in(
+                    "The fully specified factual prompt (all concepts), used with CFG.",
+                    3.5,
+                    "CFG scale of the source prompt during inversion (edit-friendly DDPM: 3.5). As in "
+                    "diffusers, used only above 1: at 1 or less the inversion uses the unconditional "
+                    "prediction alone."),
                 _steps_in(), _skip_in(), _seed_in(), _negative_in(),
                 io.Int.Input("zero_noise_steps", default=0, min=0, max=800,
                              tooltip="The last N steps add no noise. 0 (default): regenerating with the same "
@@ -183,11 +187,11 @@ class DDIMInversion(io.ComfyNode):
                         "with Regenerate From Inversion and the full counterfactual prompt.",
             inputs=[
                 _model_in(), _latent_in(),
-                io.Conditioning.Input("source", optional=True,
-                                      tooltip="The fully specified factual prompt (all concepts)."),
-                io.Float.Input("source_scale", default=1.0, min=0.0, max=30.0, step=0.1,
-                               tooltip="CFG scale during inversion; 1 = the source prompt alone (CFG > 1 amplifies "
-                                       "DDIM inversion error)."),
+                *_source_in(
+                    "The fully specified factual prompt (all concepts).",
+                    1.0,
+                    "CFG scale during inversion; 1 = the source prompt alone (CFG > 1 amplifies DDIM "
+                    "inversion error)."),
                 _steps_in(), _skip_in(), _negative_in(),
             ],
             outputs=_inversion_outputs(),

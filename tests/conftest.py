@@ -94,6 +94,18 @@ def tiny_inversion(picture: dict, steps: int, skip: float = 0.15, seed: int = 5)
                                 zero_noise_steps=0, keep_trajectory=True)
 
 
+@pytest.fixture(scope="module")
+def tiny(comfy_dirs):
+    """``tiny_sdxl_picture(seed=3)``, once per module (a module may define its own)."""
+    return tiny_sdxl_picture(seed=3)
+
+
+@pytest.fixture(scope="module")
+def inv(request, tiny):
+    """``tiny_inversion`` of ``tiny`` with the module's own ``N`` steps and ``SKIP``."""
+    return tiny_inversion(tiny, steps=request.module.N, skip=request.module.SKIP)
+
+
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)

@@ -18,18 +18,6 @@ GRAPH = {"description": "a ball on grass under the sky",
 
 
 @pytest.fixture(scope="module")
-def tiny(comfy_dirs):
-    from tests.conftest import tiny_sdxl_picture
-    return tiny_sdxl_picture(seed=3)
-
-
-@pytest.fixture(scope="module")
-def inv(tiny):
-    from tests.conftest import tiny_inversion
-    return tiny_inversion(tiny, steps=N, skip=SKIP)
-
-
-@pytest.fixture(scope="module")
 def cf():
     from fmcgm.graph import CausalGraph
     from fmcgm.manipulator import apply_intervention
