@@ -221,7 +221,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     a = p.parse_args()
     from fmcgm.runner.lanes import import_lane_comfy
-    import_lane_comfy()  # the lane\'s ComfyUI importable: CPU, one thread
+    import_lane_comfy()  # the lane's ComfyUI importable: CPU, one thread
     from fmcgm.miniworld import pipeline
     started = time.perf_counter()
     result = run(a.pictures, a.checkpoint, a.seed)

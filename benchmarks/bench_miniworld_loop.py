@@ -101,7 +101,7 @@ def main() -> None:
     p.add_argument("--pictures", type=int, default=16)
     a = p.parse_args()
     from fmcgm.runner.lanes import import_lane_comfy
-    import_lane_comfy()  # the lane\'s ComfyUI importable: CPU, one thread
+    import_lane_comfy()  # the lane's ComfyUI importable: CPU, one thread
     records = run(a.pictures, a.judge, a.error_rate)
     name = "the oracle" if a.judge == "oracle" else f"the oracle erring {a.error_rate:.0%}"
     md = markdown(records, name, a.pictures)

@@ -44,7 +44,7 @@ def main() -> None:
     a = p.parse_args()
 
     from fmcgm.runner.lanes import import_lane_comfy
-    import_lane_comfy()  # the lane\'s ComfyUI importable: CPU, one thread
+    import_lane_comfy()  # the lane's ComfyUI importable: CPU, one thread
     import numpy as np
     from fmcgm.miniworld import oracle, paint, pipeline, train, world
 

@@ -28,7 +28,7 @@ def main() -> None:
     p.add_argument("--thresholds", default="0.7,0.5,0.3")
     a = p.parse_args()
     from fmcgm.runner.lanes import import_lane_comfy
-    import_lane_comfy()  # the lane\'s ComfyUI importable: CPU, one thread
+    import_lane_comfy()  # the lane's ComfyUI importable: CPU, one thread
     import numpy as np
     from fmcgm.miniworld import paint, pipeline
     model, clip, vae = pipeline.load()
