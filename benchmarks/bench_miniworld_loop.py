@@ -70,8 +70,9 @@ def _mean_se(values):
 def markdown(records: list[dict], judge_name: str, n: int) -> str:
     import numpy as np
     table = json.loads((RESULTS / "miniworld_table1.json").read_text())
-    floor = {r["picture"]: r["pixel_outside"] for r in table["records"]
-             if r["method"] == "Reconstruction (no edit)" and r["kind"] == "weather"}
+    # the floor of each picture and intervention (the changed region, and so "outside", depends on both)
+    floor = {(r["picture"], r["kind"]): r["pixel_outside"] for r in table["records"]
+             if r["method"] == "Reconstruction (no edit)"}
     lines = [f"Self-checking edit, {judge_name} in the loop, {n} pictures x 2 interventions "
              f"(settings {json.dumps(LOOP)}); scored by the true oracle.", "",
              "| Method | Eff. ↑ | Inv. ↑ | Pixel dist. ↓ | Pixel dist. / floor |", "|---|---|---|---|---|"]
@@ -80,10 +81,11 @@ def markdown(records: list[dict], judge_name: str, n: int) -> str:
                          for m in table["summary"]] + [(f"Self-checking ({judge_name})", records)]:
         if not rows:
             continue
-        eff = "n/a" if method.startswith("Reconstruction") else "%.3f ± %.3f" % _mean_se([r["effectiveness"] for r in rows])
-        ratio = _mean_se([r["pixel_outside"] / floor[r["picture"]] for r in rows])
-        lines.append(f"| {method} | {eff} | %.3f ± %.3f | %.4f ± %.4f | %.2f ± %.2f |" % (
-            *_mean_se([r["invariance"] for r in rows]), *_mean_se([r["pixel_outside"] for r in rows]), *ratio))
+        cell = lambda key, fmt: "{0:{2}} ± {1:{2}}".format(*_mean_se([r[key] for r in rows]), fmt)  # noqa: E731
+        eff = "n/a" if method.startswith("Reconstruction") else cell("effectiveness", ".3f")
+        ratio = _mean_se([r["pixel_outside"] / floor[r["picture"], r["kind"]] for r in rows])
+        lines.append(f"| {method} | {eff} | {cell('invariance', '.3f')} | {cell('pixel_outside', '.4f')} | "
+                     f"{ratio[0]:.2f} ± {ratio[1]:.2f} |")
     rounds = [r["rounds"] for r in records]
     renderers = {k: sum(r["renderer"] == k for r in records) for k in {r["renderer"] for r in records}}
     seconds = {r["picture"]: r["seconds_picture"] for r in records}
@@ -99,16 +101,23 @@ def main() -> None:
     p.add_argument("--judge", choices=("oracle", "erring"), default="oracle")
     p.add_argument("--error-rate", type=float, default=0.2)
     p.add_argument("--pictures", type=int, default=16)
+    p.add_argument("--table-only", action="store_true", help="rewrite the markdown from the saved JSON")
     a = p.parse_args()
+    stem = f"miniworld_loop_{a.judge}"
+    if a.table_only:
+        saved = json.loads((RESULTS / f"{stem}.json").read_text())
+        md = markdown(saved["records"], saved["settings"]["judge"], saved["settings"]["pictures"])
+        (RESULTS / f"{stem}.md").write_text(md)
+        print(md)
+        return
     from fmcgm.runner.lanes import import_lane_comfy
     import_lane_comfy()  # the lane's ComfyUI importable: CPU, one thread
     records = run(a.pictures, a.judge, a.error_rate)
     name = "the oracle" if a.judge == "oracle" else f"the oracle erring {a.error_rate:.0%}"
-    md = markdown(records, name, a.pictures)
-    stem = f"miniworld_loop_{a.judge}"
-    (RESULTS / f"{stem}.md").write_text(md)
     (RESULTS / f"{stem}.json").write_text(json.dumps({"settings": {**LOOP, "judge": name, "pictures": a.pictures},
                                                       "records": records}, indent=1))
+    md = markdown(records, name, a.pictures)
+    (RESULTS / f"{stem}.md").write_text(md)
     print(md)
 
 

@@ -300,8 +300,13 @@ def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifa
         assert counterfactuals, f"no counterfactual: {sorted(final['outputs'])}"
         for info in counterfactuals:
             assert _picture(server, info).shape == (height, width, 3)
-        masks = _images(final, "15")  # readable: a panel per concept, a caption strip above them
-        assert masks and all(_picture(server, m).shape[0] > height for m in masks)
+        shown = _images(final, "15")
+        if definition.graph["15"]["class_type"] == "FMCGMConceptMasksPicture":
+            # readable masks: a panel per concept, a caption strip above them
+            assert shown and all(_picture(server, m).shape[0] > height for m in shown)
+        else:  # the self-checking edit: every round it rendered, at the counterfactual's size
+            assert shown and all(_picture(server, m).shape == (height, width, 3) for m in shown)
+            assert "judged by the miniature world's oracle" in final["outputs"]["12"]["text"][0]
         before_after = _images(final, "41")  # the original, then each counterfactual, to toggle between
         assert len(before_after) == 1 + len(counterfactuals)
         original = _picture(server, _images(first, "18")[0]) if world else _loaded_picture(server)
