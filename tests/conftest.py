@@ -25,8 +25,8 @@ ARTIFACTS = REPO / "test-artifacts"
 COMFYUI_FREE = {
     "test_constrained_real_vocab.py", "test_graph.py", "test_manipulator.py", "test_miniworld.py",
     "test_parsing.py", "test_prompt_agreement.py", "test_properties.py", "test_schema_grammar.py",
-    "test_text_hygiene.py", "test_imports.py", "test_one_home.py", "test_vlm_openai.py", "test_vlm_openai_waits.py", "test_vlm_stages.py",
-    "test_vlm_transformers.py", "test_packaging.py",
+    "test_text_hygiene.py", "test_vlm_openai.py", "test_vlm_openai_waits.py", "test_vlm_stages.py",
+    "test_vlm_transformers.py", "test_packaging.py", "test_imports.py", "test_one_home.py",
 }
 
 
