@@ -89,6 +89,20 @@ def _scene_inputs():
     ]
 
 
+def _scene_outputs():
+    return [io.Image.Output(display_name="image"), CausalGraphSocket.Output(display_name="graph"),
+            io.String.Output(display_name="graph_json"), io.String.Output(display_name="caption")]
+
+
+def _scene_result(picture, graph_dict: dict, caption: str):
+    """A scene node's outputs: the picture as an IMAGE batch of one, the graph, its JSON, the caption."""
+    import torch
+    from fmcgm.graph import CausalGraph
+    image = torch.from_numpy(picture).float().div_(255.0)[None]
+    graph = CausalGraph.from_dict(graph_dict)
+    return io.NodeOutput(image, [graph], graph.to_json(), caption, ui=ui.PreviewText(graph.to_text()))
+
+
 class MiniworldScene(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -101,23 +115,16 @@ class MiniworldScene(io.ComfyNode):
                         "Causal Graph Editor and the Concept Manipulator's graph-only mode, and the world's oracle "
                         "as a judge for the CSG Self-Checking Edit (it reads pixels and knows where each concept is).",
             inputs=_scene_inputs(),
-            outputs=[io.Image.Output(display_name="image"),
-                     CausalGraphSocket.Output(display_name="graph"),
-                     io.String.Output(display_name="graph_json"),
-                     io.String.Output(display_name="caption"),
-                     JudgeSocket.Output(display_name="oracle_judge")],
+            outputs=[*_scene_outputs(), JudgeSocket.Output(display_name="oracle_judge")],
         )
 
     @classmethod
     def execute(cls, weather, house, house_side, layout_seed, sky, ground, windows, size):
-        import torch
-        from fmcgm.miniworld import paint
-        scene = _scene(weather, house, house_side, layout_seed, sky, ground, windows)
-        image = torch.from_numpy(paint.render(scene, size)).float().div_(255.0)[None]
-        graph = _scene_graph(scene)
+        from fmcgm.miniworld import paint, world
         from fmcgm.miniworld.judge import OracleJudge
-        return io.NodeOutput(image, [graph], graph.to_json(), scene.caption(), OracleJudge(scene),
-                             ui=ui.PreviewText(graph.to_text()))
+        scene = _scene(weather, house, house_side, layout_seed, sky, ground, windows)
+        out = _scene_result(paint.render(scene, size), world.graph_dict(scene.values), scene.caption())
+        return io.NodeOutput(*out.args, OracleJudge(scene), ui=out.ui)
 
     @staticmethod
     def preview_graph(weather, house, house_side, layout_seed, sky, ground, windows, size=128):
@@ -141,6 +148,59 @@ def _scene_graph(scene):
 GRAPH_PREVIEWS["FMCGMMiniworldScene"] = MiniworldScene.preview_graph
 
 
+FROM_CAUSE = "(from its cause)"
+
+
+def _scene2_inputs():
+    from fmcgm.miniworld import world2
+    roots = {world2.WEATHER: ("rainy", "The weather: the sun or cloud, and through the SCM the sky, the ground and "
+                                       "the figure's umbrella."),
+             world2.FIRE: ("lit fire", "The fire in the house (its round gable window glows), and through the SCM "
+                                       "the chimney smoke and the lit windows."),
+             world2.HOUSE: ("red house", "The house's colour (a root)."),
+             world2.DOOR: ("green door", "The door's colour (a root: an edit of a few per cent of the picture).")}
+    inputs = [io.Combo.Input(c, options=list(world2.VALUES[c]), default=d, tooltip=t) for c, (d, t) in roots.items()]
+    inputs.append(io.Int.Input("layout_seed", default=0, min=0, max=0xFFFFFFFF,
+                               tooltip="Seeds the unnamed detail: where the house and figure stand, the cloud's and "
+                                       "smoke's puffs, the puddles, and the clutter's colours and places."))
+    for effect, (cause, _) in world2.WORLD.mechanisms.items():
+        inputs.append(io.Combo.Input(effect, options=[FROM_CAUSE, *world2.VALUES[effect]], default=FROM_CAUSE,
+                                     tooltip=f"The {effect}: '{FROM_CAUSE}' follows its mechanism from the {cause}; "
+                                             "a value overrides it (the SCM's exogenous noise)."))
+    inputs.append(io.Int.Input("size", default=128, min=64, max=1024, step=32,
+                               tooltip="Picture side in px (the second world's model is trained at 128)."))
+    return inputs
+
+
+class Miniworld2Scene(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return schema(
+            node_id="FMCGMMiniworld2Scene",
+            display_name="Miniature World 2 Scene (FM-CGM)",
+            category=WORLD_CATEGORY,
+            description="A picture of the second miniature world (weather -> sky, ground, umbrella; fire -> chimney "
+                        "smoke, lit windows; the house's and door's colours independent; clutter no caption names) "
+                        "with its causal graph and values, for the Causal Graph Editor and the graph-only "
+                        "Concept Manipulator. Its model is fmcgm-miniworld2-sdxl.safetensors.",
+            inputs=_scene2_inputs(),
+            outputs=_scene_outputs(),
+        )
+
+    @classmethod
+    def execute(cls, layout_seed, size, **chosen):
+        import random
+
+        from fmcgm.miniworld import paint2, world2
+        from fmcgm.miniworld.world import Noise
+        w = world2.WORLD
+        noise = {e: Noise(chosen[e] == FROM_CAUSE, chosen[e] if chosen[e] != FROM_CAUSE else w.values[e][0])
+                 for e in w.mechanisms}
+        values = w.solve({c: w.check_value(c, chosen[c]) for c in w.roots()}, noise)
+        scene = world2.WorldScene(values, noise, world2.sample_layout(random.Random(f"layout2-{int(layout_seed)}")))
+        return _scene_result(paint2.render(scene, size), w.graph_dict(values), w.caption(values))
+
+
 class MiniworldMechanisms(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -149,7 +209,7 @@ class MiniworldMechanisms(io.ComfyNode):
             display_name="Miniature World Mechanisms (FM-CGM)",
             category=WORLD_CATEGORY,
             description="The miniature world's known mechanisms in place of a VLM: given the graph's current values "
-                        "and do(concept = value), gives the descendants' new values (abduction, action, prediction "
+                        "and do(concept = value), gives the descendants' new values (either world: the graph's concepts say which) (abduction, action, prediction "
                         "on the world's SCM) as the Concept Manipulator's graph-only mode takes them. An effect "
                         "showing its mechanism's value is taken to follow it; any other value is its own noise and "
                         "stays.",
@@ -165,7 +225,7 @@ class MiniworldMechanisms(io.ComfyNode):
     @classmethod
     def execute(cls, graph, concept, value):
         from fmcgm.manipulator import format_value_text
-        from fmcgm.miniworld import world
+        from fmcgm.miniworld import world, world2
         graphs = list(graph or [])
         if not graphs:
             raise ValueError("graph: no graph arrived; connect Miniature World Scene's graph (or the editor's)")
@@ -173,8 +233,12 @@ class MiniworldMechanisms(io.ComfyNode):
             return io.NodeOutput("", ui=ui.PreviewText("No intervention chosen yet."))
         values = {c.name: c.value for c in graphs[0].concepts}
         try:
-            scene = world.abduct(values)
-            propagated = world.propagated_values(scene, concept.strip(), value.strip())
+            if set(values) == set(world2.CONCEPTS):  # the second world's graph
+                scene = world2.scene_from_values(values)
+                propagated = world2.WORLD.propagated_values(scene, concept.strip(), value.strip())
+            else:
+                scene = world.abduct(values)
+                propagated = world.propagated_values(scene, concept.strip(), value.strip())
         except ValueError as error:
             raise ValueError(f"concept/value: {error}") from None
         text = format_value_text(propagated)
@@ -208,5 +272,5 @@ class MiniworldOracle(io.ComfyNode):
         return io.NodeOutput(text, ui=ui.PreviewText(text))
 
 
-NODES = [LoadTinySDXLCheckpoint, MiniworldScene, MiniworldMechanisms, MiniworldOracle]
+NODES = [LoadTinySDXLCheckpoint, MiniworldScene, Miniworld2Scene, MiniworldMechanisms, MiniworldOracle]
 

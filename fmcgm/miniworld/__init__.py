@@ -7,6 +7,8 @@
 - ``judge``   the oracle as a judge of the self-checking edit
 - ``model``, ``train``, ``pipeline``  the tiny SDXL, its training, and the paper's Table 1 on it
 - ``panels``  labelled pictures side by side (the demo's and the README's figures)
+- ``scm``, ``world2``, ``paint2``, ``oracle2``, ``pipeline2``, ``train2``  the second world (local
+  causes and effects, unnamed detail), the same parts over a general causal-world class
 
 Importable without ComfyUI; the model, training and editing modules import it lazily.
 """
