@@ -22,7 +22,8 @@ from dataclasses import replace
 
 import pytest
 
-from fmcgm.miniworld import oracle2, pipeline2, paint2, world2
+from fmcgm.miniworld import oracle2, paint2, pipeline2, world2
+from tests.sdxl_graphs import graph_only_edit
 
 BENCH = pipeline2.REPO / "benchmarks" / "results" / "miniworld2_table1.json"
 
@@ -131,17 +132,8 @@ def test_world2_scene_feeds_the_mechanisms_and_the_graph_only_manipulator(comfy)
     scene_inputs = {"weather": "rainy", "fire": "lit fire", "house": "blue house", "door": "white door",
                     "layout_seed": 2, "sky": FROM_CAUSE, "ground": FROM_CAUSE, "umbrella": FROM_CAUSE,
                     "smoke": FROM_CAUSE, "windows": "dark windows", "size": 64}
-    prompt = {
-        "1": {"class_type": "FMCGMMiniworld2Scene", "inputs": scene_inputs},
-        "2": {"class_type": "FMCGMMiniworldMechanisms", "inputs": {"graph": ["1", 1], "concept": "fire",
-                                                                   "value": "no fire"}},
-        "3": {"class_type": "FMCGMConceptManipulator", "inputs": {
-            "causal_graph": ["1", 1], "mode": "graph-only", "concept": "fire", "value": "no fire",
-            "descendant_values": ["2", 0], "num_interventions": 1, "temperature": 0.2, "max_new_tokens": 64,
-            "seed": 0, "enable_thinking": False}},
-        "4": {"class_type": "FMCGMTest_Capture", "inputs": {"value": ["3", 0]}},
-        "5": {"class_type": "FMCGMTest_Capture", "inputs": {"value": ["1", 3]}},
-    }
+    prompt = graph_only_edit("FMCGMMiniworld2Scene", scene_inputs, "fire", "no fire")
+    prompt["5"] = {"class_type": "FMCGMTest_Capture", "inputs": {"value": ["1", 3]}}
     _, outputs = comfy.run_prompt(prompt)
     assert outputs["2"]["text"][0].splitlines() == ["smoke: no smoke", "windows: dark windows"]
     caption = json.loads(outputs["5"]["fmcgm_capture"][0])[0]

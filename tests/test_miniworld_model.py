@@ -10,6 +10,7 @@ import torch
 
 from fmcgm.miniworld import model as M
 from fmcgm.miniworld import oracle, paint, pipeline, world
+from tests.sdxl_graphs import graph_only_edit
 
 
 # The trained checkpoint ships in models/ (scripts/train_miniworld.py makes it); without it these skip.
@@ -150,16 +151,7 @@ def test_the_worlds_mechanisms_feed_the_manipulators_graph_only_mode(comfy):
     scene_inputs = {"weather": "rainy", "house": "yellow house", "house_side": "house on the left side",
                     "layout_seed": 1, "sky": "(from the weather)", "ground": "snowy ground",
                     "windows": "(from the weather)", "size": 64}
-    prompt = {
-        "1": {"class_type": "FMCGMMiniworldScene", "inputs": scene_inputs},
-        "2": {"class_type": "FMCGMMiniworldMechanisms", "inputs": {"graph": ["1", 1], "concept": "weather",
-                                                                   "value": "sunny"}},
-        "3": {"class_type": "FMCGMConceptManipulator", "inputs": {
-            "causal_graph": ["1", 1], "mode": "graph-only", "concept": "weather", "value": "sunny",
-            "descendant_values": ["2", 0], "num_interventions": 1, "temperature": 0.2, "max_new_tokens": 64,
-            "seed": 0, "enable_thinking": False}},
-        "4": {"class_type": "FMCGMTest_Capture", "inputs": {"value": ["3", 0]}},
-    }
+    prompt = graph_only_edit("FMCGMMiniworldScene", scene_inputs, "weather", "sunny")
     _, outputs = comfy.run_prompt(prompt)
     assert outputs["2"]["text"][0].splitlines() == ["sky: blue sky", "ground: snowy ground", "windows: dark windows"]
     report = outputs["3"]["text"][0]
