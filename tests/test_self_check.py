@@ -154,6 +154,24 @@ def test_without_regions_a_changed_invariant_is_protected_and_the_budgets_stop_t
         _run(tiny, judge, max_rounds=2, regenerate_rounds=2)
 
 
+def test_a_vlm_judge_reads_each_round_and_what_it_could_not_tell_is_reported(tiny):
+    """VLM-Eff as the judge: the picture goes to the model with the targets and the invariants; a
+    concept the answer leaves out is unjudged (not failed) and named in the report; a VLM cannot say
+    where a concept lies, so a changed invariant is protected by its attention mask."""
+    from fmcgm.judges import VLMJudge
+    from tests.fixtures.scripted_vlm import ScriptedBackend
+    backend = ScriptedBackend('{"verdicts": {"weather": true, "ground": false, "ball": false}}',
+                              '{"verdicts": {"weather": true, "ground": true}}')
+    out = _run(tiny, VLMJudge(backend, name="the scripted VLM"), max_rounds=2, regenerate_rounds=0)
+    first, second = out.rounds
+    assert [v.present for v in first.verdict.verdicts] == [True, False]
+    assert second.params["ground"]["scale"] == 12.0 and second.protected == ("ball",)
+    assert [v.present for v in second.verdict.invariance_verdicts] == [None]
+    report = out.report("the scripted VLM")
+    assert "the judge could not tell: ball" in report and out.best is second
+    assert len(backend.requests) == 2 and any(m.images for m in backend.requests[0].messages)  # the picture went
+
+
 # ---------------------------------------------------------------- the demo picture, through the executor
 
 @pytest.mark.skipif(not __import__("fmcgm.miniworld.pipeline", fromlist=["x"]).CHECKPOINT.is_file(),
