@@ -8,7 +8,7 @@ from round to round (interleaved), each size is measured:
 
 * compile: the grammar of each stage that depends on the graph (edges, manual propagation for the
   first concept, automatic proposals), with new concept names every round so the cache never
-  answers, at Qwen's real 151,643-token vocabulary (tests/fixtures/qwen_vocab.py) unless --vocab tiny.
+  answers, at Qwen's real 151,643-token vocabulary (fmcgm/tiny/qwen_vocab.py) unless --vocab tiny.
   Beside the proposals schema as it is built now, the exact form (one anyOf option per concept naming
   every descendant, what every graph got before) is compiled as the reference;
 * viewer: ``render_graph`` with an intervention on the middle concept, 1024 px wide, automatic height,
@@ -16,7 +16,7 @@ from round to round (interleaved), each size is measured:
 
 Printed per size: median and spread (min..max over rounds) in seconds, the ratio to the 8-concept
 figure of the same round, and for the proposals grammar the ratio to the exact-form reference of the
-same round. Goals (issue 20): every stage's grammar under 1 s and the viewer under 5 s at 64 concepts.
+same round. Goals: every stage's grammar under 1 s and the viewer under 5 s at 64 concepts.
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def grammars(vocab: str):
     from transformers import AutoTokenizer
 
     from fmcgm.vlm.constrained import SchemaGrammars
-    from tests.fixtures.tiny_qwen3vl import tiny_qwen3vl_folder
+    from fmcgm.tiny.qwen3vl import tiny_qwen3vl_folder
 
     folder = tiny_qwen3vl_folder(Path(tempfile.gettempdir()) / "fmcgm_bench_big_graphs", vocab=vocab)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))

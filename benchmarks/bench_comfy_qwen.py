@@ -5,7 +5,7 @@
 
 Needs a ComfyUI with native Qwen3-VL (the 0.33.0 lane; set by default). The model is the tiny
 Qwen3-VL of ComfyUI's own classes at Qwen's real vocabulary (151,936 rows;
-tests/fixtures/tiny_comfy_qwen3vl.py), and the transformers backend loads the very same weights
+fmcgm/tiny/comfy_qwen3vl.py), and the transformers backend loads the very same weights
 (``hf_folder``), with a chat template that renders the same prompt token for token.
 
 Speed: per stage of the pipeline (the prompts and schemas of benchmarks/bench_constrained_decoding.py)
@@ -55,7 +55,7 @@ BACKENDS = ("comfy", "transformers")
 def load_backends(te_file: Path, hf_dir: Path):
     from fmcgm.vlm.comfy_qwen_backend import ComfyQwen3VLBackend
     from fmcgm.vlm.transformers_backend import TransformersBackend
-    from tests.fixtures import tiny_comfy_qwen3vl
+    from fmcgm.tiny import comfy_qwen3vl as tiny_comfy_qwen3vl
     clip = tiny_comfy_qwen3vl.load(te_file)
     return clip, {"comfy": ComfyQwen3VLBackend(clip, max_image_tokens=64),
                   "transformers": TransformersBackend(str(hf_dir), device="cpu", dtype="fp32", max_image_tokens=64)}
@@ -130,11 +130,11 @@ def memory_child(kind: str, te_file: str, hf_dir: str) -> None:
     from PIL import Image
 
     from fmcgm.vlm.base import ChatMessage, GenerationRequest
-    from tests import comfy_harness
-    comfy_harness.bootstrap()
+    from fmcgm.runner import lanes
+    lanes.import_lane_comfy()  # the lane's ComfyUI importable: CPU, one thread
     from fmcgm.vlm.comfy_qwen_backend import ComfyQwen3VLBackend
     from fmcgm.vlm.transformers_backend import TransformersBackend
-    from tests.fixtures import tiny_comfy_qwen3vl
+    from fmcgm.tiny import comfy_qwen3vl as tiny_comfy_qwen3vl
 
     clip = tiny_comfy_qwen3vl.load(te_file)  # what the image model's Load CLIP holds anyway
     if kind == "comfy":
@@ -235,15 +235,15 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
     from PIL import Image
 
-    from tests import comfy_harness
-    comfy_harness.bootstrap()
+    from fmcgm.runner import lanes
+    lanes.import_lane_comfy()  # the lane's ComfyUI importable: CPU, one thread
     torch.set_num_threads(1)
-    if comfy_harness.comfy_version() < (0, 33):
+    if lanes.comfy_version() < (0, 33):
         raise SystemExit("this ComfyUI has no native Qwen3-VL: run with FMCGM_COMFYUI_LANE=0.33.0")
     from fmcgm.vlm.constrained import xgrammar_available
     if not xgrammar_available():
         raise SystemExit("xgrammar is not installed: nothing to compare (pip install xgrammar)")
-    from tests.fixtures import tiny_comfy_qwen3vl
+    from fmcgm.tiny import comfy_qwen3vl as tiny_comfy_qwen3vl
     with tempfile.TemporaryDirectory() as tmp:
         te_file = args.te_file or tiny_comfy_qwen3vl.save(Path(tmp) / "tiny_qwen3vl.safetensors")
         hf_dir = args.hf_dir or tiny_comfy_qwen3vl.hf_folder(te_file, Path(tmp) / "hf")

@@ -4,7 +4,7 @@
                                                     [--model-dir DIR] [--json OUT.json]
 
 Without --model-dir it builds the tiny random Qwen3-VL with Qwen's real 151,643-token BPE and
-151,936 embedding rows (tests/fixtures/tiny_qwen3vl.py, needs the dashscope wheel): the model's
+151,936 embedding rows (fmcgm/tiny/qwen3vl.py, needs the dashscope wheel): the model's
 own compute is small, so the grammar's work at the real vocabulary dominates the difference,
 which is the point. Every stage that asks a VLM for JSON is measured with its real prompt and
 schema (fmcgm/prompts.py, fmcgm/evaluation.py): description, concepts, edges, manipulator
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = args.model_dir
         if model_dir is None:
-            from tests.fixtures.tiny_qwen3vl import build_tiny_qwen3vl
+            from fmcgm.tiny.qwen3vl import build_tiny_qwen3vl
             model_dir = build_tiny_qwen3vl(Path(tmp) / f"tiny-{args.vocab}", vocab=args.vocab)
         backend = TransformersBackend(str(model_dir), device="auto", max_image_tokens=64)
     image = Image.new("RGB", (256, 256), (120, 160, 200))

@@ -124,29 +124,23 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; choose from {SECTIONS}")
 
-    from tests import comfy_harness
-    comfy_harness.bootstrap()
+    from fmcgm.runner.lanes import import_lane_comfy
     import torch
-    from comfy.cli_args import args as comfy_args
     if args.device == "cuda":
-        # bootstrap() configures a CPU-only ComfyUI; undo that before comfy.model_management is imported
-        if "comfy.model_management" in sys.modules:
-            raise RuntimeError("comfy.model_management was imported before --device cuda could take effect")
-        comfy_args.cpu = False
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda: torch sees no GPU")
+        import_lane_comfy("auto", threads=min(8, os.cpu_count() or 1))
         _CUDA["on"] = True
-        torch.set_num_threads(min(8, os.cpu_count() or 1))
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     else:
-        torch.set_num_threads(1)
+        import_lane_comfy("cpu", threads=1)
     clock = args.clock if args.clock != "auto" else ("wall" if _CUDA["on"] else "cpu")
     if clock == "cpu" and (_CUDA["on"] or torch.get_num_threads() != 1):
         parser.error("--clock cpu counts CPU time: use it with --device cpu (torch on 1 thread)")
     _CLOCK["now"] = CLOCKS[clock]
     args.clock = clock
-    from tests.fixtures import tiny_sdxl
+    from fmcgm.tiny import sdxl as tiny_sdxl
 
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     preset = tiny_sdxl.PRESETS[args.preset]
@@ -174,7 +168,8 @@ class Bench:
     def __init__(self, args, preset, dtype, need_diffusers: bool):
         import torch
         from fmcgm.csg import guidance
-        from tests.fixtures import diffusers_ref, tiny_sdxl
+        from fmcgm.tiny import diffusers_ref
+        from fmcgm.tiny import sdxl as tiny_sdxl
         self.args = args
         self.N, self.W, self.R = args.steps, args.warmup, args.rounds
         t0 = time.perf_counter()
@@ -371,7 +366,7 @@ def flop_count(size: int = 1024, rows: int = 3) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
     from fmcgm.csg import attention
-    from tests.fixtures import tiny_sdxl
+    from fmcgm.tiny import sdxl as tiny_sdxl
     preset = tiny_sdxl.SDXL
     mc = preset.model_class(dict(preset.unet, dtype=torch.float16))
     mc.set_inference_dtype(torch.float16, None)

@@ -2,9 +2,9 @@
 
     python benchmarks/bench_eval_scaling.py [--items 6] [--rounds 2] [--json PATH]
 
-Everything runs on tiny random-weight stand-ins under the real model names (tests/fixtures):
+Everything runs on tiny random-weight stand-ins under the real model names (fmcgm/tiny):
 SDXL in each worker's in-process ComfyUI, Qwen3-VL with Qwen's real 151,643-token vocabulary
-served over HTTP by tests/fixtures/openai_server.py (so prompt token counts are Qwen's).
+served over HTTP by fmcgm/tiny/openai_server.py (so prompt token counts are Qwen's).
 
 Part 1, the work per item (no Ray: one worker's evaluator in this process, its ComfyUI here):
 every UNet forward (ComfyUI's UNetModel) is counted with its batch rows and the node that ran
@@ -45,12 +45,12 @@ SETTINGS = ["*.steps={steps}", "*.warmup=1", "*.max_new_tokens=160", "*.max_conc
 
 def build_models(base: Path) -> Path:
     """The tiny models under the real names, the VLM with Qwen's real vocabulary."""
-    from tests import workflow_runner
-    from tests.fixtures.tiny_qwen3vl import build_tiny_qwen3vl
-    vlm = workflow_runner.vlm_folder(base)
+    from fmcgm.tiny.models import prepare_models, vlm_folder
+    from fmcgm.tiny.qwen3vl import build_tiny_qwen3vl
+    vlm = vlm_folder(base)
     if not (vlm / "config.json").exists():
         build_tiny_qwen3vl(vlm, variant="dense", seed=0, vocab="real")
-    return workflow_runner.prepare_models(base)
+    return prepare_models(base)
 
 
 def make_dataset(folder: Path, count: int) -> Path:
@@ -60,7 +60,7 @@ def make_dataset(folder: Path, count: int) -> Path:
     import numpy as np
     from PIL import Image
 
-    from tests.conftest import sample_picture_png
+    from fmcgm.tiny.pictures import sample_picture_png
     folder.mkdir(parents=True, exist_ok=True)
     lines = []
     for n in range(count):
@@ -85,12 +85,13 @@ def work_per_item(models_yaml: Path, vlm_url: str, dataset: Path, steps_list: li
     from fmcgm.evaljob.prompt import VLMServer
     from fmcgm.evaljob.worker import ItemEvaluator, WorkerConfig
     from fmcgm.runner.inputs import title_of
-    from tests import comfy_harness, workflow_runner
+    from fmcgm.runner.lanes import comfy_root
+    from fmcgm.tiny.models import TINY_VLM_SERVED
 
     item = imagefolder_items("bench", dataset)[0]
     scratch = Path(tempfile.mkdtemp(prefix="fmcgm-bench-"))
     base = WorkerConfig(workflow=str(workflow),
-                        vlm=VLMServer(vlm_url, workflow_runner.TINY_VLM_SERVED), comfyui=str(comfy_harness.COMFY_ROOT),
+                        vlm=VLMServer(vlm_url, TINY_VLM_SERVED), comfyui=str(comfy_root()),
                         comfy_args=("--cpu", "--extra-model-paths-config", str(models_yaml)), interventions=1,
                         size=size, cpu=True)
     records = []
@@ -212,29 +213,32 @@ def main() -> None:
         records = work_per_item(options.work / "models" / "extra_model_paths.yaml", options.measure_work,
                                 options.work / "dataset", [options.steps, 2 * options.steps], options.size,
                                 options.workflow)
-        from tests import workflow_runner
-        records.append({"example_prompts": prompt_tokens_for_example(workflow_runner.vlm_folder(options.work / "models"))})
+        from fmcgm.tiny.models import vlm_folder
+        records.append({"example_prompts": prompt_tokens_for_example(vlm_folder(options.work / "models"))})
         print(json.dumps(records))
         return
 
-    from tests import comfy_harness, workflow_runner
+    from fmcgm.runner.lanes import comfy_root, lane_info
+    from fmcgm.tiny.models import TINY_VLM_SERVED, vlm_folder
+    from fmcgm.tiny.openai_server import ServedModel
     options.work.mkdir(parents=True, exist_ok=True)
     models_yaml = build_models(options.work / "models")
     dataset = make_dataset(options.work / "dataset", options.items)
-    server = workflow_runner.ServedVLM(workflow_runner.vlm_folder(options.work / "models"))
-    summary = {"cores": os.cpu_count(), "load_before": os.getloadavg(), "lane": comfy_harness.lane_info()["comfyui"],
+    server = ServedModel(vlm_folder(options.work / "models"), TINY_VLM_SERVED)
+    vlm_url = server.url + "/v1"
+    summary = {"cores": os.cpu_count(), "load_before": os.getloadavg(), "lane": lane_info()["comfyui"],
                "items": options.items, "size": options.size, "steps": options.steps}
     try:
-        args = ["--imagefolder", "bench", str(dataset), "--samples", str(options.items), "--vlm-url", server.url,
-                "--vlm-model", workflow_runner.TINY_VLM_SERVED, "--comfyui", str(comfy_harness.COMFY_ROOT),
+        args = ["--imagefolder", "bench", str(dataset), "--samples", str(options.items), "--vlm-url", vlm_url,
+                "--vlm-model", TINY_VLM_SERVED, "--comfyui", str(comfy_root()),
                 "--comfyui-args", f"--cpu --extra-model-paths-config {models_yaml}", "--interventions", "1",
                 "--size", str(options.size), "--workflow", str(options.workflow), *[a for s in SETTINGS for a in ("--set", s.format(steps=options.steps))]]
         rounds = []
         for number in range(options.rounds):
             for workers in ((1, 2) if number % 2 == 0 else (2, 1)):  # interleaved, order alternating
-                before = vlm_usage(server.url)
+                before = vlm_usage(vlm_url)
                 record = one_round(workers, args, options.work / "results", options.items)
-                used = vlm_usage(server.url) - before
+                used = vlm_usage(vlm_url) - before
                 record["vlm_per_item"] = {k: round(v / options.items, 1) for k, v in used.items()}
                 # one model, one generation at a time: the share of the window the VLM was busy
                 record["vlm_busy_fraction"] = round(used.get("generate_seconds", 0) / record["window_s"], 2)
@@ -246,7 +250,7 @@ def main() -> None:
         summary["efficiency"] = round(statistics.median(rates[2]) / (2 * statistics.median(rates[1])), 3)
         summary["rounds"] = rounds
         if not options.skip_work:  # in a fresh process: this one imported ComfyUI to build the models
-            measured = subprocess.run([sys.executable, __file__, "--measure-work", server.url, "--work", str(options.work),
+            measured = subprocess.run([sys.executable, __file__, "--measure-work", vlm_url, "--work", str(options.work),
                                        "--steps", str(options.steps), "--size", str(options.size), "--workflow",
                                        str(options.workflow)], cwd=REPO, capture_output=True, text=True)
             if measured.returncode != 0:

@@ -3,7 +3,7 @@ modes, on one Qwen3-VL folder.
 
     python benchmarks/bench_extraction.py [--model-dir DIR] [--vocab tiny|real] [--rounds 3] [--max-new-tokens 256]
 
-Without --model-dir it builds the tiny random Qwen3-VL (tests/fixtures/tiny_qwen3vl.py; with
+Without --model-dir it builds the tiny random Qwen3-VL (fmcgm/tiny/qwen3vl.py; with
 --vocab real, Qwen's 151,643-token tokenizer and 151,936 rows), whose numbers only show where
 time goes (prefill with the image vs decoding); the grammar's cost per stage is measured by
 bench_constrained_decoding.py. Give a real folder on a GPU machine for real timings. Each stage's share of
@@ -62,7 +62,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.model_dir
         if folder is None:
-            from tests.fixtures.tiny_qwen3vl import build_tiny_qwen3vl
+            from fmcgm.tiny.qwen3vl import build_tiny_qwen3vl
             folder = build_tiny_qwen3vl(Path(tmp) / "tiny", variant="dense", seed=0, vocab=args.vocab)
         backend = TimedBackend(TransformersBackend(str(folder), device="auto", max_image_tokens=256))
         image = Image.new("RGB", (256, 256), (120, 160, 200))

@@ -58,13 +58,13 @@ def find_lpips():
 
 def run(n: int, checkpoint, seed_base: int = 0) -> dict:
     import numpy as np
-    from fmcgm.miniworld import pipeline, render, world
+    from fmcgm.miniworld import paint, pipeline, world
     model, clip, vae = pipeline.load(checkpoint)
     lp = find_lpips()
     records, seconds = [], {m: 0.0 for m in METHODS}
     for i in range(n):
         scene, todo, inv_seed = pipeline.benchmark_case(i, seed_base)
-        picture = render.render(scene)
+        picture = paint.render(scene)
         cfs = [pipeline.counterfactual(scene, c, v) for c, v in todo]
         latent = pipeline.encode(vae, picture)
         outputs = {}
@@ -220,8 +220,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0, help="picks the scenes and the inversions' noise")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     a = p.parse_args()
-    from tests.comfy_harness import bootstrap
-    bootstrap()
+    from fmcgm.runner.lanes import import_lane_comfy
+    import_lane_comfy()  # the lane's ComfyUI importable: CPU, one thread
     from fmcgm.miniworld import pipeline
     started = time.perf_counter()
     result = run(a.pictures, a.checkpoint, a.seed)

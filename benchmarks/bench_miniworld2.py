@@ -40,9 +40,9 @@ def csg_rows(tuned):
 def edit_picture(model, clip, vae, i, seed, rows, baselines=True):
     """outputs {method: [3 pictures]}, masks {method: [per-cf mask shares]}, and context."""
     import numpy as np
-    from fmcgm.miniworld import pipeline as P, pipeline2 as P2, render2, world2
+    from fmcgm.miniworld import pipeline as P, pipeline2 as P2, paint2, world2
     scene, todo, inv_seed = P2.benchmark_case(i, seed)
-    picture = render2.render(scene)
+    picture = paint2.render(scene)
     cfs = [P2.counterfactual(scene, c, v) for c, v in todo]
     latent = P.encode(vae, picture)
     seconds, outputs, shares = {}, {}, {}
@@ -244,8 +244,8 @@ def main() -> None:
     p.add_argument("--tuning", type=Path)
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     a = p.parse_args()
-    from tests.comfy_harness import bootstrap
-    bootstrap()
+    from fmcgm.runner.lanes import import_lane_comfy
+    import_lane_comfy()  # the lane's ComfyUI importable: CPU, one thread
     from fmcgm.miniworld import pipeline2 as P2
     if a.merge:
         merge(a.merge, a.tuning, a.out, a.seed)

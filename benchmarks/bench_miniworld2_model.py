@@ -28,7 +28,7 @@ def run(n: int, denoise: float, cfg: float) -> dict:
     import torch
     import comfy.sample
     from fmcgm.csg import models
-    from fmcgm.miniworld import oracle2, pipeline as P, pipeline2 as P2, render2, train2, world2
+    from fmcgm.miniworld import oracle2, pipeline as P, pipeline2 as P2, paint2, train2, world2
     model, clip, vae = P2.load()
     held = world2.held_out_combinations(0)
     held_keys = {world2.WORLD.combo_key(v) for v in held}
@@ -42,7 +42,7 @@ def run(n: int, denoise: float, cfg: float) -> dict:
             else:
                 values = train2.training_scene(0, 10 ** 6 + k, held_keys).values
             target = replace(base, values=dict(values))
-            latent = P.encode(vae, render2.render(base))
+            latent = P.encode(vae, paint2.render(base))
             noise = comfy.sample.prepare_noise(latent, k)
             with torch.inference_mode():
                 lat = comfy.sample.sample(model, noise, 25, cfg, "dpmpp_2m", "karras",
@@ -64,8 +64,8 @@ def main() -> None:
     p.add_argument("--cfg", type=float, default=5.0)
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     a = p.parse_args()
-    from tests.comfy_harness import bootstrap
-    bootstrap()
+    from fmcgm.runner.lanes import import_lane_comfy
+    import_lane_comfy()  # the lane's ComfyUI importable: CPU, one thread
     result = run(a.pictures, a.denoise, a.cfg)
     from fmcgm.miniworld import world2
     cols = list(world2.CONCEPTS) + ["all nine"]

@@ -31,14 +31,14 @@ LOOP = {"scale": 16.0, "threshold": 0.5, "warmup": 10, "max_rounds": 5, "regener
 def run(n: int, judge_kind: str, rate: float, seed_base: int = 0) -> list[dict]:
     from fmcgm.csg import self_check
     from fmcgm.judges import ErringJudge
-    from fmcgm.miniworld import pipeline, render
+    from fmcgm.miniworld import paint, pipeline
     from fmcgm.miniworld.judge import OracleJudge
     model, clip, vae = pipeline.load()
     decode = lambda raw: pipeline.decode(vae, raw)  # noqa: E731
     records = []
     for i in range(n):
         scene, todo, inv_seed = pipeline.benchmark_case(i, seed_base)
-        picture = render.render(scene)
+        picture = paint.render(scene)
         started = time.perf_counter()
         latent = pipeline.encode(vae, picture)
         inv = pipeline.invert(model, latent, seed=inv_seed)
@@ -110,8 +110,8 @@ def main() -> None:
         (RESULTS / f"{stem}.md").write_text(md)
         print(md)
         return
-    from tests.comfy_harness import bootstrap  # as bench_miniworld.py: ComfyUI importable, CPU
-    bootstrap()
+    from fmcgm.runner.lanes import import_lane_comfy
+    import_lane_comfy()  # the lane's ComfyUI importable: CPU, one thread
     records = run(a.pictures, a.judge, a.error_rate)
     name = "the oracle" if a.judge == "oracle" else f"the oracle erring {a.error_rate:.0%}"
     (RESULTS / f"{stem}.json").write_text(json.dumps({"settings": {**LOOP, "judge": name, "pictures": a.pictures},

@@ -43,10 +43,10 @@ def main() -> None:
     p.add_argument("--markdown", type=Path)
     a = p.parse_args()
 
-    from tests.comfy_harness import bootstrap
-    bootstrap()
+    from fmcgm.runner.lanes import import_lane_comfy
+    import_lane_comfy()  # the lane's ComfyUI importable: CPU, one thread
     import numpy as np
-    from fmcgm.miniworld import oracle, pipeline, render, train, world
+    from fmcgm.miniworld import oracle, paint, pipeline, train, world
 
     t0 = time.perf_counter()
     model, clip, vae = pipeline.load(a.checkpoint)
@@ -84,7 +84,7 @@ def main() -> None:
     # 2. VAE round trip
     rng = random.Random("bench-model-vae")
     scenes = [world.sample_scene(rng) for _ in range(a.pictures)]
-    pics = np.stack([render.render(s) for s in scenes])
+    pics = np.stack([paint.render(s) for s in scenes])
     rec = pipeline.decode(vae, pipeline.encode(vae, pics))
     err = np.abs(rec.astype(np.float32) - pics.astype(np.float32)) / 255.0
     mse = (err ** 2).reshape(len(pics), -1).mean(1)

@@ -27,16 +27,16 @@ def main() -> None:
     p.add_argument("--scales", default="8,12,16,24")
     p.add_argument("--thresholds", default="0.7,0.5,0.3")
     a = p.parse_args()
-    from tests.comfy_harness import bootstrap
-    bootstrap()
+    from fmcgm.runner.lanes import import_lane_comfy
+    import_lane_comfy()  # the lane's ComfyUI importable: CPU, one thread
     import numpy as np
-    from fmcgm.miniworld import pipeline, render
+    from fmcgm.miniworld import paint, pipeline
     model, clip, vae = pipeline.load()
     grid = list(itertools.product([float(x) for x in a.scales.split(",")], [float(x) for x in a.thresholds.split(",")]))
     scores: dict = {}
     for i in range(a.pictures):
         scene, todo, seed = pipeline.benchmark_case(i, a.seed)
-        picture = render.render(scene)
+        picture = paint.render(scene)
         cfs = [pipeline.counterfactual(scene, c, v) for c, v in todo]
         inv = pipeline.invert(model, pipeline.encode(vae, picture), seed=seed)
         for scale, threshold in grid:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from .graph import (CausalGraph, Concept, GraphError, RepairResult, as_clean_text, repair_concepts,
-                    repair_description, repair_edges)
+from .answer_repair import as_clean_text, repair_concepts, repair_description, repair_edges
+from .graph import CausalGraph, Concept, GraphError
 from .parsing import DESCRIPTION_FIELDS, GRAPH_FIELDS, ModelAnswerError, answer_text, parse_model_answer
 from .prompts import (DEFAULT_MAX_CONCEPTS, concepts_prompt, concepts_schema, description_prompt, description_schema,
                       edges_prompt, edges_schema)
@@ -129,9 +129,3 @@ def _read_edges(answer: str, concepts: tuple[Concept, ...], repairs: list[str]) 
     return edges
 
 
-def graph_from_answer(answer: str, description: Optional[str] = None) -> RepairResult:
-    """A whole graph answered in one go (e.g. pasted from a chat); see ``CausalGraph.from_model_answer``."""
-    try:
-        return CausalGraph.from_model_answer(answer, description)
-    except GraphError as error:
-        raise ModelAnswerError(str(error), answer) from None

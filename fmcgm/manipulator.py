@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Optional
 
 from .counterfactual import Counterfactual, EditPrompt
-from .graph import CausalGraph, GraphError, as_clean_text, concept_key
+from .answer_repair import as_clean_text
+from .graph import CausalGraph, GraphError, concept_key
 from .parsing import (CONCEPT_FIELDS, EDIT_PROMPT_FIELDS, PROPAGATION_FIELDS, PROPOSALS_FIELDS, ModelAnswerError,
                       canonical_keys, extract_json, find_fields)
 from .phrases import disagreement, edit_phrase, fully_specified_prompt

@@ -11,7 +11,7 @@ required, no additional properties, and every string and array is bounded (a ran
 model stops only where the schema makes it). Strings are bounded with minLength/maxLength,
 never a ``pattern``: engines turn ``{1,400}`` in a regex into one state per character, which
 at the real Qwen vocabulary cost xgrammar 150-250 ms per token and 15-130 s per compile
-(issue 9), on our backend and on a vLLM server alike. The local backend's grammar still keeps
+(benchmarks/bench_constrained_decoding.py measures the grammar's cost), on our backend and on a vLLM server alike. The local backend's grammar still keeps
 control characters, quotes and backslashes out of model-written strings
 (``vlm/schema_grammar.py``); what a server lets through, the answer parser cleans.
 """

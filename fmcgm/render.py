@@ -30,19 +30,19 @@ from typing import Mapping, Optional
 import numpy as np
 
 from .graph import CausalGraph
-from .roles import Role
+from .roles import ROLE_FILL, ROLE_OUTLINE, Role
 from .roles import concept_roles as _intervention_roles
 
 PLAIN = "plain"  # no intervention chosen (a drawing style, not a role in an intervention)
 
 # Fill, border, border width (px at scale 1), border dash, text weight per role.
 ROLE_STYLES: dict[str, dict] = {
-    Role.INTERVENED: {"face": "#E69F00", "edge": "#5C3A00", "width": 3.5, "dash": "solid", "weight": "bold",
-                      "legend": "intervened: do(...)"},
-    Role.DESCENDANT: {"face": "#56B4E9", "edge": "#0B3C5D", "width": 2.2, "dash": (0, (4, 2.5)), "weight": "normal",
-                      "legend": "descendant: may change"},
-    Role.INVARIANT: {"face": "#E4E4E4", "edge": "#6B6B6B", "width": 1.2, "dash": "solid", "weight": "normal",
-                     "legend": "non-descendant: unchanged"},
+    Role.INTERVENED: {"face": ROLE_FILL[Role.INTERVENED], "edge": ROLE_OUTLINE[Role.INTERVENED], "width": 3.5,
+                      "dash": "solid", "weight": "bold", "legend": "intervened: do(...)"},
+    Role.DESCENDANT: {"face": ROLE_FILL[Role.DESCENDANT], "edge": ROLE_OUTLINE[Role.DESCENDANT], "width": 2.2,
+                      "dash": (0, (4, 2.5)), "weight": "normal", "legend": "descendant: may change"},
+    Role.INVARIANT: {"face": ROLE_FILL[Role.INVARIANT], "edge": ROLE_OUTLINE[Role.INVARIANT], "width": 1.2,
+                     "dash": "solid", "weight": "normal", "legend": "non-descendant: unchanged"},
     PLAIN: {"face": "#FFFFFF", "edge": "#333333", "width": 1.4, "dash": "solid", "weight": "normal",
             "legend": "concept"},
 }

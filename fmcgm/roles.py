@@ -18,6 +18,11 @@ class Role(StrEnum):
 
 EDIT_ROLES = (Role.INTERVENED, Role.DESCENDANT)  # the roles of CSG edit concepts
 
+# How the graph drawing (fmcgm/render.py) and the graph editor (web/js/causal_graph_editor.js; a
+# test ties its copy to these) show each role: Okabe-Ito fills, colour-blind safe, darker outlines.
+ROLE_FILL = {Role.INTERVENED: "#E69F00", Role.DESCENDANT: "#56B4E9", Role.INVARIANT: "#E4E4E4"}
+ROLE_OUTLINE = {Role.INTERVENED: "#5C3A00", Role.DESCENDANT: "#0B3C5D", Role.INVARIANT: "#6B6B6B"}
+
 
 def concept_roles(graph, concept: str) -> dict[str, Role]:
     """Role of every concept of ``graph`` (concept order) for an intervention on ``concept``."""

@@ -56,10 +56,6 @@ def extra_widget_count(name: str, spec) -> int:
     return count
 
 
-def _is_link(value) -> bool:
-    return isinstance(value, list) and len(value) == 2 and isinstance(value[0], str)
-
-
 def ui_to_api(workflow: dict, object_info: dict) -> dict:
     """The API prompt of a UI-format workflow (what Queue sends), node ids as strings."""
     if workflow.get("definitions", {}).get("subgraphs"):

@@ -7,6 +7,8 @@ The inversion runs once; ComfyUI's cache reuses it for every edit of the same pi
 """
 from __future__ import annotations
 
+from fmcgm.options import (ATTENTION_TOKENS, BATCHING, EDIT_GUIDANCE, MASK_MODES, SIGMA_TABLES, SKIP, SOURCE_MODES,
+                           THRESHOLD)
 from fmcgm.roles import EDIT_ROLES, Role
 
 from ._api import CATEGORY, io, schema
@@ -15,11 +17,6 @@ from ._types import CounterfactualSocket, EditsSocket, InversionSocket
 
 CSG_CATEGORY = f"{CATEGORY}/csg"
 BASELINE_CATEGORY = f"{CATEGORY}/csg/baselines"
-MASK_MODES = ["intersect", "cross_attn", "noise"]
-SOURCE_MODES = ["diffusers", "consistent"]
-BATCHING = ["auto", "together", "separately"]
-SIGMA_TABLES = ["model", "diffusers"]
-ATTENTION_TOKENS = ["prompt", "all"]
 
 
 # ---------------------------------------------------------------- shared inputs
@@ -40,9 +37,15 @@ def _steps_in(default=100):
 
 
 def _skip_in():
-    return io.Float.Input("skip", default=0.15, min=0.0, max=0.95, step=0.01,
+    return io.Float.Input("skip", default=SKIP, min=0.0, max=0.95, step=0.01,
                           tooltip="Fraction of the noisiest steps left out: int(steps*(1+skip)) are scheduled and the "
-                                  "last 'steps' kept. Lower = stronger edits, less faithful (paper: 0.15).")
+                                  f"last 'steps' kept. Lower = stronger edits, less faithful (paper: {SKIP}).")
+
+
+def _source_in(prompt_tip: str, scale_default: float, scale_tip: str) -> list:
+    """The inversion's source prompt and its CFG scale (each inversion says what they do there)."""
+    return [io.Conditioning.Input("source", optional=True, tooltip=prompt_tip),
+            io.Float.Input("source_scale", default=scale_default, min=0.0, max=30.0, step=0.1, tooltip=scale_tip)]
 
 
 def _seed_in():
@@ -64,11 +67,11 @@ def _inversion_outputs():
 
 def _edit_params():
     return [
-        io.Float.Input("edit_guidance", default=8.0, min=0.0, max=50.0, step=0.1,
-                       tooltip="Edit guidance scale s_e per concept (paper: 8.0)."),
-        io.Float.Input("threshold", default=0.7, min=0.0, max=1.0, step=0.01,
+        io.Float.Input("edit_guidance", default=EDIT_GUIDANCE, min=0.0, max=50.0, step=0.1,
+                       tooltip=f"Edit guidance scale s_e per concept (paper: {EDIT_GUIDANCE})."),
+        io.Float.Input("threshold", default=THRESHOLD, min=0.0, max=1.0, step=0.01,
                        tooltip="Mask threshold lambda: the quantile above which a pixel is edited; "
-                                                "0.7 edits about the top 30 % (paper: 0.7)."),
+                                                f"0.7 edits about the top 30 % (paper: {THRESHOLD})."),
         io.Int.Input("warmup", default=10, min=0, max=800,
                      tooltip="Steps without edit guidance at the start (paper: 10)."),
         io.Int.Input("cooldown", default=-1, min=-1, max=800,
@@ -108,15 +111,13 @@ class DPMSolverInversion(io.ComfyNode):
                         "the inputs stay the same). Shows progress with live previews, as KSampler does.",
             inputs=[
                 _model_in(), _latent_in(), _steps_in(), _skip_in(), _seed_in(),
-                io.Conditioning.Input("source", optional=True,
-                                      tooltip="Optional prompt describing the picture, used with CFG during "
-                                              "inversion only. Leave empty (default) so that an edit without "
-                                              "concepts retraces the inversion."),
-                io.Float.Input("source_scale", default=3.5, min=0.0, max=30.0, step=0.1,
-                               tooltip="CFG scale of the source prompt during inversion (paper: 3.5). As in "
-                                       "diffusers, the source prompt is used only above 1: at 1 or less the "
-                                       "inversion uses the unconditional prediction alone. No effect without a "
-                                       "source prompt."),
+                *_source_in(
+                    "Optional prompt describing the picture, used with CFG during inversion only. Leave "
+                    "empty (default) so that an edit without concepts retraces the inversion.",
+                    3.5,
+                    "CFG scale of the source prompt during inversion (paper: 3.5). As in diffusers, the "
+                    "source prompt is used only above 1: at 1 or less the inversion uses the unconditional "
+                    "prediction alone. No effect without a source prompt."),
                 _negative_in(),
                 io.Int.Input("zero_noise_steps", default=3, min=0, max=800,
                              tooltip="The last N editing steps add no noise (diffusers' SDXL default 3, against "
@@ -128,7 +129,7 @@ class DPMSolverInversion(io.ComfyNode):
                              tooltip="Evaluate this many timesteps in one model call (the noisy latents are "
                                      "independent samples): fewer, larger calls. 1 matches diffusers most "
                                      "closely; larger values change the noise maps only by rounding."),
-                io.Combo.Input("sigma_table", options=SIGMA_TABLES, default="model",
+                io.Combo.Input("sigma_table", options=list(SIGMA_TABLES), default="model",
                                tooltip="model: the model's noise levels. diffusers: recompute them in float32 as "
                                        "diffusers does (bit-closer parity with the reference pipeline)."),
             ],
@@ -156,12 +157,12 @@ class DDPMInversion(io.ComfyNode):
                         "Inversion and the full counterfactual prompt; CSG Sampler accepts it too.",
             inputs=[
                 _model_in(), _latent_in(),
-                io.Conditioning.Input("source", optional=True,
-                                      tooltip="The fully specified factual prompt (all concepts), used with CFG."),
-                io.Float.Input("source_scale", default=3.5, min=0.0, max=30.0, step=0.1,
-                               tooltip="CFG scale of the source prompt during inversion (edit-friendly DDPM: 3.5). "
-                                       "As in diffusers, used only above 1: at 1 or less the inversion uses the "
-                                       "unconditional prediction alone."),
+                *_source_in(
+                    "The fully specified factual prompt (all concepts), used with CFG.",
+                    3.5,
+                    "CFG scale of the source prompt during inversion (edit-friendly DDPM: 3.5). As in "
+                    "diffusers, used only above 1: at 1 or less the inversion uses the unconditional "
+                    "prediction alone."),
                 _steps_in(), _skip_in(), _seed_in(), _negative_in(),
                 io.Int.Input("zero_noise_steps", default=0, min=0, max=800,
                              tooltip="The last N steps add no noise. 0 (default): regenerating with the same "
@@ -186,11 +187,11 @@ class DDIMInversion(io.ComfyNode):
                         "with Regenerate From Inversion and the full counterfactual prompt.",
             inputs=[
                 _model_in(), _latent_in(),
-                io.Conditioning.Input("source", optional=True,
-                                      tooltip="The fully specified factual prompt (all concepts)."),
-                io.Float.Input("source_scale", default=1.0, min=0.0, max=30.0, step=0.1,
-                               tooltip="CFG scale during inversion; 1 = the source prompt alone (CFG > 1 amplifies "
-                                       "DDIM inversion error)."),
+                *_source_in(
+                    "The fully specified factual prompt (all concepts).",
+                    1.0,
+                    "CFG scale during inversion; 1 = the source prompt alone (CFG > 1 amplifies DDIM "
+                    "inversion error)."),
                 _steps_in(), _skip_in(), _negative_in(),
             ],
             outputs=_inversion_outputs(),
@@ -251,7 +252,7 @@ class CSGEditConcept(io.ComfyNode):
                 *_edit_params(),
                 io.Boolean.Input("reverse", default=False,
                                  tooltip="Guide away from this phrase (e.g. to remove the old value)."),
-                io.Combo.Input("attention_tokens", options=ATTENTION_TOKENS, default="prompt",
+                io.Combo.Input("attention_tokens", options=list(ATTENTION_TOKENS), default="prompt",
                                tooltip="prompt: mask from the phrase's own tokens (LEDITS++). all: every token column "
                                        "(what diffusers computes with transformers >= 5)."),
                 EditsSocket.Input("edits", optional=True, tooltip="Concepts so far (chain CSG Edit Concept nodes)."),
@@ -290,7 +291,7 @@ class CSGEditsFromCounterfactual(io.ComfyNode):
                 io.Boolean.Input("include_intervened", default=True,
                                  tooltip="Guide toward the intervened concept as well as its descendants (paper's "
                                          "reading); off = descendants only."),
-                io.Combo.Input("attention_tokens", options=ATTENTION_TOKENS, default="prompt",
+                io.Combo.Input("attention_tokens", options=list(ATTENTION_TOKENS), default="prompt",
                                tooltip="prompt: masks from each phrase's own tokens (LEDITS++); all: every column."),
                 io.Float.Input("protect_invariants", default=0.0, min=0.0, max=1.0, step=0.05, optional=True,
                                tooltip="Invariant protection (extension, off at 0): the factual phrases of the "
@@ -299,7 +300,7 @@ class CSGEditsFromCounterfactual(io.ComfyNode):
                                        "multiplied by 1 - strength x (union of their attention masks). 1 = no "
                                        "edit there. Costs one extra batch row per protected concept and step. "
                                        "Risk: overlapping concepts (hair vs face) also block legitimate edits."),
-                io.Float.Input("protect_threshold", default=0.7, min=0.0, max=1.0, step=0.01, optional=True,
+                io.Float.Input("protect_threshold", default=THRESHOLD, min=0.0, max=1.0, step=0.01, optional=True,
                                tooltip="Quantile of each protected concept's attention map above which it is "
                                        "protected; 0.7 protects about the top 30 % of its attention (only used "
                                        "when protect_invariants > 0)."),
@@ -309,7 +310,7 @@ class CSGEditsFromCounterfactual(io.ComfyNode):
 
     @classmethod
     def execute(cls, clip, counterfactual, edit_guidance, threshold, warmup, cooldown, include_intervened,
-                attention_tokens, protect_invariants=0.0, protect_threshold=0.7):
+                attention_tokens, protect_invariants=0.0, protect_threshold=THRESHOLD):
         from fmcgm.csg import causal_edits
         items = counterfactual if isinstance(counterfactual, (list, tuple)) else [counterfactual]
         return io.NodeOutput(causal_edits.edits_from_counterfactuals(
@@ -326,10 +327,10 @@ def _edit_inputs():
         InversionSocket.Input("inversion", tooltip="From DPM-Solver++ Inversion (or the DDPM one), same MODEL."),
         EditsSocket.Input("edits", tooltip="Edit concepts grouped by counterfactual: CSG Edit Concept nodes, or CSG "
                                            "Edits From Counterfactual for the Concept Manipulator's output."),
-        io.Combo.Input("mask_mode", options=MASK_MODES, default="intersect",
+        io.Combo.Input("mask_mode", options=list(MASK_MODES), default="intersect",
                        tooltip="intersect: cross-attention mask AND noise-estimate mask (paper); cross_attn or "
                                "noise: one of them (noise needs no attention capture)."),
-        io.Combo.Input("source_mode", options=SOURCE_MODES, default="diffusers",
+        io.Combo.Input("source_mode", options=list(SOURCE_MODES), default="diffusers",
                        tooltip="Only with a source prompt in the inversion. diffusers: edit base is the "
                                "unconditional (reference pipeline); consistent: adds the source CFG term so the "
                                "zero edit retraces the inversion (one more branch per step); each concept's "

@@ -17,13 +17,13 @@ import json
 import logging
 
 from fmcgm.graph import GraphError
+from fmcgm.options import EDITOR_UI_KEY  # the ui payload the extension's onExecuted reads
 
 from ._api import CATEGORY, io, schema, ui
 from ._types import CausalGraphSocket, CounterfactualSocket
 
 log = logging.getLogger(__name__)
 
-EDITOR_UI_KEY = "fmcgm_graph_editor"  # the ui payload the extension's onExecuted reads
 GRAPH_PREVIEW_ROUTE = "/fmcgm/graph_preview"
 # node id -> function(**widget values) -> CausalGraph, for nodes whose graph output follows from
 # their widgets alone and costs nothing to compute (the miniature world's scene): the editor asks

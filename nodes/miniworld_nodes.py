@@ -120,10 +120,10 @@ class MiniworldScene(io.ComfyNode):
 
     @classmethod
     def execute(cls, weather, house, house_side, layout_seed, sky, ground, windows, size):
-        from fmcgm.miniworld import render, world
+        from fmcgm.miniworld import paint, world
         from fmcgm.miniworld.judge import OracleJudge
         scene = _scene(weather, house, house_side, layout_seed, sky, ground, windows)
-        out = _scene_result(render.render(scene, size), world.graph_dict(scene.values), scene.caption())
+        out = _scene_result(paint.render(scene, size), world.graph_dict(scene.values), scene.caption())
         return io.NodeOutput(*out.args, OracleJudge(scene), ui=out.ui)
 
     @staticmethod
@@ -191,14 +191,14 @@ class Miniworld2Scene(io.ComfyNode):
     def execute(cls, layout_seed, size, **chosen):
         import random
 
-        from fmcgm.miniworld import render2, world2
+        from fmcgm.miniworld import paint2, world2
         from fmcgm.miniworld.world import Noise
         w = world2.WORLD
         noise = {e: Noise(chosen[e] == FROM_CAUSE, chosen[e] if chosen[e] != FROM_CAUSE else w.values[e][0])
                  for e in w.mechanisms}
         values = w.solve({c: w.check_value(c, chosen[c]) for c in w.roots()}, noise)
         scene = world2.WorldScene(values, noise, world2.sample_layout(random.Random(f"layout2-{int(layout_seed)}")))
-        return _scene_result(render2.render(scene, size), w.graph_dict(values), w.caption(values))
+        return _scene_result(paint2.render(scene, size), w.graph_dict(values), w.caption(values))
 
 
 class MiniworldMechanisms(io.ComfyNode):

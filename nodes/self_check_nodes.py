@@ -2,6 +2,8 @@
 VLM judge. The miniature world's oracle judge comes from its scene node."""
 from __future__ import annotations
 
+from fmcgm.options import EDIT_GUIDANCE, THRESHOLD
+
 from ._api import CATEGORY, io, schema, ui
 from ._types import CounterfactualSocket, InversionSocket, JudgeSocket, VLMSocket
 
@@ -41,9 +43,9 @@ class SelfCheckingEdit(io.ComfyNode):
                     JudgeSocket.Input("judge", tooltip="Who reads the result: VLM Judge (any VLM of the pack), or the "
                                                        "miniature world's oracle (its scene node)."),
                     io.Float.Input("edit_guidance", default=d.scale, min=0.0, max=100.0, step=0.5,
-                                   tooltip="s_e of the first round (the paper's 8); raised for values not shown."),
+                                   tooltip=f"s_e of the first round (the paper's {EDIT_GUIDANCE:g}); raised for values not shown."),
                     io.Float.Input("threshold", default=d.threshold, min=0.0, max=1.0, step=0.01,
-                                   tooltip="lambda of the first round (the paper's 0.7); lowered for values not shown."),
+                                   tooltip=f"lambda of the first round (the paper's {THRESHOLD:g}); lowered for values not shown."),
                     io.Int.Input("warmup", default=d.warmup, min=0, max=1000,
                                  tooltip="Steps without guidance in the first round; halved for values not shown."),
                     io.Int.Input("max_rounds", default=d.max_rounds, min=1, max=20,

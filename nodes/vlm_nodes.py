@@ -9,6 +9,8 @@ import os
 
 import folder_paths
 
+from fmcgm.options import VLM_ATTENTION, VLM_DTYPES
+
 from ._api import CATEGORY, io, schema
 from ._types import VLMSocket
 
@@ -79,9 +81,9 @@ class Qwen3VLLoader(io.ComfyNode):
                 io.Combo.Input("model", options=llm_model_folders(),
                                tooltip="A Qwen3-VL model folder under models/LLM (or an LLM path in "
                                        "extra_model_paths.yaml)."),
-                io.Combo.Input("dtype", options=["auto", "bf16", "fp16", "fp32"], default="auto",
+                io.Combo.Input("dtype", options=list(VLM_DTYPES), default="auto",
                                tooltip="Weight precision. auto: bf16 on GPUs that support it, else fp16; fp32 on CPU."),
-                io.Combo.Input("attention", options=["auto", "sdpa", "eager", "flash_attention_2"], default="auto",
+                io.Combo.Input("attention", options=list(VLM_ATTENTION), default="auto",
                                tooltip="Attention implementation. auto picks flash_attention_2 when installed on a "
                                        "GPU, else PyTorch SDPA."),
                 io.Combo.Input("device", options=["auto", "cpu"], default="auto",

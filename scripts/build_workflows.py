@@ -25,10 +25,14 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.append(str(REPO))  # `fmcgm` as a script; appended: our `nodes/` must not shadow ComfyUI's
+from fmcgm import options  # noqa: E402
+
 WORKFLOWS = REPO / "workflows"
-SDXL = "sd_xl_base_1.0.safetensors"
-QWEN = "Qwen3-VL-8B-Instruct"
-EXAMPLE_PICTURE = "example.png"  # ComfyUI ships input/example.png
+SDXL = options.SDXL_CHECKPOINT
+QWEN = options.QWEN_FOLDER
+EXAMPLE_PICTURE = options.EXAMPLE_PICTURE
 MODELS = [{"name": SDXL, "directory": "checkpoints",
            "url": "https://huggingface.co/stabilityai/stable-diffusion-xl-base-1.0/resolve/main/sd_xl_base_1.0.safetensors"}]
 GAP = 60            # between columns and between nodes in a column
@@ -278,7 +282,7 @@ def miniature_world() -> Workflow:
     # rounds (decoding each for the judge, the world's oracle) and DDPM regeneration when CSG does not pass.
     for key in ("11", "12", "13", "15"):
         del graph[key]
-    from fmcgm.miniworld.pipeline import TUNED  # the paper's 8 / 0.7 edit this small model too little
+    from fmcgm.miniworld.pipeline import TUNED  # the paper's settings edit this small model too little
     graph["12"] = node("FMCGMSelfCheckingEdit", "Render the edit and check it (judged by the world's oracle)",
                        model=["1", 0], clip=["1", 1], vae=["1", 2], latent=["3", 0], inversion=["10", 0],
                        counterfactual=["8", 0], judge=["2", 4], edit_guidance=TUNED["edit_guidance"],
@@ -296,8 +300,10 @@ def miniature_world() -> Workflow:
             "(what a VLM does for real pictures), the manipulator propagates them, and the *Self-Checking Edit* "
             "renders it with CSG, lets the world's oracle read each round and tries again where it failed (more "
             "guidance for a value not shown, a changed house held on the original, and DDPM regeneration as the "
-            "last rounds); its report gives every round. It starts at `edit_guidance` 16 and `threshold` 0.5: the "
-            "paper's 8 and 0.7 edit this small model too little (`docs/miniworld.md` has both measured).\n\n"
+            "last rounds); its report gives every round. It starts at "
+            f"`edit_guidance` {TUNED['edit_guidance']:g} and `threshold` {TUNED['threshold']:g}: the paper's "
+            f"{options.EDIT_GUIDANCE:g} and {options.THRESHOLD:g} edit this small model too little "
+            "(`docs/miniworld.md` has both measured).\n\n"
             "**Try**: another weather, house or "
             "`layout_seed` in *Picture of the miniature world*; another intervention in the editor (click a "
             "concept, *Intervene on this*, type a value the world knows, e.g. "
@@ -320,7 +326,7 @@ def miniature_world() -> Workflow:
         example=example, picture=("docs/miniworld_demo.png", None))
 
 
-QWEN_TEXT_ENCODER = "qwen3vl_8b_fp8_scaled.safetensors"  # Comfy-Org/Qwen3-VL, as ComfyUI's own templates name it
+QWEN_TEXT_ENCODER = options.QWEN_TEXT_ENCODER
 COMFY_VLM = ("A Qwen3-VL 4B or 8B text encoder in `ComfyUI/models/text_encoders/` (e.g. "
              "`qwen3vl_8b_fp8_scaled.safetensors` from huggingface.co/Comfy-Org/Qwen3-VL), chosen in *Qwen3-VL text "
              "encoder*: the file an image model that uses Qwen3-VL already loads, so its weights sit in memory once. "
@@ -475,7 +481,7 @@ def build(page, wf: Workflow, object_info: dict) -> dict:
     page.evaluate(CREATE_JS, {"nodes": nodes, "links": links, "properties": properties})
     page.wait_for_timeout(2000)  # an editor whose incoming graph the backend knows grows to show it
     sizes = page.evaluate("() => Object.fromEntries(app.graph.nodes.map(n => [n.id, [n.size[0], n.size[1]]]))")
-    from tests.browser_support import TEXT_NEEDS_JS
+    from fmcgm.runner.frontend import TEXT_NEEDS_JS
     # Measured in this frontend; others draw titles a little larger (1.58.1: about 1 % wider):
     # TEXT_HEADROOM more, in whole multiples of 8 px.
     text_widths = {str(k): 8 * -(-max(need for _, need in needs) * TEXT_HEADROOM // 8)
@@ -540,14 +546,13 @@ def _thumbnail_font(image_font, bold: bool, size: int):
 
 
 def main() -> None:
-    sys.path.insert(0, str(REPO))
-    from tests import browser_support as bs
+    from fmcgm.runner import frontend
     with tempfile.TemporaryDirectory() as tmp:
-        server = bs.start_server(Path(tmp))
+        server = frontend.start_server(Path(tmp))
         try:
-            object_info = server.get_json("/object_info")
-            with bs.launched_browser() as browser:
-                page = bs.Page(browser, server).open()
+            object_info = server.client.get_json("/object_info")
+            with frontend.launched_browser() as browser:
+                page = frontend.Page(browser, server.client).open()
                 WORKFLOWS.mkdir(exist_ok=True)
                 keep = set()
                 for wf in definitions():

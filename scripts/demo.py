@@ -46,10 +46,11 @@ sys.path.append(str(REPO))
 from fmcgm.runner.inputs import apply_assignments, title_of  # noqa: E402
 from fmcgm.runner.outputs import save_outputs  # noqa: E402
 from fmcgm.runner.run import prepare, read_workflow  # noqa: E402
-from fmcgm.runner.server_process import ComfyServerProcess  # noqa: E402
-from tests import workflow_runner  # noqa: E402  (the tiny stand-in models are test fixtures)
-from tests.comfy_harness import COMFY_ROOT, lane_info  # noqa: E402
-from tests.conftest import sample_picture_png  # noqa: E402
+from fmcgm.options import EDITOR_NODE, EDITOR_UI_KEY  # noqa: E402
+from fmcgm.runner.lanes import comfy_root, lane_info  # noqa: E402
+from fmcgm.runner.server_process import ComfyServerProcess, scratch_args  # noqa: E402
+from fmcgm.tiny.models import FAST_SETTINGS, prepare_models  # noqa: E402  (the tiny stand-in models)
+from fmcgm.tiny.pictures import sample_picture_png  # noqa: E402
 
 OUT = REPO / "demo-output"
 VLM_OUT = OUT / "vlm-path"
@@ -78,7 +79,7 @@ class Section:
 def cpu_settings(prompt: dict) -> list[str]:
     """The settings a CPU user lowers, as --set assignments, for the inputs this workflow has."""
     present = {name for node in prompt.values() for name, value in node["inputs"].items() if not isinstance(value, list)}
-    return [f"*.{key}={value}" for key, value in workflow_runner.FAST_SETTINGS.items() if key in present]
+    return [f"*.{key}={value}" for key, value in FAST_SETTINGS.items() if key in present]
 
 
 def _section(heading: str, text: str, folder: Path, saved: list, first: list[tuple[str, str]] = ()) -> Section:
@@ -88,7 +89,7 @@ def _section(heading: str, text: str, folder: Path, saved: list, first: list[tup
 
 def miniature_world(client) -> Section:
     """The real edit: the shipped miniature-world workflow as it is (paper settings), one run."""
-    from fmcgm.miniworld.demo import side_by_side
+    from fmcgm.miniworld.panels import side_by_side
     workflow = read_workflow(MINIWORLD)
     prompt, _ = prepare(client, workflow, [])
     result = client.run(prompt)
@@ -109,7 +110,7 @@ def miniature_world(client) -> Section:
 
 def more_scenes(client) -> Section:
     """The same workflow and intervention on ``MORE_SCENES``: each original, its counterfactual, the verdict."""
-    from fmcgm.miniworld.demo import side_by_side
+    from fmcgm.miniworld.panels import side_by_side
     folder = OUT / "scenes"
     folder.mkdir(parents=True, exist_ok=True)
     workflow = read_workflow(MINIWORLD)
@@ -166,8 +167,8 @@ def vlm_path(client) -> Section:
     apply_assignments(prompt, info, cpu_settings(prompt))
     first = client.run(prompt)  # the graph comes into the editor
     print(f"VLM path, run 1: success in {first.seconds:.1f} s")
-    editor = next(k for k, n in prompt.items() if n["class_type"] == workflow_runner.EDITOR)
-    graph = json.loads(first.outputs[editor][workflow_runner.EDITOR_UI_KEY][0])["graph"]
+    editor = next(k for k, n in prompt.items() if n["class_type"] == EDITOR_NODE)
+    graph = json.loads(first.outputs[editor][EDITOR_UI_KEY][0])["graph"]
     concept = graph["concepts"][0]
     value = f"not {concept['value']}"
     title = title_of(prompt, editor)
@@ -186,14 +187,9 @@ def main() -> None:
     started = time.perf_counter()
     shutil.rmtree(OUT, ignore_errors=True)
     work = OUT / "comfyui"
-    paths = workflow_runner.prepare_models(work / "models")
-    folders = {name: work / name for name in ("input", "output", "temp", "user")}
-    for folder in folders.values():
-        folder.mkdir(parents=True, exist_ok=True)
-    server = ComfyServerProcess(COMFY_ROOT, [
-        "--cpu", "--disable-api-nodes", "--extra-model-paths-config", str(paths),
-        "--front-end-root", lane_info()["frontend_root"], "--database-url", "sqlite:///:memory:",
-        *[arg for name, folder in folders.items() for arg in (f"--{name}-directory", str(folder))]],
+    paths = prepare_models(work / "models")
+    server = ComfyServerProcess(comfy_root(), [
+        "--cpu", "--extra-model-paths-config", str(paths), *scratch_args(work, Path(lane_info()["frontend_root"]))],
         log_path=work / "server.log")
     client = server.start()
     print(f"ComfyUI {lane_info()['comfyui']} up at {client.url}")

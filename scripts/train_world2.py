@@ -68,8 +68,8 @@ def main() -> None:
         train2.run(json.loads(a.spec.read_text()), a.out, a.v1_checkpoint, a.device,
                    **{k: getattr(a, k) for k in keys if getattr(a, k) is not None})
         return
-    from tests.comfy_harness import bootstrap
-    bootstrap()
+    from fmcgm.runner.lanes import import_lane_comfy
+    import_lane_comfy()  # the lane's ComfyUI importable: CPU, one thread
     from fmcgm.miniworld import train2
     if a.command == "spec":
         a.out.parent.mkdir(parents=True, exist_ok=True)

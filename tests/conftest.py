@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))  # append: our `nodes/` must not shadow ComfyUI's `nodes`
 
+from fmcgm.tiny.pictures import sample_picture_png  # noqa: E402,F401  (tests import it from here)
 from tests import comfy_harness  # noqa: E402
 
 ARTIFACTS = REPO / "test-artifacts"
@@ -25,7 +26,7 @@ COMFYUI_FREE = {
     "test_constrained_real_vocab.py", "test_graph.py", "test_manipulator.py", "test_miniworld.py",
     "test_parsing.py", "test_prompt_agreement.py", "test_properties.py", "test_schema_grammar.py",
     "test_text_hygiene.py", "test_vlm_openai.py", "test_vlm_openai_waits.py", "test_vlm_stages.py",
-    "test_vlm_transformers.py", "test_packaging.py",
+    "test_vlm_transformers.py", "test_packaging.py", "test_imports.py", "test_one_home.py",
 }
 
 
@@ -48,21 +49,6 @@ def _comfyui_free_guard(request):
                     "COMFYUI_FREE) but ComfyUI got imported: remove it from the list so every lane runs it")
 
 
-def sample_picture_png(size: int = 64) -> bytes:
-    """A deterministic picture with structure (gradient, a disc, a bar), as PNG bytes."""
-    import io
-    import numpy as np
-    from PIL import Image
-    y, x = np.mgrid[0:size, 0:size] / (size - 1)
-    img = np.stack([x, y, 1 - x * y], axis=-1)
-    disc = (x - 0.35) ** 2 + (y - 0.4) ** 2 < 0.04
-    img[disc] = [0.9, 0.2, 0.1]
-    img[int(size * 0.75):int(size * 0.85), int(size * 0.2):int(size * 0.8)] = [0.1, 0.6, 0.2]
-    buf = io.BytesIO()
-    Image.fromarray((img * 255).round().astype("uint8")).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="session")
 def comfy_dirs(tmp_path_factory):
     """Real ComfyUI imported in-process, its folders pointed at a scratch directory."""
@@ -74,7 +60,7 @@ def comfy_dirs(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_sdxl_ckpt(comfy_dirs) -> Path:
     """The tiny SDXL checkpoint file, in the checkpoints folder ComfyUI reads."""
-    from tests.fixtures import tiny_sdxl
+    from fmcgm.tiny import sdxl as tiny_sdxl
     return tiny_sdxl.save(comfy_dirs["models"] / "checkpoints" / "tiny_sdxl.safetensors", seed=0)
 
 
@@ -90,7 +76,7 @@ def comfy(comfy_dirs, tiny_sdxl_ckpt):
 def tiny_sdxl_picture(seed: int, size: int = 128) -> dict:
     """The tiny SDXL (MODEL, CLIP, VAE) from seed 0 and a random picture (seeded) encoded by its VAE."""
     import torch
-    from tests.fixtures import tiny_sdxl
+    from fmcgm.tiny import sdxl as tiny_sdxl
     model, clip, vae = tiny_sdxl.build(0)
     img = torch.rand(1, size, size, 3, generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():
@@ -106,6 +92,18 @@ def tiny_inversion(picture: dict, steps: int, skip: float = 0.15, seed: int = 5)
     with torch.inference_mode():
         return inversion.invert(picture["model"], picture["latent"], steps=steps, skip=skip, seed=seed,
                                 zero_noise_steps=0, keep_trajectory=True)
+
+
+@pytest.fixture(scope="module")
+def tiny(comfy_dirs):
+    """``tiny_sdxl_picture(seed=3)``, once per module (a module may define its own)."""
+    return tiny_sdxl_picture(seed=3)
+
+
+@pytest.fixture(scope="module")
+def inv(request, tiny):
+    """``tiny_inversion`` of ``tiny`` with the module's own ``N`` steps and ``SKIP``."""
+    return tiny_inversion(tiny, steps=request.module.N, skip=request.module.SKIP)
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from fmcgm.runner.server_process import ComfyServerProcess, scratch_args
 from tests import comfy_harness, workflow_runner
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,21 +34,17 @@ def tiny_models(tmp_path_factory) -> Path:
 def comfy_args(base: Path, models_yaml: Path, server: bool = False) -> list[str]:
     """ComfyUI's own options: the tiny models, scratch folders, no API nodes (and for a server, its
     frontend and an in-memory database: nothing written beside ComfyUI's code)."""
-    folders = {name: base / name for name in ("input", "output", "user", "temp")}
+    args = ["--cpu", "--disable-api-nodes", "--extra-model-paths-config", str(models_yaml)]
+    if server:
+        return args + scratch_args(base, Path(comfy_harness.lane_info()["frontend_root"]))
+    folders = {name: base / name for name in ("input", "output", "user")}
     for path in folders.values():
         path.mkdir(parents=True, exist_ok=True)
-    args = ["--cpu", "--disable-api-nodes", "--extra-model-paths-config", str(models_yaml),
-            "--input-directory", str(folders["input"]), "--output-directory", str(folders["output"]),
-            "--user-directory", str(folders["user"])]
-    if server:
-        args += ["--temp-directory", str(folders["temp"]), "--database-url", "sqlite:///:memory:",
-                 "--front-end-root", comfy_harness.lane_info()["frontend_root"]]
-    return args
+    return args + [arg for name, path in folders.items() for arg in (f"--{name}-directory", str(path))]
 
 
 def start_server(base: Path, models_yaml: Path):
     """A ComfyUI server of the lane under test, started by fmcgm.runner.server_process."""
-    from fmcgm.runner.server_process import ComfyServerProcess
     base.mkdir(parents=True, exist_ok=True)
     process = ComfyServerProcess(comfy_harness.COMFY_ROOT, comfy_args(base, models_yaml, server=True),
                                  log_path=base / "server.log", env={"OMP_NUM_THREADS": "1"})

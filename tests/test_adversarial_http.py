@@ -254,7 +254,7 @@ def test_bad_inputs_get_short_clear_errors_and_the_server_keeps_serving(stack):
     assert run(server, manipulator_prompt(url, image))["status"]["status_str"] == "success"
 
 
-# ================================================================ issue 20, replayed through ComfyUI's HTTP API
+# ================================================================ prompts that passed the agreement check, through ComfyUI's HTTP API
 
 # Prompts that passed the agreement check before: symbols, emoji, fullwidth text, a value bound to the
 # wrong concept, a concept name said again and again. do(weather = sunny); hair becomes dry.

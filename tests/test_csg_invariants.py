@@ -12,18 +12,6 @@ N = 16
 SKIP = 0.15
 
 
-@pytest.fixture(scope="module")
-def tiny(comfy_dirs):
-    from tests.conftest import tiny_sdxl_picture
-    return tiny_sdxl_picture(seed=3)
-
-
-@pytest.fixture(scope="module")
-def inv(tiny):
-    from tests.conftest import tiny_inversion
-    return tiny_inversion(tiny, steps=N, skip=SKIP)
-
-
 def concept(tiny, text, **kw):
     from fmcgm.csg import guidance
     with torch.inference_mode():

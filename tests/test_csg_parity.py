@@ -1,7 +1,7 @@
 """CSG on ComfyUI vs diffusers' LEditsPPPipelineStableDiffusionXL, same tiny weights, CPU float32.
 
 Free-running masked edits are never compared across libraries: a quantile threshold is
-discontinuous, so a 1e-6 difference can flip one mask cell and the runs diverge (spec 5.2).
+discontinuous, so a 1e-6 difference can flip one mask cell and the runs diverge.
 Masked edits are compared teacher-forced: our guider evaluated at diffusers' own latents, mask
 by mask and step by step.
 
@@ -199,7 +199,7 @@ def test_real_token_count_is_what_the_prompt_mode_uses(setup):
 # ---------------------------------------------------------------- several concepts
 
 def test_multi_concept_smooth_edit_matches_ledits_free_running(setup):
-    """lambda = 0 makes every mask all-ones, so free-running runs are comparable (spec 5.3 #4)."""
+    """lambda = 0 makes every mask all-ones, so free-running runs are comparable."""
     from fmcgm.csg import guidance, sampler
     s = setup
     inv = _invert(s)

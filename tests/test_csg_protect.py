@@ -1,4 +1,4 @@
-"""Optional invariant protection (spec 2.5): the non-descendants' factual phrases add batch rows
+"""Optional invariant protection (the pack's addition to CSG): the non-descendants' factual phrases add batch rows
 whose cross-attention masks M1_k suppress the edits there, mu_j * (1 - strength * max_k M1_k).
 Real ComfyUI on the tiny SDXL (CPU); off by default and then bit-identical to no protection."""
 from __future__ import annotations
@@ -15,18 +15,6 @@ GRAPH = {"description": "a ball on grass under the sky",
          "concepts": [{"name": "ball", "value": "red"}, {"name": "grass", "value": "green"},
                       {"name": "sky", "value": "blue"}],
          "edges": [{"cause": "ball", "effect": "grass"}]}
-
-
-@pytest.fixture(scope="module")
-def tiny(comfy_dirs):
-    from tests.conftest import tiny_sdxl_picture
-    return tiny_sdxl_picture(seed=3)
-
-
-@pytest.fixture(scope="module")
-def inv(tiny):
-    from tests.conftest import tiny_inversion
-    return tiny_inversion(tiny, steps=N, skip=SKIP)
 
 
 @pytest.fixture(scope="module")

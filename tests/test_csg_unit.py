@@ -30,7 +30,7 @@ def test_ddim_timesteps_match_diffusers(steps, skip):
 
 
 def test_paper_schedule_numbers():
-    # N=100, skip=0.15: T = int(114.999...) = 114, r = 8, t = 801 ... 9 (spec 1.2)
+    # N=100, skip=0.15: T = int(114.999...) = 114, r = 8, t = 801 ... 9 (as diffusers schedules them)
     assert schedule.total_steps(100, 0.15) == 114
     ts = schedule.dpm_leading_timesteps(100, 0.15)
     assert ts[0] == 801 and ts[-1] == 9 and len(ts) == 100

@@ -7,8 +7,9 @@ import pickle
 
 import pytest
 
-from fmcgm.graph import (CausalGraph, Concept, Edge, GraphError, RepairResult, concept_key, repair_concepts,
-                         repair_edges, repair_graph)
+from fmcgm.answer_repair import graph_from_model_answer, repair_concepts, repair_edges, repair_graph
+from fmcgm.graph import CausalGraph, Concept, Edge, GraphError, RepairResult, concept_key
+from fmcgm.parsing import ModelAnswerError
 
 
 def scene() -> CausalGraph:
@@ -296,11 +297,20 @@ def test_repair_graph_without_concepts_is_an_error():
             repair_graph(answer)
 
 
+def test_graph_from_model_answer_takes_aliases_and_says_what_is_missing():
+    result = graph_from_model_answer('{"nodes": ["sky: blue", "sea: calm"], "links": ["sky -> sea"]}', description="d")
+    assert result.graph.edges == (Edge("sky", "sea"),) and result.graph.description == "d"
+    with pytest.raises(GraphError, match="no usable concepts"):
+        graph_from_model_answer('{"nodes": []}')
+    with pytest.raises(ModelAnswerError, match="no JSON object"):
+        graph_from_model_answer("nothing")
+
+
 def test_from_model_answer_reads_a_messy_answer():
     answer = ("<think>Let me think about {the scene}.</think>Here is the graph:\n```json\n"
               "{'description': 'A man', 'nodes': [{'name': 'weather', 'value': 'rainy'}, "
               "{'name': 'hair', 'value': 'wet'},], 'edges': [('weather', 'hair', 0.9)]}\n```\nHope this helps!")
-    result = CausalGraph.from_model_answer(answer)
+    result = graph_from_model_answer(answer)
     assert result.graph == CausalGraph((Concept("weather", "rainy"), Concept("hair", "wet")),
                                        (Edge("weather", "hair"),), "A man")
     assert result.repairs == ()

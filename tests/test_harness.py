@@ -128,3 +128,16 @@ def test_every_output_of_the_pack_is_named_the_same_on_every_comfyui(comfy, serv
         outputs = comfy_nodes.NODE_CLASS_MAPPINGS[node_type].define_schema().outputs
         assert [o.display_name for o in outputs] == info[node_type]["output_name"], node_type
         assert all(o.display_name for o in outputs), f"{node_type} has an unnamed output"
+
+
+def test_one_door_loads_one_comfyui_with_one_set_of_options(comfy, tmp_path):
+    """fmcgm.runner.boot is where everything imports ComfyUI (this suite, the runner, the scripts):
+    asking again with the same options is free; other options, or another folder, are refused with
+    what to do, since ComfyUI reads its options once per process."""
+    from fmcgm.runner import boot, lanes
+    args = boot.import_comfy(lanes.comfy_root(), ["--cpu", "--use-pytorch-cross-attention"], threads=1)
+    assert args.cpu and args.use_pytorch_cross_attention
+    with pytest.raises(RuntimeError, match="already loaded in this process.*use a fresh process"):
+        boot.import_comfy(lanes.comfy_root(), ["--cpu", "--lowvram"])
+    with pytest.raises(FileNotFoundError, match="not a ComfyUI folder"):
+        boot.import_comfy(tmp_path, ["--cpu"])

@@ -6,7 +6,7 @@ import random
 import numpy as np
 import pytest
 
-from fmcgm.miniworld import oracle, render, world
+from fmcgm.miniworld import oracle, paint, world
 
 
 def scenes(n: int, seed: str = "t", follows=None):
@@ -18,10 +18,10 @@ def test_oracle_reads_every_rendered_scene():
     # Ground truth readable from pixels: every concept of every scene (mechanisms followed or not,
     # all jitter) comes back from the picture, at the trained size and at others.
     for s in scenes(100):
-        assert oracle.read(render.render(s)) == s.values
+        assert oracle.read(paint.render(s)) == s.values
     for size in (96, 256):
         for s in scenes(10, f"size{size}"):
-            assert oracle.read(render.render(s, size)) == s.values
+            assert oracle.read(paint.render(s, size)) == s.values
 
 
 def test_oracle_cannot_tell_on_pictures_that_are_not_the_world():
@@ -30,9 +30,9 @@ def test_oracle_cannot_tell_on_pictures_that_are_not_the_world():
     assert all(v is None for v in oracle.read(magenta).values())
     # a scene with its house painted over by sky: the side, house and windows cannot be read
     s = scenes(1, "nohouse")[0]
-    img = render.render(s)
-    reg = render.dilate(render.regions(s)[world.SIDE], 2)
-    img[reg] = render.COLOURS[world.SKY][s.values[world.SKY]]
+    img = paint.render(s)
+    reg = paint.dilate(paint.regions(s)[world.SIDE], 2)
+    img[reg] = paint.COLOURS[world.SKY][s.values[world.SKY]]
     read = oracle.read(img)
     assert read[world.SIDE] is None and read[world.HOUSE] is None and read[world.WINDOWS] is None
     assert read[world.WEATHER] == s.values[world.WEATHER]
@@ -41,9 +41,9 @@ def test_oracle_cannot_tell_on_pictures_that_are_not_the_world():
 def test_oracle_sees_a_changed_region_and_only_it():
     s = world.scene_from_values("rainy", "blue house", "house on the right side", 3)
     cf = world.counterfactual(s, world.WEATHER, "sunny")
-    img, target = render.render(s), render.render(cf)
+    img, target = paint.render(s), paint.render(cf)
     # paste only the sky region of the counterfactual: the sky reads blue, the rest is unchanged
-    sky = render.regions(s)[world.SKY]
+    sky = paint.regions(s)[world.SKY]
     mixed = img.copy()
     mixed[sky] = target[sky]
     read = oracle.read(mixed)
@@ -114,10 +114,10 @@ def test_changed_region_covers_what_changes_and_spares_the_house():
     for s in scenes(20, "region", follows=True):
         other = [v for v in world.VALUES[world.WEATHER] if v != s.values[world.WEATHER]][0]
         cf = world.counterfactual(s, world.WEATHER, other)
-        region = render.changed_region(s, cf, world.changed(s, cf))
-        differs = np.abs(render.render(s).astype(int) - render.render(cf).astype(int)).sum(-1) > 0
+        region = paint.changed_region(s, cf, world.changed(s, cf))
+        differs = np.abs(paint.render(s).astype(int) - paint.render(cf).astype(int)).sum(-1) > 0
         assert not (differs & ~region).any()  # nothing changes outside the changed region
-        wall_inside = ~render.dilate(~render.regions(s)[world.HOUSE], 2)
+        wall_inside = ~paint.dilate(~paint.regions(s)[world.HOUSE], 2)
         assert wall_inside.sum() > 300 and not (region & wall_inside).any()  # the house's walls never change
 
 

@@ -22,7 +22,8 @@ from dataclasses import replace
 
 import pytest
 
-from fmcgm.miniworld import oracle2, pipeline2, render2, world2
+from fmcgm.miniworld import oracle2, paint2, pipeline2, world2
+from tests.sdxl_graphs import graph_only_edit
 
 BENCH = pipeline2.REPO / "benchmarks" / "results" / "miniworld2_table1.json"
 
@@ -36,7 +37,7 @@ def test_counterfactual_keeps_noise_and_layout_and_recomputes_descendants():
     assert world2.WORLD.changed(scene, cf) == (world2.FIRE, world2.SMOKE, world2.WINDOWS)
     assert world2.WORLD.descendants(world2.WEATHER) == (world2.SKY, world2.GROUND, world2.UMBRELLA)
     # a local edit: the fire's, smoke's and windows' pixels are a small part of the picture
-    changed = render2.changed_region(scene, cf, world2.WORLD.changed(scene, cf))
+    changed = paint2.changed_region(scene, cf, world2.WORLD.changed(scene, cf))
     assert 0.005 < changed.mean() < 1 / 3
     with pytest.raises(ValueError, match="door"):
         world2.counterfactual(scene, world2.DOOR, "red door")
@@ -45,18 +46,18 @@ def test_counterfactual_keeps_noise_and_layout_and_recomputes_descendants():
 def test_oracle_reads_whole_regions_and_reports_partial_edits():
     scenes = [world2.sample_scene(random.Random(f"t-{i}")) for i in range(3)]
     for s in scenes:
-        assert oracle2.read(render2.render(s), s) == s.values
-        assert all(oracle2.clutter_kept(render2.render(s), s, render2.render(s)))
+        assert oracle2.read(paint2.render(s), s) == s.values
+        assert all(oracle2.clutter_kept(paint2.render(s), s, paint2.render(s)))
     s = replace(scenes[0], values={**scenes[0].values, world2.WEATHER: "rainy", world2.SKY: "grey sky"})
-    img = render2.render(s)
-    blue = render2.render(replace(s, values={**s.values, world2.SKY: "blue sky"}))
+    img = paint2.render(s)
+    blue = paint2.render(replace(s, values={**s.values, world2.SKY: "blue sky"}))
     img[:, :40] = blue[:, :40]          # the sky turned blue on the left third only
     values, shares = oracle2.read_regions(img, s)
     assert 0.15 < shares[world2.SKY]["blue sky"] < 0.5 and values[world2.SKY] == "grey sky"
     # clutter painted over is not kept
-    (mask, _), *_ = render2.clutter_boxes(s)
-    img2 = render2.render(s)
-    img2[mask] = render2.COLOURS[world2.GROUND][s.values[world2.GROUND]]
+    (mask, _), *_ = paint2.clutter_boxes(s)
+    img2 = paint2.render(s)
+    img2[mask] = paint2.COLOURS[world2.GROUND][s.values[world2.GROUND]]
     assert oracle2.clutter_kept(img2, s)[0] is False
 
 
@@ -99,7 +100,7 @@ def inverted(comfy):
     model, clip, vae = pipeline2.load()
     picture = _umbrella_records(_run())[0]["picture"]
     scene, todo, seed = pipeline2.benchmark_case(picture)
-    inv = pipeline.invert(model, pipeline.encode(vae, render2.render(scene)), seed=seed)
+    inv = pipeline.invert(model, pipeline.encode(vae, paint2.render(scene)), seed=seed)
     cf = pipeline2.counterfactual(scene, *todo[0])
     assert todo[0][0] == world2.WEATHER and world2.UMBRELLA in cf.changed
     return model, clip, scene, inv, cf
@@ -131,17 +132,8 @@ def test_world2_scene_feeds_the_mechanisms_and_the_graph_only_manipulator(comfy)
     scene_inputs = {"weather": "rainy", "fire": "lit fire", "house": "blue house", "door": "white door",
                     "layout_seed": 2, "sky": FROM_CAUSE, "ground": FROM_CAUSE, "umbrella": FROM_CAUSE,
                     "smoke": FROM_CAUSE, "windows": "dark windows", "size": 64}
-    prompt = {
-        "1": {"class_type": "FMCGMMiniworld2Scene", "inputs": scene_inputs},
-        "2": {"class_type": "FMCGMMiniworldMechanisms", "inputs": {"graph": ["1", 1], "concept": "fire",
-                                                                   "value": "no fire"}},
-        "3": {"class_type": "FMCGMConceptManipulator", "inputs": {
-            "causal_graph": ["1", 1], "mode": "graph-only", "concept": "fire", "value": "no fire",
-            "descendant_values": ["2", 0], "num_interventions": 1, "temperature": 0.2, "max_new_tokens": 64,
-            "seed": 0, "enable_thinking": False}},
-        "4": {"class_type": "FMCGMTest_Capture", "inputs": {"value": ["3", 0]}},
-        "5": {"class_type": "FMCGMTest_Capture", "inputs": {"value": ["1", 3]}},
-    }
+    prompt = graph_only_edit("FMCGMMiniworld2Scene", scene_inputs, "fire", "no fire")
+    prompt["5"] = {"class_type": "FMCGMTest_Capture", "inputs": {"value": ["1", 3]}}
     _, outputs = comfy.run_prompt(prompt)
     assert outputs["2"]["text"][0].splitlines() == ["smoke: no smoke", "windows: dark windows"]
     caption = json.loads(outputs["5"]["fmcgm_capture"][0])[0]

@@ -21,7 +21,7 @@ import statistics
 import numpy as np
 import pytest
 
-from fmcgm.miniworld import pipeline, render, world
+from fmcgm.miniworld import paint, pipeline, world
 
 BENCH = pipeline.REPO / "benchmarks" / "results" / "miniworld_table1.json"
 METHOD = "CSG, s_e 16, lambda 0.5 (tuned)"
@@ -42,7 +42,7 @@ def _spread(values, sign: int) -> float:
 
 def blue_progress(before, after) -> float:
     """How far the sky's mean colour moved from where it was toward the blue sky (1 = all the way)."""
-    blue = np.asarray(render.COLOURS[world.SKY]["blue sky"], dtype=float)
+    blue = np.asarray(paint.COLOURS[world.SKY]["blue sky"], dtype=float)
     b, a = np.asarray(before, dtype=float), np.asarray(after, dtype=float)
     return float(1 - np.linalg.norm(a - blue) / max(np.linalg.norm(b - blue), 1e-6))
 
@@ -54,7 +54,7 @@ def _ours(records, kind=world.WEATHER, value=None):
 def _thresholds() -> dict:
     records = _records()
     originals = {r["picture"]: r["factual"] for r in records}
-    progress = [blue_progress(render.COLOURS[world.SKY][originals[r["picture"]][world.SKY]],
+    progress = [blue_progress(paint.COLOURS[world.SKY][originals[r["picture"]][world.SKY]],
                               r["region_colour"][world.SKY]) for r in _ours(records, value="sunny")]
     return {
         # every weather intervention changes the sky: its mask's share on the sky region
@@ -78,7 +78,7 @@ def _edit(trained, picture: int):
     scene, todo, seed = pipeline.benchmark_case(picture)
     concept, value = todo[0]
     assert (concept, value) == (world.WEATHER, "sunny")
-    original = render.render(scene)
+    original = paint.render(scene)
     cf = pipeline.counterfactual(scene, concept, value)
     inv = pipeline.invert(model, pipeline.encode(vae, original), seed=seed)
     result = pipeline.csg(model, clip, inv, [cf], scale=pipeline.TUNED["edit_guidance"],
@@ -94,7 +94,7 @@ def test_do_weather_sunny_acts_on_the_sky_and_leaves_the_house(picture, trained)
     scene, score, shares = _edit(trained, picture)
     # the sky's mask lies on the sky, and the sky turned toward blue there
     assert shares[world.SKY] >= t["sky_mask_share"], shares
-    before = render.COLOURS[world.SKY][scene.values[world.SKY]]
+    before = paint.COLOURS[world.SKY][scene.values[world.SKY]]
     assert blue_progress(before, score.extra["region_colour"][world.SKY]) >= t["blue_progress"]
     # the house, a non-descendant, keeps its colour and side and moves no more than the run's spread
     assert {c: score.read[c] for c in (world.HOUSE, world.SIDE)} == score.invariants

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from fmcgm.miniworld import model as M
-from fmcgm.miniworld import oracle, pipeline, render, world
+from fmcgm.miniworld import oracle, paint, pipeline, world
+from tests.sdxl_graphs import graph_only_edit
 
 
-# The trained checkpoint is not in the repo yet (issue 10: training is under way); these run as
-# soon as models/fmcgm-miniworld-sdxl.safetensors is committed.
+# The trained checkpoint ships in models/ (scripts/train_miniworld.py makes it); without it these skip.
 needs_trained = pytest.mark.skipif(not pipeline.CHECKPOINT.is_file(),
                                    reason="models/fmcgm-miniworld-sdxl.safetensors not trained yet "
                                           "(python scripts/train_miniworld.py)")
@@ -30,7 +30,7 @@ def test_shipped_checkpoint_is_small_and_describes_itself():
     assert path.stat().st_size < 30e6
     assert M.read_config(path) == M.CONFIG
     info = json.loads(M.read_metadata(path)[M.INFO_KEY])
-    assert info["unet_steps"] > 0 and info["size"] == render.SIZE
+    assert info["unet_steps"] > 0 and info["size"] == paint.SIZE
 
 
 @needs_trained
@@ -43,7 +43,7 @@ def test_loader_returns_what_checkpoint_loader_simple_returns_for_sdxl(trained):
     assert isinstance(clip, comfy.sd.CLIP) and isinstance(vae, comfy.sd.VAE)
     # the VAE learned the world: every concept survives its round trip
     scenes = [world.sample_scene(random.Random(f"vae-{k}")) for k in range(4)]
-    pictures = np.stack([render.render(s) for s in scenes])
+    pictures = np.stack([paint.render(s) for s in scenes])
     back = pipeline.decode(vae, pipeline.encode(vae, pictures))
     assert np.abs(back.astype(float) - pictures).mean() / 255 < 0.03
     assert [oracle.read(b) for b in back] == [s.values for s in scenes]
@@ -100,7 +100,7 @@ def test_fold_latent_statistics_keeps_the_reconstruction_and_normalises_latents(
     from fmcgm.miniworld import train
     _, _, vae = M.new_modules(M.CONFIG, seed=3)
     vae.eval()
-    pictures = train.to_tensor(np.stack([render.render(world.sample_scene(random.Random(k)))
+    pictures = train.to_tensor(np.stack([paint.render(world.sample_scene(random.Random(k)))
                                          for k in range(6)]))
     with torch.no_grad():
         before = train.vae_decode(vae, train.vae_posterior(vae, pictures)[0])
@@ -151,16 +151,7 @@ def test_the_worlds_mechanisms_feed_the_manipulators_graph_only_mode(comfy):
     scene_inputs = {"weather": "rainy", "house": "yellow house", "house_side": "house on the left side",
                     "layout_seed": 1, "sky": "(from the weather)", "ground": "snowy ground",
                     "windows": "(from the weather)", "size": 64}
-    prompt = {
-        "1": {"class_type": "FMCGMMiniworldScene", "inputs": scene_inputs},
-        "2": {"class_type": "FMCGMMiniworldMechanisms", "inputs": {"graph": ["1", 1], "concept": "weather",
-                                                                   "value": "sunny"}},
-        "3": {"class_type": "FMCGMConceptManipulator", "inputs": {
-            "causal_graph": ["1", 1], "mode": "graph-only", "concept": "weather", "value": "sunny",
-            "descendant_values": ["2", 0], "num_interventions": 1, "temperature": 0.2, "max_new_tokens": 64,
-            "seed": 0, "enable_thinking": False}},
-        "4": {"class_type": "FMCGMTest_Capture", "inputs": {"value": ["3", 0]}},
-    }
+    prompt = graph_only_edit("FMCGMMiniworldScene", scene_inputs, "weather", "sunny")
     _, outputs = comfy.run_prompt(prompt)
     assert outputs["2"]["text"][0].splitlines() == ["sky: blue sky", "ground: snowy ground", "windows: dark windows"]
     report = outputs["3"]["text"][0]

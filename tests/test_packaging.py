@@ -22,6 +22,8 @@ def test_pyproject_has_registry_metadata_and_matches_requirements():
     assert (REPO / project["license"]["file"]).read_text().startswith(" " * 20 + "GNU GENERAL PUBLIC LICENSE")
     for key in ("PublisherId", "DisplayName", "Icon"):
         assert comfy[key], key
+    icon = comfy["Icon"].split("/main/", 1)[1]  # the registry reads it from the repository's main branch
+    assert (REPO / icon).read_text(encoding="utf-8").lstrip().startswith("<svg"), icon
     assert sorted(project["dependencies"]) == sorted(_requirements())
 
 

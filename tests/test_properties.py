@@ -17,7 +17,8 @@ import networkx as nx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fmcgm.graph import CausalGraph, Concept, Edge, GraphError, concept_key, repair_graph
+from fmcgm.answer_repair import graph_from_model_answer, repair_graph
+from fmcgm.graph import CausalGraph, Concept, Edge, GraphError, concept_key
 from fmcgm.manipulator import (Counterfactual, apply_intervention, counterfactual_from_answer,
                                counterfactuals_from_proposals)
 from fmcgm.parsing import PROPAGATION_FIELDS, ModelAnswerError, extract_json
@@ -121,7 +122,7 @@ def test_truncated_json_never_crashes(obj, data):
 @given(any_text)
 def test_graph_from_any_answer_is_valid_or_a_clear_error(text):
     try:
-        result = CausalGraph.from_model_answer(text)
+        result = graph_from_model_answer(text)
     except (ModelAnswerError, GraphError):
         return
     assert nx.is_directed_acyclic_graph(result.graph.to_networkx())

@@ -14,7 +14,8 @@ import pytest
 
 from fmcgm.editing import drawing_intervention, resolve_editor
 from fmcgm.extraction import extract_graph
-from fmcgm.graph import CausalGraph, Concept, Edge, GraphError, repair_concepts
+from fmcgm.answer_repair import repair_concepts
+from fmcgm.graph import CausalGraph, Concept, Edge, GraphError
 from fmcgm.manipulator import apply_intervention, parse_value_text, propagate
 from fmcgm.parsing import MAX_ANSWER_CHARS, ModelAnswerError, extract_json
 from fmcgm.phrases import disagreement, edit_phrase, words

@@ -13,8 +13,7 @@ from typing import Any, Callable
 import pytest
 
 from fmcgm import prompts
-from fmcgm.extraction import (STAGE_CONCEPTS, STAGE_DESCRIPTION, STAGE_EDGES, ExtractionResult, extract_graph,
-                              graph_from_answer)
+from fmcgm.extraction import STAGE_CONCEPTS, STAGE_DESCRIPTION, STAGE_EDGES, ExtractionResult, extract_graph
 from fmcgm.graph import CausalGraph, Concept, Edge, GraphError
 from fmcgm.manipulator import STAGE_PROPAGATION, STAGE_PROPOSALS, propagate, propose_interventions
 from fmcgm.parsing import ModelAnswerError
@@ -193,15 +192,6 @@ def test_backend_errors_pass_through_and_non_text_answers_are_reported():
     assert error.value.stage == STAGE_DESCRIPTION
 
 
-def test_graph_from_answer():
-    result = graph_from_answer('{"nodes": ["sky: blue", "sea: calm"], "links": ["sky -> sea"]}', description="d")
-    assert result.graph.edges == (Edge("sky", "sea"),) and result.graph.description == "d"
-    with pytest.raises(ModelAnswerError, match="no usable concepts"):
-        graph_from_answer('{"nodes": []}')
-    with pytest.raises(ModelAnswerError, match="no JSON object"):
-        graph_from_answer("nothing")
-
-
 # ---------------------------------------------------------------- manipulation
 
 PROPAGATION = json.dumps({
@@ -328,7 +318,7 @@ def walk(schema: Any, visit: Callable[[dict], None]) -> None:
 @pytest.mark.parametrize("name", list(all_schemas()))
 def test_schemas_are_closed_bounded_and_strict_mode_compatible(name):
     def check(node: dict) -> None:
-        assert "pattern" not in node  # a bounded regex costs xgrammar 150+ ms/token (issue 9)
+        assert "pattern" not in node  # a bounded regex costs xgrammar 150+ ms/token (see fmcgm/prompts.py)
         if node.get("type") == "object":
             assert node["additionalProperties"] is False
             assert node["required"] == list(node["properties"])

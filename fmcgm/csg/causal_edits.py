@@ -1,21 +1,22 @@
 """From the causal layer to CSG: the Concept Manipulator's counterfactuals as edit concepts.
 
 A manipulator ``Counterfactual`` carries ``edit_prompts`` (the intervened concept first, then
-one phrase per changed descendant; spec D1) and ``protect_prompts`` (the factual phrases of the
-non-descendants, for the optional invariant protection of spec 2.5). Each becomes one
+one phrase per changed descendant) and ``protect_prompts`` (the factual phrases of the
+non-descendants, for the optional invariant protection: ``guidance.protect_factor``). Each becomes one
 ``CounterfactualEdit``: its concepts encoded with the model's CLIP, in that order.
 """
 from __future__ import annotations
 
 from ..counterfactual import Counterfactual
+from ..options import THRESHOLD
 from ..roles import Role
 from .errors import CSGInputError
 from .guidance import PROTECT, CounterfactualEdit, EditSet, encode_concept
 
 
-def protect_concepts(clip, phrases, threshold: float = 0.7, attention_tokens: str = "prompt",
+def protect_concepts(clip, phrases, threshold: float = THRESHOLD, attention_tokens: str = "prompt",
                      input_name: str = "protect") -> tuple:
-    """Protect concepts (spec 2.5) for ``phrases``: only their cross-attention mask is used."""
+    """Protect concepts for ``phrases``: only their cross-attention mask is used."""
     return tuple(encode_concept(clip, p, input_name=f"{input_name}: {p}", attention_tokens=attention_tokens,
                                 role=PROTECT, scale=0.0, threshold=threshold, warmup=0) for p in phrases)
 
@@ -28,11 +29,11 @@ def invariant_phrases(cf: Counterfactual) -> list[str]:
 
 def edits_from_counterfactuals(clip, counterfactuals, include_intervened: bool = True,
                                attention_tokens: str = "prompt", protect_strength: float = 0.0,
-                               protect_threshold: float = 0.7, **params) -> EditSet:
-    """Manipulator ``Counterfactual`` items -> one ``CounterfactualEdit`` each (spec D1), the
+                               protect_threshold: float = THRESHOLD, **params) -> EditSet:
+    """Manipulator ``Counterfactual`` items -> one ``CounterfactualEdit`` each, the
     intervened concept first, then every changed descendant.
 
-    ``protect_strength`` > 0 adds each counterfactual's non-descendants as protect concepts (spec 2.5):
+    ``protect_strength`` > 0 adds each counterfactual's non-descendants as protect concepts:
     their factual phrases' cross-attention masks (quantile ``protect_threshold``) suppress the edits
     there, mu_j * (1 - strength * P). 0 (default) adds nothing."""
     if not (0.0 <= float(protect_strength) <= 1.0):

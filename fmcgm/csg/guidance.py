@@ -1,7 +1,7 @@
 """Edit concepts, counterfactual batches, and the CSG guidance combination.
 
 A *counterfactual* is the ordered list of edit concepts of one intervention: the intervened
-concept first, then every descendant whose value changed (FM-CGM Sec. 5.3; spec D1). CSG adds,
+concept first, then every descendant whose value changed (FM-CGM Sec. 5.3). CSG adds,
 per concept j (eqs. 9-12, LEDITS++ eq. 12):
 
     g_j   = s_j * (eps(x, c_j) - eps(x))            (s_j < 0 for a reversed concept)
@@ -11,7 +11,7 @@ per concept j (eqs. 9-12, LEDITS++ eq. 12):
 
 With a single concept this is exactly single-concept LEDITS++.
 
-Optional invariant protection (spec 2.5, off by default): a counterfactual may carry "protect"
+Optional invariant protection (this pack's addition to the paper's method, off by default): a counterfactual may carry "protect"
 concepts, the factual phrases of the intervened concept's non-descendants. They add batch rows
 whose only use is their cross-attention mask M1_k (threshold lambda_p); with P = max_k M1_k every
 edited concept's mask becomes mu_j * (1 - strength * P). Without protect concepts, or with
@@ -31,6 +31,7 @@ import torch
 
 from . import masks as masks_mod
 from .errors import CSGInputError
+from ..options import ATTENTION_TOKENS, EDIT_GUIDANCE, THRESHOLD
 from ..roles import EDIT_ROLES, Role
 
 ROLES = EDIT_ROLES
@@ -45,8 +46,8 @@ class EditConcept:
     n_tokens: int | None = None        # real tokens of the prompt (None: unknown, all but the start token)
     text: str | None = None
     role: str = Role.INTERVENED
-    scale: float = 8.0                 # s_e, edit guidance scale
-    threshold: float = 0.7             # lambda, mask quantile
+    scale: float = EDIT_GUIDANCE       # s_e, edit guidance scale
+    threshold: float = THRESHOLD       # lambda, mask quantile
     warmup: int = 10                   # no guidance for steps < warmup
     cooldown: int | None = None        # no guidance for steps >= cooldown (None: never stops)
     reverse: bool = False              # guide away from the concept
@@ -99,7 +100,7 @@ class EditSet:
 
 
 def dedupe(concepts) -> tuple:
-    """Identical phrases are merged (spec D8): diffusers would reuse the first one's maps and apply
+    """Identical phrases are merged: diffusers would reuse the first one's maps and apply
     guidance twice."""
     seen, out = set(), []
     for c in concepts:
@@ -296,7 +297,7 @@ def protect_key(m: int) -> tuple:
 
 
 def protection(plan: Plan, attn_maps: dict, latent_hw: tuple) -> tuple:
-    """(P, {m: M1_m}): the union (max) of the protect concepts' cross-attention masks (spec 2.5);
+    """(P, {m: M1_m}): the union (max) of the protect concepts' cross-attention masks;
     rows without a protect concept in slot m get zeros there."""
     P, m1s = None, {}
     for m, slot in enumerate(plan.protect):
@@ -322,7 +323,7 @@ def combine(D_u: torch.Tensor, D_slots: dict, sigma: torch.Tensor, step: int, pl
     [R, h/4, w/4] (protect slot m: ``protect_key(m)``). Returns gamma in eps space; the guided
     prediction is D_u - sigma * gamma. eps_c - eps_u is formed as (D_u - D_c) / sigma (no
     cancellation against x). With protect slots in the plan, each mu_j is multiplied by
-    (1 - strength * P) (spec 2.5); without, this factor is not even formed."""
+    (1 - strength * P); without, this factor is not even formed."""
     sig = sigma.reshape(-1, *([1] * (D_u.ndim - 1))).float()
     gamma = torch.zeros_like(D_u, dtype=torch.float32)
     mus, acts, m1s, m2s, gs = {}, {}, {}, {}, {}
@@ -371,7 +372,6 @@ def count_tokens(clip, text: str, input_name: str = "text") -> int:
     return n
 
 
-ATTENTION_TOKENS = ("prompt", "all")
 
 
 def encode_concept(clip, text: str, input_name: str = "text", attention_tokens: str = "prompt",

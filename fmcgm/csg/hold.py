@@ -6,8 +6,8 @@ that step (``reconstruction_predictions``). Given the predictions, the inversion
 by cell (the stored noise included), so held cells that start on the reconstruction stay on it,
 step after step, while the UNet still sees the whole latent: the edited cells are rendered with the
 held ones as their context. This is how the self-checking edit (``fmcgm.judged_edit``) protects a
-non-descendant that an earlier round changed; unlike CSG's protect masks (spec 2.5 of the paper's
-method), which only take guidance away, a hold also stops changes that reach a region through the
+non-descendant that an earlier round changed; unlike CSG's protect masks (``guidance.protect_factor``),
+which only take guidance away, a hold also stops changes that reach a region through the
 UNet's global context.
 
 Masks are latent-sized ([K, 1, h, w], one per counterfactual, values in [0, 1]); ``latent_mask``

@@ -3,8 +3,9 @@
 - ``dpmpp_2m_sde``: edit-friendly DPM-Solver++(2M) SDE inversion as in LEDITS++ (diffusers
   ``LEditsPPPipelineStableDiffusionXL.invert`` with its DPM scheduler): every x_t is sampled
   independently from q(x_t | x0), then the noise map z_t that makes the solver step from x_t land
-  exactly on x_{t-1} is stored. Regenerating with the same solver and these maps reproduces the
-  picture; editing changes only the model prediction.
+  exactly on x_{t-1} is stored. Regenerating with the same solver and these maps retraces the
+  inverted states (the last step returns the model's prediction, see "Reconstruction" below);
+  editing changes only the model prediction.
 - ``ddpm``: the same idea with the DDPM posterior (edit-friendly DDPM inversion, Huberman-Spiegelglas
   et al.; diffusers' LEDITS++ with a DDIM scheduler, eta 1). A paper baseline.
 - ``ddim``: deterministic DDIM inversion (no noise maps). A paper baseline.
@@ -36,6 +37,7 @@ import comfy.model_management
 import comfy.samplers
 import torch
 
+from ..options import SKIP
 from . import models, schedule as sched
 from .errors import CSGInputError
 from .progress import Progress
@@ -242,7 +244,7 @@ def source_used(solver: str, source: list | None, source_scale: float) -> bool:
     return float(source_scale) > 1.0
 
 
-def invert(model, latent: dict, *, solver: str = "dpmpp_2m_sde", steps: int = 100, skip: float = 0.15,
+def invert(model, latent: dict, *, solver: str = "dpmpp_2m_sde", steps: int = 100, skip: float = SKIP,
            seed: int = 0, source: list | None = None, source_scale: float = 3.5, uncond: list | None = None,
            zero_noise_steps: int = 3, sigma_table: str = "model", batch: int = 1, keep_trajectory: bool = False,
            callback=None, progress: bool = False, disable_pbar: bool = True) -> Inversion:

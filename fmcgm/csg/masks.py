@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-MASK_MODES = ("intersect", "cross_attn", "noise")
+from ..options import MASK_MODES
 
 
 def uses_attention(mode: str) -> bool:

@@ -67,17 +67,6 @@ def zero_conditioning(model) -> list:
     return [[torch.zeros(1, 77, ctx), extra]]
 
 
-def zero_out(conditioning: list) -> list:
-    """ComfyUI's ConditioningZeroOut: zeros with the same shapes (tokens and pooled)."""
-    out = []
-    for cond, extra in conditioning:
-        extra = dict(extra)
-        if extra.get("pooled_output") is not None:
-            extra["pooled_output"] = torch.zeros_like(extra["pooled_output"])
-        out.append([torch.zeros_like(cond), extra])
-    return out
-
-
 def _digest_value(h, value, depth: int = 0) -> None:
     """Feed a patch payload (tensors, nested tuples, adapter objects with ``weights``) into ``h``."""
     if depth > 6:

@@ -28,9 +28,7 @@ from .errors import CSGError, CSGInputError
 from .hold import Hold
 from .inversion import Inversion
 from .progress import Progress
-
-SOURCE_MODES = ("diffusers", "consistent")
-BATCHING = ("auto", "together", "separately")
+from ..options import BATCHING, SOURCE_MODES
 log = logging.getLogger("FMCGM.csg")
 
 
@@ -239,7 +237,7 @@ class CSGGuider(comfy.samplers.CFGGuider):
                 if j in guided and plan.slots[j].needs_maps(plan.slots[j].active(i)):
                     maps[first + k] = j
                     weights[j] = attention.token_weights(plan.slots[j].n_tokens, plan.context_length)
-        if plan.protect and guided:  # protect rows (spec 2.5) only where some concept is guided
+        if plan.protect and guided:  # protect rows only where some concept is guided
             for m, slot in enumerate(plan.protect):
                 key = guidance.protect_key(m)
                 if slot.needs_maps(slot.present):

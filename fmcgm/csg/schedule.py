@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..options import SIGMA_TABLES
 from .errors import CSGInputError
 
 SOLVERS = ("dpmpp_2m_sde", "ddpm", "ddim")
-SIGMA_TABLES = ("model", "diffusers")
 
 
 def total_steps(steps: int, skip: float) -> int:

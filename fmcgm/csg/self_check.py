@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from .. import judges
+from ..options import EDIT_GUIDANCE, THRESHOLD
 from ..phrases import edit_phrase, fully_specified_prompt
 from . import guidance, hold as hold_mod, inversion as inversion_mod, sampler
 from .causal_edits import protect_concepts
@@ -46,8 +47,8 @@ CSG, REGENERATE = "CSG", "DDPM regeneration"
 
 @dataclass(frozen=True)
 class Settings:
-    scale: float = 8.0              # s_e of round 1 (every concept)
-    threshold: float = 0.7          # lambda of round 1
+    scale: float = EDIT_GUIDANCE    # s_e of round 1 (every concept)
+    threshold: float = THRESHOLD    # lambda of round 1
     warmup: int = 10
     max_rounds: int = 5
     max_seconds: float = 0.0        # 0: no time budget

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..evaluation import EffectivenessResult, Verdict, counterfactual_targets, invariant_targets
-from . import oracle, render, world
+from . import oracle, paint, world
 
 
 @dataclass
@@ -32,5 +32,5 @@ class OracleJudge:
         if h != w:
             raise ValueError(f"the miniature world's pictures are square, got {w} x {h}")
         after = world.counterfactual(self.scene, counterfactual.concept, counterfactual.value)
-        a, b = render.regions(self.scene, h), render.regions(after, h)
+        a, b = paint.regions(self.scene, h), paint.regions(after, h)
         return {c: a[c] | b[c] for c in world.CONCEPTS}

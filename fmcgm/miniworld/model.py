@@ -29,14 +29,28 @@ INFO_KEY = "fmcgm_miniworld"          # how a miniature-world checkpoint was tra
 # levels. context_dim = clip_l hidden + clip_g hidden; adm_in_channels = clip_g hidden + 6 x 256
 # (SDXL's size embedding); clip_g's projection equals its hidden size (ComfyUI's is square) and
 # both encoders have 3 layers (SDXL reads layer -2).
-UNET = {
-    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
-    "legacy": False, "num_classes": "sequential", "adm_in_channels": 1600, "in_channels": 4,
-    "model_channels": 32, "num_res_blocks": [2, 2, 2], "transformer_depth": [0, 0, 1, 1, 1, 1],
-    "channel_mult": [1, 2, 2], "transformer_depth_middle": 1, "use_linear_in_transformer": True,
-    "context_dim": 96, "num_head_channels": 16, "transformer_depth_output": [0, 0, 0, 1, 1, 1, 1, 1, 1],
-    "use_temporal_attention": False, "use_temporal_resblock": False,
-}
+
+
+# What every SDXL-shaped UNet config holds (the keys and order comfy/model_detection.py gives SDXL);
+# the sizes are each model's own.
+_UNET_KEYS = ("use_checkpoint", "image_size", "out_channels", "use_spatial_transformer", "legacy", "num_classes",
+              "adm_in_channels", "in_channels", "model_channels", "num_res_blocks", "transformer_depth",
+              "channel_mult", "transformer_depth_middle", "use_linear_in_transformer", "context_dim",
+              "num_head_channels", "transformer_depth_output", "use_temporal_attention", "use_temporal_resblock")
+_UNET_FIXED = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+               "legacy": False, "num_classes": "sequential", "in_channels": 4, "use_linear_in_transformer": True,
+               "use_temporal_attention": False, "use_temporal_resblock": False}
+
+
+def sdxl_unet(**sizes) -> dict:
+    """An SDXL-shaped UNet config with ``sizes`` (channels, depths, context and ADM widths)."""
+    config = {**_UNET_FIXED, **sizes}
+    return {key: config[key] for key in _UNET_KEYS}
+
+
+UNET = sdxl_unet(adm_in_channels=1600, model_channels=32, num_res_blocks=[2, 2, 2],
+                 transformer_depth=[0, 0, 1, 1, 1, 1], channel_mult=[1, 2, 2], transformer_depth_middle=1,
+                 context_dim=96, num_head_channels=16, transformer_depth_output=[0, 0, 0, 1, 1, 1, 1, 1, 1])
 CLIP_L = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 2, "num_hidden_layers": 3,
           "projection_dim": 32}
 CLIP_G = {"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_hidden_layers": 3,
@@ -69,8 +83,8 @@ def clip_options(config: dict) -> dict:
 
 # ------------------------------------------------------------------ fresh weights
 
-def _generator(seed: int, key: str) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
+def _generator(seed: int, key: str, device=None) -> torch.Generator:
+    return torch.Generator(device=device or "cpu").manual_seed(seed * 1_000_003 + zlib.crc32(key.encode()))
 
 
 @torch.no_grad()
@@ -97,19 +111,24 @@ def init_text_encoder(module: torch.nn.Module, seed: int, prefix: str = "") -> N
     """Random text encoders (kept frozen by training): matrices N(0, 1/fan_in), so token and
     position embeddings have O(1/sqrt(hidden)) entries, norms ~1, biases ~0."""
     for name, t in module.state_dict(keep_vars=True).items():
-        if not t.dtype.is_floating_point:
-            continue
-        key = prefix + name
-        if name.endswith("logit_scale"):
-            t.fill_(4.6052)  # ln(100), as trained CLIPs have it
-            continue
-        r = torch.randn(t.shape, generator=_generator(seed, key))
-        if t.ndim >= 2:
-            t.copy_(r / t[0].numel() ** 0.5)
-        elif name.endswith("weight"):
-            t.copy_(1 + 0.1 * r)
-        else:
-            t.copy_(0.05 * r)
+        if t.dtype.is_floating_point:
+            init_like_clip(t, prefix + name, seed, draw_on="cpu")
+
+
+def init_like_clip(t: torch.Tensor, key: str, seed: int, draw_on=None) -> None:
+    """One tensor of ``init_text_encoder``'s scheme, drawn from (seed, key) on ``draw_on`` (the
+    tensor's own device by default: the same numbers come out only on the same device)."""
+    if key.endswith("logit_scale"):
+        t.fill_(4.6052)  # ln(100), as trained CLIPs have it
+        return
+    device = draw_on or t.device
+    r = torch.randn(t.shape, generator=_generator(seed, key, device), dtype=torch.float32, device=device)
+    if t.ndim >= 2:
+        t.copy_(r / t[0].numel() ** 0.5)
+    elif key.endswith("weight"):
+        t.copy_(1 + 0.1 * r)
+    else:
+        t.copy_(0.05 * r)
 
 
 UNET_ZERO = ("out_layers.3.weight", "proj_out.weight", "out.2.weight")

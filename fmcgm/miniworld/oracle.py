@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import render as R
+from . import paint as R
 from .world import CONCEPTS, GROUND, HOUSE, SIDE, SKY, WEATHER, WINDOWS
 
 MIN_SHARE = 0.5       # fraction of a probe's pixels that must agree on one value

@@ -20,7 +20,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import render2
+from . import paint2
 from .oracle import _as_rgb255
 from .scm import WorldScene
 from .world2 import CONCEPTS, GROUND, SKY, VALUES
@@ -40,7 +40,7 @@ def read_regions(img, scene: WorldScene) -> tuple[dict, dict]:
     values: dict[str, Optional[str]] = {}
     shares: dict[str, dict] = {}
     for concept in READ_ORDER:
-        renders = render2.value_renders(replace(scene, values=current), concept, size)
+        renders = paint2.value_renders(replace(scene, values=current), concept, size)
         region = (np.linalg.norm(renders[:, None] - renders[None], axis=-1) > 24.0).any(axis=(0, 1))
         d = np.linalg.norm(a[region][None] - renders[:, region], axis=-1)      # [values, pixels]
         label = np.where(d.min(0) <= MAX_DISTANCE, d.argmin(0), -1)
@@ -60,7 +60,7 @@ def read(img, scene: WorldScene) -> dict:
 def clutter_colours(img, scene: WorldScene) -> list:
     """Mean RGB of each piece of clutter's inner pixels."""
     a = _as_rgb255(img)
-    return [a[mask].reshape(-1, 3).mean(0) for mask, _ in render2.clutter_boxes(scene, a.shape[0])]
+    return [a[mask].reshape(-1, 3).mean(0) for mask, _ in paint2.clutter_boxes(scene, a.shape[0])]
 
 
 def clutter_kept(img, scene: WorldScene, reference=None) -> list[bool]:
@@ -68,7 +68,7 @@ def clutter_kept(img, scene: WorldScene, reference=None) -> list[bool]:
     tolerance of its drawn colour, or of the same pixels of ``reference``, e.g. the original
     picture through the VAE, which blurs such small things)?"""
     want = (clutter_colours(reference, scene) if reference is not None
-            else [np.asarray(rgb, dtype=np.float32) for _, rgb in render2.clutter_boxes(scene)])
+            else [np.asarray(rgb, dtype=np.float32) for _, rgb in paint2.clutter_boxes(scene)])
     return [bool(np.linalg.norm(got - w) <= CLUTTER_TOLERANCE) for got, w in zip(clutter_colours(img, scene), want)]
 
 

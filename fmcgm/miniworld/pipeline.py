@@ -23,19 +23,20 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from . import oracle, render, world
+from ..options import EDIT_GUIDANCE, SKIP, THRESHOLD
+from . import oracle, paint, world
 
 REPO = Path(__file__).resolve().parents[2]
 CHECKPOINT_NAME = "fmcgm-miniworld-sdxl.safetensors"
 CHECKPOINT = REPO / "models" / CHECKPOINT_NAME
 
-# The paper's settings (Sec. 6; spec 2.6 and 3): CSG = DPM-Solver++ inversion, 100 steps, skip 0.15,
+# The paper's settings (Sec. 6): CSG = DPM-Solver++ inversion, 100 steps, skip 0.15,
 # no source prompt, s_e 8, lambda 0.7, warm-up 10, intersect masks. Baselines: the same schedule,
 # the factual fully specified prompt as the source (DDIM: conditional only; DDPM: CFG 3.5), the
 # counterfactual fully specified prompt regenerated with CFG 7.5.
-PAPER = {"steps": 100, "skip": 0.15, "zero_noise_steps": 3, "edit_guidance": 8.0, "threshold": 0.7,
+PAPER = {"steps": 100, "skip": SKIP, "zero_noise_steps": 3, "edit_guidance": EDIT_GUIDANCE, "threshold": THRESHOLD,
          "warmup": 10, "mask_mode": "intersect", "cfg": 7.5, "ddim_source_scale": 1.0,
-         "ddpm_source_scale": 3.5, "protect_threshold": 0.7}
+         "ddpm_source_scale": 3.5, "protect_threshold": THRESHOLD}
 
 
 def load(path=None):
@@ -72,7 +73,7 @@ def conditioning(clip, text: str) -> list:
 
 
 def generate(model, clip, texts: Sequence[str], seed: int = 0, steps: int = 30, cfg: float = 5.0,
-             sampler: str = "dpmpp_2m", scheduler: str = "karras", size: int = render.SIZE) -> torch.Tensor:
+             sampler: str = "dpmpp_2m", scheduler: str = "karras", size: int = paint.SIZE) -> torch.Tensor:
     """Text-to-image (KSampler with the all-zero unconditional the model was trained with), one
     picture per text, picture k seeded with seed + k. Returns raw latents."""
     import comfy.sample
@@ -200,7 +201,7 @@ def score(original: np.ndarray, edited: np.ndarray, scene: world.Scene, concept:
     targets = {c: cf.values[c] for c in changed}
     invariants = {c: scene.values[c] for c in world.non_descendants(concept)}
     size = original.shape[0]
-    outside = ~render.dilate(render.changed_region(scene, cf, changed, size), DILATE_PX)
+    outside = ~paint.dilate(paint.changed_region(scene, cf, changed, size), DILATE_PX)
     diff = np.abs(edited.astype(np.float32) - original.astype(np.float32)).mean(-1) / 255.0
     return Score(targets, invariants, oracle.read(edited), float(diff[outside].mean()),
                  extra={"region_distance": region_distances(original, edited, scene),
@@ -209,7 +210,7 @@ def score(original: np.ndarray, edited: np.ndarray, scene: world.Scene, concept:
 
 def inner_regions(scene: world.Scene, size: int) -> dict:
     """Each concept's region shrunk by ``DILATE_PX`` (edges shared with a neighbour left out)."""
-    return {c: ~render.dilate(~m, DILATE_PX) for c, m in render.regions(scene, size).items()}
+    return {c: ~paint.dilate(~m, DILATE_PX) for c, m in paint.regions(scene, size).items()}
 
 
 def region_colours(picture: np.ndarray, scene: world.Scene) -> dict:
@@ -233,9 +234,9 @@ def mask_shares(masks, scene: world.Scene, cf) -> dict:
     tokens or places score low."""
     m = np.asarray(masks, dtype=np.float64)
     h = m.shape[-1]
-    before = render.regions(scene, render.SIZE)
-    after = render.regions(world.counterfactual(scene, cf.concept, cf.value), render.SIZE)
-    cell = render.SIZE // h
+    before = paint.regions(scene, paint.SIZE)
+    after = paint.regions(world.counterfactual(scene, cf.concept, cf.value), paint.SIZE)
+    cell = paint.SIZE // h
     out = {}
     for k, prompt in enumerate(cf.edit_prompts):
         region = (before[prompt.concept] | after[prompt.concept]).reshape(h, cell, h, cell).any(axis=(1, 3))

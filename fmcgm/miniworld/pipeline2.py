@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import oracle2, render2, world2
+from . import oracle2, paint2, world2
 from .pipeline import DILATE_PX, Score
 from .scm import WorldScene
 
@@ -61,13 +61,13 @@ def score(original: np.ndarray, edited: np.ndarray, scene: WorldScene, concept: 
     cf = world2.counterfactual(scene, concept, value)
     changed = world2.WORLD.changed(scene, cf)
     values, shares = oracle2.read_regions(edited, cf)
-    outside = ~render2.dilate(render2.changed_region(scene, cf, changed, original.shape[0]), DILATE_PX)
+    outside = ~paint2.dilate(paint2.changed_region(scene, cf, changed, original.shape[0]), DILATE_PX)
     diff = np.abs(edited.astype(np.float32) - original.astype(np.float32)).mean(-1) / 255.0
     kept = oracle2.clutter_kept(edited, scene, reference)
     return Score({c: cf.values[c] for c in changed}, {c: scene.values[c] for c in world2.WORLD.non_descendants(concept)},
                  values, float(diff[outside].mean()),
                  extra={"shares": shares, "clutter_kept": float(np.mean(kept)),
-                        "changed_share": float(render2.changed_region(scene, cf, changed, original.shape[0]).mean())})
+                        "changed_share": float(paint2.changed_region(scene, cf, changed, original.shape[0]).mean())})
 
 
 def mask_shares(masks, scene: WorldScene, cf) -> dict:
@@ -76,8 +76,8 @@ def mask_shares(masks, scene: WorldScene, cf) -> dict:
     m = np.asarray(masks, dtype=np.float64)
     h = m.shape[-1]
     after = world2.counterfactual(scene, cf.concept, cf.value)
-    before_r, after_r = render2.regions(scene), render2.regions(after)
-    cell = render2.SIZE // h
+    before_r, after_r = paint2.regions(scene), paint2.regions(after)
+    cell = paint2.SIZE // h
     out = {}
     for k, prompt in enumerate(cf.edit_prompts):
         region = (before_r[prompt.concept] | after_r[prompt.concept]).reshape(h, cell, h, cell).any(axis=(1, 3))

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from . import model as M
-from . import render, world
+from . import paint, world
 
 LATENT_SCALE = 0.13025          # comfy.latent_formats.SDXL.scale_factor
 
@@ -49,7 +49,7 @@ LATENT_SCALE = 0.13025          # comfy.latent_formats.SDXL.scale_factor
 class Settings:
     work: str = ".cache/miniworld-train"
     seed: int = 0
-    size: int = render.SIZE
+    size: int = paint.SIZE
     held_out_fraction: float = 0.1
     # progressive: (picture size, batch, steps); small pictures teach colours and shapes cheaply
     vae_schedule: list = field(default_factory=lambda: [[32, 16, 800], [64, 8, 500], [128, 4, 300]])
@@ -170,7 +170,7 @@ def vae_decode(vae, z):
 
 
 def image_pool(s: Settings, held_out: set, n: int, size: int) -> np.ndarray:
-    return np.stack([render.render(training_scene(s.seed, i, held_out), size) for i in range(n)])
+    return np.stack([paint.render(training_scene(s.seed, i, held_out), size) for i in range(n)])
 
 
 def vae_phase(s: Settings, step: int) -> tuple[int, int]:
@@ -277,7 +277,7 @@ def encode_scenes(s: Settings, vae, work: Path, vae_steps: int) -> dict:
     bar = _progress(s.scenes, 0, "encode")
     for start in range(0, s.scenes, 64):
         scenes = [training_scene(s.seed, i, held_out) for i in range(start, min(s.scenes, start + 64))]
-        imgs = np.stack([render.render(sc, s.size) for sc in scenes])
+        imgs = np.stack([paint.render(sc, s.size) for sc in scenes])
         latents.append(vae_posterior(vae, to_tensor(imgs))[0].half())
         values += [sc.values for sc in scenes]
         bar.update(len(scenes))

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from . import model as M
-from . import render2, world2
+from . import paint2, world2
 from .train import _ema_update, _gen, fold_latent_statistics, to_tensor, vae_decode, vae_posterior
 
 LATENT_SCALE = 0.13025
@@ -168,7 +168,7 @@ def _render_chunk(args):
     seed, start, stop, held = args
     held_out = {tuple(h) for h in held}
     scenes = [training_scene(seed, i, held_out) for i in range(start, stop)]
-    return np.stack([render2.render(s) for s in scenes]), [s.values for s in scenes]
+    return np.stack([paint2.render(s) for s in scenes]), [s.values for s in scenes]
 
 
 def render_pool(seed: int, n: int, workers: int) -> tuple:
@@ -229,7 +229,7 @@ def train_diffusion(unet, clip, latents: torch.Tensor, values: list, spec: dict,
     ema = {"unet": {k: v.detach().clone() for k, v in unet.state_dict().items()},
            "clip": {k: v.detach().clone() for k, v in clip.state_dict().items()}}
     ab = alphas_cumprod().float().to(device)
-    adm = size_embedding(render2.SIZE, device)
+    adm = size_embedding(paint2.SIZE, device)
     table = spec["tokens"]
     zero_l = [table["l"]["start"], table["l"]["end"]] + [table["l"]["pad"]] * 75  # stands in, masked to zero
     step, started, last_save = 0, time.time(), time.time()
@@ -322,7 +322,7 @@ def run(spec: dict, out: Path, v1_checkpoint: Path, device: str, seed: int = 0, 
         latents = torch.cat([vae_posterior(vae, to_tensor(images[a:a + 256]).to(device))[0]
                              for a in range(0, len(images), 256)]) * LATENT_SCALE
     log(stage="vae-done", steps=vae_steps, l1_last64=round(l1, 5))
-    info = {"world": "fmcgm.miniworld.world2", "size": render2.SIZE, "settings": settings, "vae_steps": vae_steps,
+    info = {"world": "fmcgm.miniworld.world2", "size": paint2.SIZE, "settings": settings, "vae_steps": vae_steps,
             "vae_l1": l1, "text_encoders": "trained with the UNet (all weights)", "weights": "UNet and text encoders EMA",
             "earlier_runs": earlier.get("earlier_runs", []) + ([{k: earlier[k] for k in ("settings", "unet_steps")}]
                                                                if earlier else [])}

@@ -46,11 +46,16 @@ class ComfyClient:
 
     # ------------------------------------------------------------------ HTTP
 
-    def request(self, path: str, data: Optional[bytes] = None, headers: Optional[dict] = None,
-                method: Optional[str] = None) -> bytes:
+    def respond(self, path: str, data: Optional[bytes] = None, headers: Optional[dict] = None,
+                method: Optional[str] = None) -> tuple[int, bytes]:
+        """(HTTP status, body); a refusal (4xx, 5xx) raises ``urllib.error.HTTPError``."""
         req = urllib.request.Request(self.url + path, data=data, headers=headers or {}, method=method)
         with urllib.request.urlopen(req, timeout=self.timeout) as response:
-            return response.read()
+            return response.status, response.read()
+
+    def request(self, path: str, data: Optional[bytes] = None, headers: Optional[dict] = None,
+                method: Optional[str] = None) -> bytes:
+        return self.respond(path, data, headers, method)[1]
 
     def get_json(self, path: str):
         return json.loads(self.request(path))
@@ -67,16 +72,21 @@ class ComfyClient:
     def add_picture(self, path: Path, name: Optional[str] = None) -> str:
         """Upload a local picture (POST /upload/image, overwriting a file of that name); returns the
         value a LoadImage input takes for it."""
-        name = name or Path(path).name
+        answer = self.upload(name or Path(path).name, Path(path).read_bytes(), overwrite=True)
+        return f"{answer['subfolder']}/{answer['name']}" if answer.get("subfolder") else answer["name"]
+
+    def upload(self, name: str, data: bytes, overwrite: bool = False) -> dict:
+        """POST /upload/image as the frontend sends it; ComfyUI's answer ({"name", "subfolder", "type"}:
+        without ``overwrite`` it renames a picture whose name is taken)."""
         boundary = uuid.uuid4().hex
         kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
         parts = [(f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{name}"\r\n'
-                  f"Content-Type: {kind}\r\n\r\n").encode(), Path(path).read_bytes(),
-                 f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="overwrite"\r\n\r\ntrue'
-                 f"\r\n--{boundary}--\r\n".encode()]
-        answer = json.loads(self.request("/upload/image", b"".join(parts),
-                                         {"Content-Type": f"multipart/form-data; boundary={boundary}"}))
-        return f"{answer['subfolder']}/{answer['name']}" if answer.get("subfolder") else answer["name"]
+                  f"Content-Type: {kind}\r\n\r\n").encode(), data]
+        if overwrite:
+            parts.append(f'\r\n--{boundary}\r\nContent-Disposition: form-data; name="overwrite"\r\n\r\ntrue'.encode())
+        parts.append(f"\r\n--{boundary}--\r\n".encode())
+        return json.loads(self.request("/upload/image", b"".join(parts),
+                                       {"Content-Type": f"multipart/form-data; boundary={boundary}"}))
 
     def run(self, prompt: dict, progress: Optional[ProgressCallback] = None,
             timeout: Optional[float] = None) -> RunResult:

@@ -1,33 +1,30 @@
 """ComfyUI inside this process, loaded from its folder the way its main.py loads it.
 
-What main.py does and this does too, through ComfyUI's own functions: parse ComfyUI's command
-line (``comfy_args``, e.g. ``--cpu --extra-model-paths-config paths.yaml``) into
-``comfy.cli_args.args`` before anything reads it; apply the folder options and extra model
+What main.py does and this does too, through ComfyUI's own functions: import it with its
+command line (``comfy_args``, e.g. ``--cpu --extra-model-paths-config paths.yaml``) parsed
+before anything reads it (``boot.import_comfy``); apply the folder options and extra model
 paths (``utils.extra_config.load_extra_path_config``); create the ``PromptServer`` (custom node
 packs register routes on ``PromptServer.instance`` when they load; it never listens here); load
 the built-in extra nodes and every custom node pack (``nodes.init_extra_nodes``); run prompts
 through ``execution.PromptExecutor``. Not done: custom nodes' prestartup scripts, the HTTP
 server, the asset database.
 
-The two ComfyUI versions the pack is tested with differ here in one place: 0.33's executor
-takes a ``ram_inactive`` cache argument (given to both; 0.3.75 ignores it). The temp folder is
-private to the session (main.py empties temp/ when it starts, a running server's included).
-ComfyUI can be imported once per process, so there is at most one session per process.
+The temp folder is private to the session (main.py empties temp/ when it starts, a running
+server's included). ComfyUI can be imported once per process, so there is at most one session
+per process.
 """
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import shutil
-import sys
 import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-log = logging.getLogger("fmcgm.runner")
+from .boot import check_comfy_folder, import_comfy, new_executor
 
 ProgressCallback = Callable[[str, dict], None]  # (event, data) as ComfyUI's websocket would send them
 
@@ -49,14 +46,6 @@ class RunResult:
     outputs: dict  # node id -> ui output, as in /history
     messages: list = field(default_factory=list)
     seconds: float = 0.0
-
-
-def check_comfy_folder(path) -> Path:
-    root = Path(path).expanduser().resolve()
-    if not (root / "main.py").is_file() or not (root / "nodes.py").is_file() or not (root / "comfy").is_dir():
-        raise FileNotFoundError(f"--comfyui {path}: not a ComfyUI folder (no main.py, nodes.py and comfy/ in "
-                                f"{root}); give the folder you start ComfyUI from")
-    return root
 
 
 def format_node_errors(prompt: dict, error: dict, node_errors: dict) -> str:
@@ -107,30 +96,9 @@ class InProcessComfy:
     # ------------------------------------------------------------------ loading
 
     def _boot(self, comfy_args: list[str]) -> None:
-        if "comfy.cli_args" in sys.modules:  # its options are parsed once, when it is first imported
-            raise RuntimeError("ComfyUI was already imported in this process by other code, so its options "
-                               f"{' '.join(comfy_args)!r} cannot apply; open the session in a fresh process")
-        root = str(self.root)
-        if root in sys.path:
-            sys.path.remove(root)
-        sys.path.insert(0, root)  # first: ComfyUI's `nodes`, `utils`, `server` before any folder of that name
-        import comfy.options
-        comfy.options.enable_args_parsing()  # first, as main.py: folder_paths reads the parsed args
-        saved, sys.argv = sys.argv, [str(self.root / "main.py"), *comfy_args]
-        try:
-            from comfy.cli_args import args
-        except SystemExit:  # argparse has printed what is wrong with the arguments
-            raise ValueError(f"ComfyUI refused the arguments {' '.join(comfy_args)!r} (see above)") from None
-        finally:
-            sys.argv = saved
-        import utils.extra_config  # noqa: F401  (ComfyUI's utils package, before comfy/ shadows `utils`)
-        import torch
-        if not args.cpu and not torch.cuda.is_available() and not _other_accelerator(torch):
-            log.info("no GPU found: ComfyUI runs on the CPU (--cpu)")
-            args.cpu = True
+        args = import_comfy(self.root, comfy_args)
         self.args = args
         self._apply_folders(args)
-        import execution
         import nodes
         import server
         import comfy.utils
@@ -143,8 +111,7 @@ class InProcessComfy:
             init_custom_nodes=(not args.disable_all_custom_nodes) or len(args.whitelist_custom_nodes) > 0,
             init_api_nodes=not args.disable_api_nodes))
         comfy.utils.set_progress_bar_global_hook(self._progress_hook)
-        self.executor = execution.PromptExecutor(self._server, cache_type=execution.CacheType.CLASSIC,
-                                                 cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+        self.executor = new_executor(self._server)
         self.node_classes = nodes.NODE_CLASS_MAPPINGS
 
     def _apply_folders(self, args) -> None:
@@ -242,8 +209,3 @@ class InProcessComfy:
         if self._own_temp:
             shutil.rmtree(self._temp, ignore_errors=True)
 
-
-def _other_accelerator(torch) -> bool:
-    mps = getattr(torch.backends, "mps", None)
-    xpu = getattr(torch, "xpu", None)
-    return bool((mps and mps.is_available()) or (xpu and xpu.is_available()))

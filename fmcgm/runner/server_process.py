@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Optional
 
 from .client import ComfyClient, ServerUnreachable
-from .inprocess import check_comfy_folder
+from .boot import check_comfy_folder
 
 
 def free_port() -> int:
@@ -40,13 +40,29 @@ def prepare_child() -> None:
             pass
 
 
+def scratch_args(base: Path, front_end_root: Optional[Path] = None) -> list[str]:
+    """ComfyUI options for a private server whose files stay under ``base`` (input, output, temp
+    and user folders, made here; an in-memory database: nothing written beside ComfyUI's code),
+    serving ``front_end_root`` (a one-line page when None: the server needs a frontend folder),
+    without API nodes."""
+    folders = {name: Path(base) / name for name in ("input", "output", "temp", "user")}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    if front_end_root is None:
+        front_end_root = Path(base) / "frontend"
+        front_end_root.mkdir(exist_ok=True)
+        (front_end_root / "index.html").write_text("<html><body>FM-CGM: no frontend here</body></html>")
+    return ["--disable-api-nodes", "--database-url", "sqlite:///:memory:", "--front-end-root", str(front_end_root),
+            *(arg for name, folder in folders.items() for arg in (f"--{name}-directory", str(folder)))]
+
+
 class ComfyServerProcess:
     """``python main.py --listen 127.0.0.1 --port P *comfy_args`` in ``comfy_root``; ``client`` talks to it."""
 
     def __init__(self, comfy_root, comfy_args: list[str] = (), log_path: Optional[Path] = None,
-                 python: str = sys.executable, env: Optional[dict] = None):
+                 python: str = sys.executable, env: Optional[dict] = None, port: Optional[int] = None):
         self.root = check_comfy_folder(comfy_root)
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.command = [python, "main.py", "--listen", "127.0.0.1", "--port", str(self.port), *comfy_args]
         self.log_path = Path(log_path) if log_path else None
@@ -74,10 +90,12 @@ class ComfyServerProcess:
         raise TimeoutError(f"ComfyUI at {self.url} not ready after {timeout:.0f} s"
                            + (f":\n{self.log_tail()}" if self.log_path else ""))
 
-    def log_tail(self, chars: int = 3000) -> str:
+    def log_tail(self, chars: Optional[int] = 3000) -> str:
+        """The end of the server's log (all of it for ``chars=None``)."""
         if self.log_path is None or not self.log_path.exists():
             return ""
-        return self.log_path.read_text(errors="replace")[-chars:]
+        text = self.log_path.read_text(errors="replace")
+        return text[-chars:] if chars else text
 
     def stop(self, timeout: float = 60.0) -> Optional[int]:
         """SIGINT (as Ctrl+C), then SIGKILL after ``timeout``; the exit code."""

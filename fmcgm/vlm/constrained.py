@@ -57,7 +57,7 @@ class SchemaGrammars:
 
     def __init__(self, tokenizer: Any, vocab_size: int, stop_token_ids: Iterable[int]):
         self._tokenizer = tokenizer
-        self._vocab_size = vocab_size  # the model's logit rows, not len(tokenizer) (vlm.md pitfall 6)
+        self._vocab_size = vocab_size  # the model's logit rows, not len(tokenizer): they can differ
         self._stop_token_ids = sorted(set(stop_token_ids))
         self._compiler: Any = None
         self._cache: OrderedDict[str, Any] = OrderedDict()
@@ -98,7 +98,7 @@ class SchemaGrammars:
             except UnsupportedSchema as why:
                 log.debug("schema outside the fast subset (%s): xgrammar converts it", why)
                 # any_whitespace=False: only the schema bounds output length, so free whitespace
-                # would let a weak model pad until max_new_tokens (vlm.md pitfall 7).
+                # would let a weak model pad until max_new_tokens.
                 compiled = compiler.compile_json_schema(key, any_whitespace=False, strict_mode=True)
             else:
                 compiled = compiler.compile_grammar(ebnf)

@@ -17,6 +17,7 @@ import transformers
 from safetensors import SafetensorError
 from transformers import AutoProcessor, StoppingCriteria, StoppingCriteriaList
 
+from ..options import VLM_ATTENTION
 from .base import GenerationRequest, TokenCallback, VLMError
 from .constrained import THINK_OPEN, RequestConstraint, SchemaGrammars, xgrammar_available
 from .loading import ModelFolder, inspect_model_folder
@@ -24,7 +25,7 @@ from .loading import ModelFolder, inspect_model_folder
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
           "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
-ATTENTION_IMPLEMENTATIONS = ("auto", "sdpa", "eager", "flash_attention_2")
+ATTENTION_IMPLEMENTATIONS = VLM_ATTENTION
 MIN_TRANSFORMERS = (4, 57)  # first release with Qwen3-VL
 # What Qwen3's own "enable_thinking=False" renders: an empty, closed reasoning block.
 EMPTY_THINK_SUFFIX = "\n\n</think>\n\n"
@@ -45,7 +46,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     """'auto' is bf16 (fp16 without bf16 support) on accelerators and fp32 on CPU, where bf16
-    matmuls are several times slower (vlm.md pitfall 5) even though checkpoints ship in bf16."""
+    matmuls are several times slower even though checkpoints ship in bf16."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype == "auto":

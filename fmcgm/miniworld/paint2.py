@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .render import dilate  # noqa: F401  (re-exported: the pipeline grows changed regions with it)
+from .paint import dilate  # noqa: F401  (re-exported: the pipeline grows changed regions with it)
 from .scm import WorldScene
 from .world2 import DOOR, FIRE, GROUND, HOUSE, SKY, SMOKE, UMBRELLA, WEATHER, WINDOWS, WORLD
 
