@@ -174,8 +174,8 @@ def extract_json(text: Any, prefer: Optional[Callable[[dict], bool]] = None) -> 
             "can have (a runaway generation, or a server ignoring max_tokens); lower max_new_tokens, or check "
             "the model and server", text)
     answer = strip_reasoning(text)
-    if not _strict_blocks(answer) and any(_THINK_OPEN.search(b) or _THINK_CLOSE.search(b) for b in _strict_blocks(text)):
-        answer = text.strip()  # the "tags" were text inside a JSON string, not reasoning delimiters
+    if any(_THINK_OPEN.search(b) or _THINK_CLOSE.search(b) for b in _strict_blocks(text)):
+        answer = text.strip()  # the "tags" are text inside a JSON string, not reasoning delimiters
     if not answer:
         raise ModelAnswerError(
             "the answer holds only reasoning (an unclosed <think> block) and no answer; "

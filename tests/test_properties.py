@@ -99,7 +99,8 @@ def test_json_embedded_in_prose_fences_and_thinking_is_found(before, obj, after,
 
 @pytest.mark.parametrize("text, expected", [
     (': {"": "</THINK>"}', {"": "</THINK>"}), (': {"": "<THINK>"}', {"": "<THINK>"}),
-    ('see {"a": "x</think>y"} ok', {"a": "x</think>y"}),
+    ('see {"a": "x</think>y"} ok', {"a": "x</think>y"}), (': {"0": "</THINK>", "": []}', {"0": "</THINK>", "": []}),
+    ('<think>: {draft}</think>: {"a": "<think>"}', {"a": "<think>"}),
     ('<think>draft {"a": 0}</think>{"a": 1}', {"a": 1}), ('reasoning</think>{"b": 2}', {"b": 2})])
 def test_reasoning_tags_inside_json_strings_are_text(text, expected):
     """Found by the property above: a tag inside a JSON string after prose was taken as the end of a
