@@ -6,7 +6,8 @@ got anywhere, or had it killed. So a picture over ``max_megapixels`` is refused 
 and how to resize it, or scaled down (aspect kept, sides a multiple of 8 as the VAE needs) when
 the user chose that. SDXL is trained near 1 megapixel; the default leaves room for 2.
 
-Works on ComfyUI IMAGE tensors ([batch, height, width, channels], float); torch only.
+Works on ComfyUI IMAGE tensors ([batch, height, width, channels], float); ``as_uint8`` turns them
+(or a VAE's decoded pixels) into the uint8 arrays judges and oracles read.
 """
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ import math
 from typing import Optional
 
 import torch
+
+def as_uint8(image: torch.Tensor):
+    """IMAGE-like pixels in [0, 1] (any dtype or device) -> numpy uint8, values rounded and clipped."""
+    return (image.float().clamp(0, 1).cpu().numpy() * 255.0).round().astype("uint8")
+
 
 DEFAULT_MAX_MEGAPIXELS = 2.0
 MODES = ("refuse", "resize")

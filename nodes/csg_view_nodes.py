@@ -50,7 +50,8 @@ class ConceptMasksPicture(io.ComfyNode):
         except ValueError as error:
             raise ValueError(f"image / concept_masks / edits: {error}") from None
         per_image = rows // len(columns)
-        pictures = (image.cpu().numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
+        from fmcgm.pictures import as_uint8
+        pictures = as_uint8(image)
         sheets = [preview.labelled_masks(pictures[r], per_row[r], columns[r // per_image]) for r in range(rows)]
         width = max(s.shape[1] for s in sheets)
         batch = np.zeros((len(sheets), sheets[0].shape[0], width, 3), dtype=np.uint8)

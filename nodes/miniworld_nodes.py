@@ -266,7 +266,8 @@ class MiniworldOracle(io.ComfyNode):
     def execute(cls, image, counterfactual=None):
         from fmcgm.miniworld.oracle import report
         cfs = list(counterfactual or [])
-        pictures = (image.cpu().numpy() * 255.0).round().clip(0, 255).astype("uint8")
+        from fmcgm.pictures import as_uint8
+        pictures = as_uint8(image)
         text = "\n\n".join(report(p, cfs[i if len(cfs) > 1 else 0] if cfs else None, label=f"image {i}")
                            for i, p in enumerate(pictures))
         return io.NodeOutput(text, ui=ui.PreviewText(text))

@@ -10,13 +10,6 @@ from ._types import CounterfactualSocket, InversionSocket, JudgeSocket, VLMSocke
 CSG_CATEGORY = f"{CATEGORY}/csg"
 
 
-def _decoder(vae):
-    def decode(raw):
-        pixels = vae.decode(raw)
-        return (pixels.float().clamp(0, 1).cpu().numpy() * 255.0).round().astype("uint8")
-    return decode
-
-
 class SelfCheckingEdit(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -83,8 +76,9 @@ class SelfCheckingEdit(io.ComfyNode):
         def on_round(_):
             mm.throw_exception_if_processing_interrupted()
             bar.update(1)
-        outcomes = self_check.judged_edit(model, clip, _decoder(vae), check_latent(latent), inversion, items, judge,
-                                          settings, on_round=on_round)
+        from fmcgm.pictures import as_uint8
+        outcomes = self_check.judged_edit(model, clip, lambda raw: as_uint8(vae.decode(raw)), check_latent(latent),
+                                          inversion, items, judge, settings, on_round=on_round)
         best = [o.best for o in outcomes]
         report = "\n\n".join(o.report(judge.name) for o in outcomes)
         to_image = lambda pics: torch.from_numpy(np.stack(pics)).float() / 255.0  # noqa: E731

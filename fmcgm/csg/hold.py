@@ -5,7 +5,7 @@ step the guided x0-prediction inside the mask is replaced by the reconstruction'
 that step (``reconstruction_predictions``). Given the predictions, the inversion's solvers act cell
 by cell (the stored noise included), so held cells that start on the reconstruction stay on it,
 step after step, while the UNet still sees the whole latent: the edited cells are rendered with the
-held ones as their context. This is how the self-checking edit (``fmcgm.judged_edit``) protects a
+held ones as their context. This is how the self-checking edit (``fmcgm.csg.self_check``) protects a
 non-descendant that an earlier round changed; unlike CSG's protect masks (``guidance.protect_factor``),
 which only take guidance away, a hold also stops changes that reach a region through the
 UNet's global context.

@@ -61,9 +61,9 @@ def encode(vae, images) -> torch.Tensor:
 
 def decode(vae, latents: torch.Tensor) -> np.ndarray:
     """Raw latents -> uint8 pictures [B, H, W, 3] (VAEDecode)."""
+    from ..pictures import as_uint8
     with torch.inference_mode():
-        pixels = vae.decode(latents)
-    return (pixels.float().clamp(0, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
+        return as_uint8(vae.decode(latents))
 
 
 def conditioning(clip, text: str) -> list:
