@@ -7,6 +7,8 @@ Three steps, so that training can run on a machine without this pack's ComfyUI s
     python scripts/train_world2.py train --spec W/world2_spec.json --out W --comfy-root PATH \
         --device cuda --vae-seconds 90 --unet-seconds 330 --workers 16     # anywhere with torch + ComfyUI's source
     python scripts/train_world2.py export --states W --out models/fmcgm-miniworld2-sdxl.safetensors   # here
+    python scripts/train_world2.py ground --checkpoint models/fmcgm-miniworld2-sdxl.safetensors --out G \
+        --seconds 5400                      # here: ground the phrases in their regions (grounding2.py)
 
 ``train`` imports only ComfyUI's model classes (UNet, CLIP, VAE) from --comfy-root, not comfy.sd.
 """
@@ -55,6 +57,14 @@ def main() -> None:
         t.add_argument("--" + name.replace("_", "-"), type=kind)
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--resume", type=Path, help="a finished run's state folder: continue its UNet and text encoders")
+    gr = sub.add_parser("ground", help="fine-tune a checkpoint with the token grounding loss (needs this pack's ComfyUI set-up)")
+    gr.add_argument("--checkpoint", type=Path, required=True)
+    gr.add_argument("--out", type=Path, required=True, help="folder for the state files and the log")
+    for name, kind in (("seconds", float), ("batch", int), ("lr", float), ("weight", float), ("scenes", int),
+                       ("seed", int), ("workers", int), ("save_seconds", float), ("max_steps", int)):
+        gr.add_argument("--" + name.replace("_", "-"), type=kind)
+    gr.add_argument("--threads", type=int, default=1)
+    gr.add_argument("--resume", type=Path, help="a state folder of an earlier grounding run: go on from it")
     e = sub.add_parser("export", help="write the checkpoint from the state files (needs this pack's ComfyUI set-up)")
     e.add_argument("--states", type=Path, required=True)
     e.add_argument("--out", type=Path, required=True)
@@ -71,11 +81,18 @@ def main() -> None:
     from fmcgm.runner.lanes import import_lane_comfy
     import_lane_comfy()  # the lane's ComfyUI importable: CPU, one thread
     from fmcgm.miniworld import train2
-    if a.command == "spec":
+    if a.command == "ground":
+        import torch
+        torch.set_num_threads(a.threads)
+        from fmcgm.miniworld import grounding2
+        keys = ("batch", "lr", "weight", "scenes", "seed", "workers", "save_seconds", "max_steps", "resume")
+        grounding2.finetune(a.checkpoint, a.out, a.seconds or 3600.0,
+                            **{k: getattr(a, k) for k in keys if getattr(a, k) is not None})
+    elif a.command == "spec":
         a.out.parent.mkdir(parents=True, exist_ok=True)
         a.out.write_text(json.dumps(train2.device_spec()))
         print(f"wrote {a.out}")
-    else:
+    elif a.command == "export":
         path = train2.export(a.states, a.out)
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
 

@@ -37,8 +37,8 @@ SPEC_FILE = "world2_spec.json"      # unet config and token table, made here for
 
 # ------------------------------------------------------------------ captions and tokens
 
-def caption_for(values: dict, rng: random.Random, mix: dict = CAPTION_MIX):
-    """A training caption (None: the zero unconditional)."""
+def caption_names(rng: random.Random, mix: dict = CAPTION_MIX):
+    """The concepts a training caption names, in its order (None: the zero unconditional)."""
     names = list(world2.CONCEPTS)
     r = rng.random()
     for kind in ("none", "single", "subset", "shuffled"):
@@ -55,7 +55,13 @@ def caption_for(values: dict, rng: random.Random, mix: dict = CAPTION_MIX):
         names = rng.sample(names, rng.randint(2, len(names) - 1))
     elif kind == "shuffled":
         rng.shuffle(names)
-    return world2.WORLD.caption(values, names)
+    return names
+
+
+def caption_for(values: dict, rng: random.Random, mix: dict = CAPTION_MIX):
+    """A training caption (None: the zero unconditional)."""
+    names = caption_names(rng, mix)
+    return None if names is None else world2.WORLD.caption(values, names)
 
 
 def caption_words() -> list:
