@@ -43,9 +43,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("FMCGM_COMFYUI_LANE", "0.33.0")
 REPO = Path(__file__).resolve().parent.parent
-for path in (REPO, REPO / "benchmarks"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))  # bench_constrained_decoding, also when a test loads this file
 
 from bench_constrained_decoding import sample_graph, stages, timed_generate  # noqa: E402
 

@@ -5,8 +5,10 @@ imports no ComfyUI: the causal graph, the VLM backends, prompts and answer repai
 manipulator, the graph drawing, the miniature world's scenes and oracle, and the CSG maths
 (``csg.schedule``, ``masks``, ``guidance``, ``preview``, ``causal_edits``). What runs on
 ComfyUI's own objects imports ComfyUI and needs it importable (``fmcgm.runner.lanes`` or a
-running ComfyUI): ``csg.inversion``, ``csg.sampler``, ``csg.progress``, the miniature world's
-model, and the headless runner's in-process session (``fmcgm.runner``, which loads it).
+running ComfyUI): ``csg.inversion``, ``csg.sampler``, ``csg.progress``, ``csg.self_check``, the
+miniature world's model, the tiny stand-in models built from ComfyUI's classes (``tiny.sdxl``,
+``tiny.comfy_qwen3vl``) and the headless runner's in-process session (``fmcgm.runner``, the one
+place that loads it).
 Submodules import heavy libraries lazily so that ``import fmcgm`` stays cheap.
 """
 

@@ -17,6 +17,15 @@ except ImportError:  # a ComfyUI without the versioned module
 _SCHEMA_FIELDS = {f.name for f in dataclasses.fields(io.Schema)}
 
 CATEGORY = "FMCGM"
+# The node menu's groups (Add Node > FMCGM > ...), named here once for every node file.
+CONCEPTS_CATEGORY = f"{CATEGORY}/concepts"
+VLM_CATEGORY = f"{CATEGORY}/vlm"
+GRAPH_CATEGORY = f"{CATEGORY}/graph"
+CSG_CATEGORY = f"{CATEGORY}/csg"
+BASELINE_CATEGORY = f"{CATEGORY}/csg/baselines"
+EVALUATION_CATEGORY = f"{CATEGORY}/evaluation"
+IMAGE_CATEGORY = f"{CATEGORY}/image"
+WORLD_CATEGORY = f"{CATEGORY}/miniworld"
 
 
 def schema(**fields) -> io.Schema:
@@ -37,4 +46,5 @@ def schema(**fields) -> io.Schema:
     return io.Schema(**{k: v for k, v in fields.items() if k in _SCHEMA_FIELDS})
 
 
-__all__ = ["ComfyExtension", "io", "ui", "schema", "CATEGORY"]
+__all__ = ["ComfyExtension", "io", "ui", "schema", "CATEGORY", "CONCEPTS_CATEGORY", "VLM_CATEGORY", "GRAPH_CATEGORY",
+           "CSG_CATEGORY", "BASELINE_CATEGORY", "EVALUATION_CATEGORY", "IMAGE_CATEGORY", "WORLD_CATEGORY"]

@@ -5,8 +5,9 @@ Adapters only: the prompting, parsing, repair and the manipulator's guarantees l
 """
 from __future__ import annotations
 
-from ._api import CATEGORY, io, schema, ui
+from ._api import CONCEPTS_CATEGORY, io, schema, ui
 from ._types import CausalGraphSocket, CounterfactualSocket, VLMSocket
+from ._vlm_inputs import max_new_tokens_input, seed_input, temperature_input, thinking_input
 
 
 def _images(image) -> list:
@@ -21,14 +22,8 @@ def _images(image) -> list:
 
 
 def _seed_input():
-    return io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, control_after_generate=True,
-                        tooltip="Sampling seed: the same seed, image and settings give the same answer.")
-
-
-def _thinking_input():
-    return io.Boolean.Input("enable_thinking", default=False,
-                            tooltip="Let a Thinking model reason before answering (slower). The reasoning is "
-                                    "kept out of the parsed answer.")
+    return seed_input("Sampling seed: the same seed, image and settings give the same answer.",
+                      control_after_generate=True)
 
 
 class ConceptExtractor(io.ComfyNode):
@@ -39,7 +34,7 @@ class ConceptExtractor(io.ComfyNode):
         return schema(
             node_id="FMCGMConceptExtractor",
             display_name="Concept Extractor (FM-CGM)",
-            category=f"{CATEGORY}/concepts",
+            category=CONCEPTS_CATEGORY,
             description="A VLM reads the picture in three stages (visual description, concept identification, "
                         "causal graph) and returns its concepts and the causal graph between them. Malformed "
                         "answers are repaired (cycles broken, duplicates merged, unknown names dropped) and every "
@@ -52,14 +47,12 @@ class ConceptExtractor(io.ComfyNode):
                                         f"with). Helps the VLM, and is the fallback description. At most "
                                         f"{MAX_SCENE_CHARS:,} characters; invisible and control characters are "
                                         "removed (and reported)."),
-                io.Float.Input("temperature", default=0.1, min=0.0, max=2.0, step=0.05,
-                               tooltip="Sampling temperature (paper: 0.1). 0 is greedy."),
-                io.Int.Input("max_new_tokens", default=2048, min=64, max=32768,
-                             tooltip="Token budget per stage (paper: 2,048)."),
+                temperature_input(0.1, "Sampling temperature (paper: 0.1). 0 is greedy."),
+                max_new_tokens_input(2048, "Token budget per stage (paper: 2,048)."),
                 io.Int.Input("max_concepts", default=DEFAULT_MAX_CONCEPTS, min=1, max=min(30, MAX_CONCEPTS),
                              tooltip="Most concepts to identify."),
                 _seed_input(),
-                _thinking_input(),
+                thinking_input(),
             ],
             outputs=[
                 CausalGraphSocket.Output(display_name="causal_graph"),
@@ -102,7 +95,7 @@ class ConceptManipulator(io.ComfyNode):
         return schema(
             node_id="FMCGMConceptManipulator",
             display_name="Concept Manipulator (FM-CGM)",
-            category=f"{CATEGORY}/concepts",
+            category=CONCEPTS_CATEGORY,
             description="Performs do(concept = value) on the causal graph and propagates it to the concept's "
                         "descendants. manual: you pick the concept and value, the VLM updates the descendants. "
                         "automatic: the VLM proposes several diverse interventions, each on a different concept. "
@@ -128,12 +121,10 @@ class ConceptManipulator(io.ComfyNode):
                                         "Invisible and control characters are removed (and reported)."),
                 io.Int.Input("num_interventions", default=3, min=1, max=30,
                              tooltip="automatic: how many interventions to propose (paper: 3)."),
-                io.Float.Input("temperature", default=0.2, min=0.0, max=2.0, step=0.05,
-                               tooltip="Sampling temperature (paper: 0.2)."),
-                io.Int.Input("max_new_tokens", default=3072, min=64, max=32768,
-                             tooltip="Token budget of the answer (paper: 3,072)."),
+                temperature_input(0.2, "Sampling temperature (paper: 0.2)."),
+                max_new_tokens_input(3072, "Token budget of the answer (paper: 3,072)."),
                 _seed_input(),
-                _thinking_input(),
+                thinking_input(),
                 VLMSocket.Input("vlm", optional=True, tooltip="Needed in manual and automatic modes."),
                 io.Image.Input("image", optional=True,
                                tooltip="The picture(s) the graphs were extracted from; shown to the VLM."),

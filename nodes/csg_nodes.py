@@ -11,12 +11,8 @@ from fmcgm.options import (ATTENTION_TOKENS, BATCHING, EDIT_GUIDANCE, MASK_MODES
                            THRESHOLD)
 from fmcgm.roles import EDIT_ROLES, Role
 
-from ._api import CATEGORY, io, schema
+from ._api import BASELINE_CATEGORY, CSG_CATEGORY, io, schema
 from ._types import CounterfactualSocket, EditsSocket, InversionSocket
-
-
-CSG_CATEGORY = f"{CATEGORY}/csg"
-BASELINE_CATEGORY = f"{CATEGORY}/csg/baselines"
 
 
 # ---------------------------------------------------------------- shared inputs

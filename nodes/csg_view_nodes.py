@@ -6,7 +6,7 @@ colour, its phrase above) lives in ``fmcgm.csg.preview``.
 """
 from __future__ import annotations
 
-from ._api import CATEGORY, io, schema, ui
+from ._api import CSG_CATEGORY, io, schema, ui
 from ._types import EditsSocket
 
 
@@ -16,7 +16,7 @@ class ConceptMasksPicture(io.ComfyNode):
         return schema(
             node_id="FMCGMConceptMasksPicture",
             display_name="Where Each Concept Acted (FM-CGM)",
-            category=f"{CATEGORY}/csg",
+            category=CSG_CATEGORY,
             description="Shows where CSG edited each concept: for every counterfactual one picture with a panel per "
                         "concept, the edited picture in darkened grey and the concept's mask over it in the graph drawing's "
                         "colour for its role (intervened orange, descendant sky blue, protected grey), its phrase "
@@ -67,7 +67,7 @@ class BeforeAfter(io.ComfyNode):
         return schema(
             node_id="FMCGMBeforeAfter",
             display_name="Before / After (FM-CGM)",
-            category=f"{CATEGORY}/csg",
+            category=CSG_CATEGORY,
             description="The original picture, then each edited one, in one preview: click a picture to see it "
                         "large, then the arrow keys toggle between before and after (works in every ComfyUI "
                         "frontend; ComfyUI's own Image Compare slider shows only in Nodes 2.0).",

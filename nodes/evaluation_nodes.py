@@ -11,8 +11,9 @@ import os
 
 import folder_paths
 
-from ._api import CATEGORY, io, schema, ui
+from ._api import EVALUATION_CATEGORY, io, schema, ui
 from ._types import CounterfactualSocket, VLMSocket
+from ._vlm_inputs import max_new_tokens_input, seed_input, temperature_input
 
 LPIPS_FOLDER = "lpips"
 NO_LPIPS = "(none: skip LPIPS)"
@@ -56,7 +57,7 @@ class EvaluateCounterfactual(io.ComfyNode):
         return schema(
             node_id="FMCGMEvaluateCounterfactual",
             display_name="Evaluate Counterfactual (FM-CGM)",
-            category=f"{CATEGORY}/evaluation",
+            category=EVALUATION_CATEGORY,
             description="The paper's metrics for counterfactual images. VLM-Eff (effectiveness): a VLM judges "
                         "whether each edited image shows the intervened value and every changed descendant's new "
                         "value; the score is the fraction judged present. LPIPS (minimality, VGG): perceptual "
@@ -76,12 +77,9 @@ class EvaluateCounterfactual(io.ComfyNode):
                 io.Boolean.Input("check_invariance", default=True,
                                  tooltip="Also ask the VLM whether the non-descendants keep their factual values "
                                          "(reported separately as 'invariance'; not part of VLM-Eff)."),
-                io.Float.Input("temperature", default=0.1, min=0.0, max=2.0, step=0.05,
-                               tooltip="Sampling temperature of the VLM judge. 0 is greedy."),
-                io.Int.Input("max_new_tokens", default=1024, min=32, max=32768,
-                             tooltip="Token budget of each judge answer."),
-                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF,
-                             tooltip="Sampling seed of the VLM judge: the same seed gives the same verdicts."),
+                temperature_input(0.1, "Sampling temperature of the VLM judge. 0 is greedy."),
+                max_new_tokens_input(1024, "Token budget of each judge answer.", least=32),
+                seed_input("Sampling seed of the VLM judge: the same seed gives the same verdicts."),
                 VLMSocket.Input("vlm", optional=True,
                                 tooltip="The judge for VLM-Eff (Load Qwen3-VL, Qwen3-VL from CLIP or OpenAI-compatible "
                                         "VLM). Without it only LPIPS is measured and vlm_eff is NaN."),

@@ -19,7 +19,7 @@ import logging
 from fmcgm.graph import GraphError
 from fmcgm.options import EDITOR_UI_KEY  # the ui payload the extension's onExecuted reads
 
-from ._api import CATEGORY, io, schema, ui
+from ._api import GRAPH_CATEGORY, io, schema, ui
 from ._types import CausalGraphSocket, CounterfactualSocket
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class FMCGMCausalGraphViewer(io.ComfyNode):
         return schema(
             node_id="FMCGMCausalGraphViewer",
             display_name="Causal Graph Viewer",
-            category=f"{CATEGORY}/graph",
+            category=GRAPH_CATEGORY,
             description=(
                 "Draws the causal graph as a picture: causes above effects, each concept as 'name: value'. "
                 "With a counterfactual (or a concept to intervene on) the intervened concept, its descendants "
@@ -147,7 +147,7 @@ class FMCGMCausalGraphEditor(io.ComfyNode):
         return schema(
             node_id="FMCGMCausalGraphEditor",
             display_name="Causal Graph Editor",
-            category=f"{CATEGORY}/graph",
+            category=GRAPH_CATEGORY,
             description=(
                 "Edit the causal graph by hand and choose the intervention. In the browser the node shows the "
                 "graph as a diagram: click a concept to change its value, intervene on it, add or remove edges "

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ._api import CATEGORY, io, schema, ui
+from ._api import WORLD_CATEGORY, io, schema, ui
 from ._types import CausalGraphSocket, CounterfactualSocket, JudgeSocket
 from .graph_view_nodes import GRAPH_PREVIEWS
 
-WORLD_CATEGORY = f"{CATEGORY}/miniworld"
 PACK_MODELS = Path(__file__).resolve().parent.parent / "models"
 FROM_WEATHER = "(from the weather)"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from ._api import CATEGORY, io, schema
+from ._api import IMAGE_CATEGORY, io, schema
 
 log = logging.getLogger(__name__)
 
@@ -17,7 +17,7 @@ class FMCGMPictureSizeLimit(io.ComfyNode):
         return schema(
             node_id="FMCGMPictureSizeLimit",
             display_name="Picture Size Limit (FM-CGM)",
-            category=f"{CATEGORY}/image",
+            category=IMAGE_CATEGORY,
             description=(
                 "Put between Load Image and VAE Encode: a picture over max_megapixels is refused with its size and "
                 "how to resize it (or scaled down, aspect kept, when if_larger is 'resize'), so one huge photograph "

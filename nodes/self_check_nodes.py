@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from fmcgm.options import EDIT_GUIDANCE, THRESHOLD
 
-from ._api import CATEGORY, io, schema, ui
+from ._api import CSG_CATEGORY, io, schema, ui
 from ._types import CounterfactualSocket, InversionSocket, JudgeSocket, VLMSocket
-
-CSG_CATEGORY = f"{CATEGORY}/csg"
+from ._vlm_inputs import seed_input, temperature_input, thinking_input
 
 
 class SelfCheckingEdit(io.ComfyNode):
@@ -99,11 +98,9 @@ class VLMJudge(io.ComfyNode):
                         "cannot say where a concept is, so changed non-descendants are protected by their "
                         "attention masks.",
             inputs=[VLMSocket.Input("vlm", tooltip="Any VLM of the pack (local Qwen3-VL or a served one)."),
-                    io.Float.Input("temperature", default=0.1, min=0.0, max=2.0, step=0.05,
-                                   tooltip="Sampling temperature of the judge's answers (low: steadier verdicts)."),
-                    io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFF, tooltip="Sampling seed of the answers."),
-                    io.Boolean.Input("enable_thinking", default=False,
-                                     tooltip="Let the model reason before answering (slower).")],
+                    temperature_input(0.1, "Sampling temperature of the judge's answers (low: steadier verdicts)."),
+                    seed_input("Sampling seed of the answers."),
+                    thinking_input("Let the model reason before answering (slower).")],
             outputs=[JudgeSocket.Output(display_name="judge")],
         )
 

@@ -11,8 +11,9 @@ import folder_paths
 
 from fmcgm.options import VLM_ATTENTION, VLM_DTYPES
 
-from ._api import CATEGORY, io, schema
+from ._api import VLM_CATEGORY, io, schema
 from ._types import VLMSocket
+from ._vlm_inputs import keep_loaded_input, max_image_tokens_input
 
 LLM_FOLDER = "LLM"
 NO_MODEL = "(no model folder found in models/LLM)"
@@ -72,7 +73,7 @@ class Qwen3VLLoader(io.ComfyNode):
         return schema(
             node_id="FMCGMQwen3VLLoader",
             display_name="Load Qwen3-VL (FM-CGM)",
-            category=f"{CATEGORY}/vlm",
+            category=VLM_CATEGORY,
             description="Loads a local Qwen3-VL folder (dense 2B/4B/8B/32B or MoE 30B-A3B, Instruct or Thinking) "
                         "from models/LLM with transformers, for the Concept Extractor and Concept Manipulator. "
                         "Never downloads. ComfyUI's memory manager moves it to the GPU for generation and "
@@ -89,12 +90,10 @@ class Qwen3VLLoader(io.ComfyNode):
                 io.Combo.Input("device", options=["auto", "cpu"], default="auto",
                                tooltip="auto: ComfyUI's device (the GPU). cpu: run the VLM on the CPU (slow, "
                                        "but leaves all VRAM to SDXL)."),
-                io.Boolean.Input("keep_loaded", default=False,
-                                 tooltip="Keep the VLM on the GPU between runs (faster repeated use). Off: it is "
-                                         "offloaded after each generation so SDXL gets the memory."),
-                io.Int.Input("max_image_tokens", default=1280, min=64, max=16384, step=64,
-                             tooltip="Upper bound on visual tokens per image (the image is resized to fit). "
-                                     "Lower it to save memory and time."),
+                keep_loaded_input("Keep the VLM on the GPU between runs (faster repeated use). Off: it is "
+                                  "offloaded after each generation so SDXL gets the memory."),
+                max_image_tokens_input("Upper bound on visual tokens per image (the image is resized to fit). "
+                                       "Lower it to save memory and time."),
             ],
             outputs=[VLMSocket.Output(display_name="vlm")],
         )
@@ -132,7 +131,7 @@ class OpenAIVLM(io.ComfyNode):
         return schema(
             node_id="FMCGMOpenAIVLM",
             display_name="OpenAI-compatible VLM (FM-CGM)",
-            category=f"{CATEGORY}/vlm",
+            category=VLM_CATEGORY,
             description="Uses a VLM served over HTTP with the OpenAI /v1/chat/completions API (vLLM, Ollama, "
                         "LM Studio, llama.cpp server). Answers are constrained to JSON schemas through "
                         "response_format. The API key is read from an environment variable, so workflow files "
@@ -197,7 +196,7 @@ class ComfyQwen3VL(io.ComfyNode):
         return schema(
             node_id="FMCGMComfyQwen3VL",
             display_name="Qwen3-VL from CLIP (FM-CGM)",
-            category=f"{CATEGORY}/vlm",
+            category=VLM_CATEGORY,
             description=f"Uses the Qwen3-VL that ComfyUI itself loads (needs ComfyUI {MIN_COMFYUI} or later): a "
                         "Qwen3-VL 4B or 8B text encoder from Load CLIP, the same one an image model may already "
                         "use, becomes the VLM of the Concept Extractor, Concept Manipulator and Evaluate "
@@ -207,13 +206,10 @@ class ComfyQwen3VL(io.ComfyNode):
             inputs=[
                 io.Clip.Input("clip", tooltip="A Qwen3-VL 4B/8B text encoder from Load CLIP (type "
                                               "stable_diffusion, or the type of the image model it serves)."),
-                io.Boolean.Input("keep_loaded", default=False,
-                                 tooltip="Keep the encoder on the GPU between generations (faster repeated use). "
-                                         "Off: it is offloaded after each generation so the image model gets "
-                                         "the memory."),
-                io.Int.Input("max_image_tokens", default=1280, min=64, max=16384, step=64,
-                             tooltip="Upper bound on visual tokens per image (32x32 px each; the image is "
-                                     "resized to fit). Lower it to save memory and time."),
+                keep_loaded_input("Keep the encoder on the GPU between generations (faster repeated use). Off: it "
+                                  "is offloaded after each generation so the image model gets the memory."),
+                max_image_tokens_input("Upper bound on visual tokens per image (32x32 px each; the image is resized "
+                                       "to fit). Lower it to save memory and time."),
             ],
             outputs=[VLMSocket.Output(display_name="vlm")],
         )

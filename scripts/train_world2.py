@@ -25,21 +25,6 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.append(str(REPO))
 
 
-def bootstrap_classes(root: Path, device: str) -> None:
-    """ComfyUI's model classes importable from ``root`` (its tokenizers are not used: the captions
-    come pre-tokenised, so a transformers without the CLIP tokenizer is no obstacle)."""
-    sys.path.insert(0, str(root))
-    try:
-        from transformers import CLIPTokenizer  # noqa: F401
-    except ImportError as error:  # comfy.sd1_clip imports it at module level, and never calls it here
-        import types
-        print(f"transformers' CLIPTokenizer unavailable ({error}); tokenizers are not needed for training")
-        sys.modules["transformers"] = types.SimpleNamespace(CLIPTokenizer=None)
-    from comfy.cli_args import args
-    args.cpu = device == "cpu"
-    args.use_pytorch_cross_attention = True
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -72,7 +57,8 @@ def main() -> None:
     if a.command == "train":
         import torch
         torch.set_num_threads(a.threads)
-        bootstrap_classes(a.comfy_root, a.device)
+        from fmcgm.runner.boot import import_model_classes
+        import_model_classes(a.comfy_root, a.device)  # comfy.sd's full import cannot run on the device machine
         from fmcgm.miniworld import train2
         keys = ("seed", "scenes", "workers", "vae_seconds", "vae_batch", "vae_lr", "unet_seconds", "batch", "lr", "max_steps", "resume")
         train2.run(json.loads(a.spec.read_text()), a.out, a.v1_checkpoint, a.device,

@@ -124,6 +124,16 @@ def new_executor():
     return boot.new_executor(_StubServer())
 
 
+def watch_progress(monkeypatch, hook) -> None:
+    """For this test, ComfyUI's progress bar reports to ``hook(value, total, preview, node_id=None)``,
+    with latent2rgb previews (as ``--preview-method latent2rgb`` sets them)."""
+    import comfy.utils
+    from comfy.cli_args import LatentPreviewMethod, args
+    monkeypatch.setattr(args, "preview_method", LatentPreviewMethod.Latent2RGB)
+    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK", comfy.utils.PROGRESS_BAR_HOOK)  # put back after the test
+    comfy.utils.set_progress_bar_global_hook(hook)
+
+
 def cached_output(executor, node_id: str):
     """A node's cached outputs after a run (the cache read became a coroutine after 0.3.75)."""
     import inspect

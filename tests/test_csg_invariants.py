@@ -396,13 +396,11 @@ def test_errors_name_the_input(tiny, inv):
 def test_progress_and_live_previews_every_step(tiny, inv, monkeypatch):
     """As KSampler (``latent_preview.prepare_callback``): with a preview method set, every step of the
     inversion and of the edit updates the progress bar with a preview picture of the x0 estimate."""
-    import comfy.utils
-    from comfy.cli_args import LatentPreviewMethod, args
     from fmcgm.csg import inversion
-    monkeypatch.setattr(args, "preview_method", LatentPreviewMethod.Latent2RGB)
+    from tests import comfy_harness
     seen = []
-    monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_HOOK",
-                        lambda value, total, preview, node_id=None: seen.append((value, total, preview)))
+    comfy_harness.watch_progress(monkeypatch, lambda value, total, preview, node_id=None:
+                                 seen.append((value, total, preview)))
     run_edit(tiny["model"], inv, one_cf(concept(tiny, "a blue ball", warmup=2)), progress=True)
     assert [(v, t) for v, t, _ in seen] == [(i, N) for i in range(1, N + 1)]
     assert all(p is not None and p[0] == "JPEG" and p[1].size == (16, 16) for _, _, p in seen)

@@ -261,21 +261,14 @@ def test_live_previews_while_inverting_and_editing(comfy, csg_image, monkeypatch
     (0.3.75 reads the flag) and the frontend's per-prompt setting (0.33 reads it from extra_data). The
     node of a progress update is the server's ``last_node_id``, as main.py's hook reads it."""
     import numpy as np
-    from comfy import utils as comfy_utils
-    from comfy.cli_args import LatentPreviewMethod, args
-    monkeypatch.setattr(args, "preview_method", LatentPreviewMethod.Latent2RGB)
     executor = comfy.new_executor()
     events = []
 
     def hook(value, total, preview, node_id=None):
         events.append((node_id or executor.server.last_node_id, value, total, preview))
-    old = comfy_utils.PROGRESS_BAR_HOOK
-    comfy_utils.set_progress_bar_global_hook(hook)
-    try:
-        comfy.run_prompt(_csg_graph(csg_image), executor=executor,
-                         extra_data={"client_id": "fmcgm-tests", "preview_method": "latent2rgb"})
-    finally:
-        comfy_utils.set_progress_bar_global_hook(old)
+    comfy.watch_progress(monkeypatch, hook)
+    comfy.run_prompt(_csg_graph(csg_image), executor=executor,
+                     extra_data={"client_id": "fmcgm-tests", "preview_method": "latent2rgb"})
     for node in ("4", "7"):  # the inversion, the CSG Sampler
         mine = [e for e in events if e[0] == node]
         values = [v for _, v, _, _ in mine]

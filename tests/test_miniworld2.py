@@ -143,3 +143,64 @@ def test_world2_scene_feeds_the_mechanisms_and_the_graph_only_manipulator(comfy)
     prompt["2"]["inputs"]["value"] = "roaring fire"
     with pytest.raises(comfy.PromptError, match="concept/value: 'roaring fire' is not a value of 'fire'"):
         comfy.run_prompt(prompt)
+
+
+
+# ------------------------------------------------------------------ training's narrow way into ComfyUI
+
+def _one_prediction(unet, clip, spec: dict) -> list:
+    """The UNet's noise prediction at step 500 for a fixed latent and a caption, as training computes it,
+    with seeded noise added to every weight by name (a fresh UNet's last layer is zero)."""
+    import torch
+    from fmcgm.miniworld import paint2, train2
+    caption = world2.WORLD.caption(world2.sample_scene(random.Random(0)).values)
+    ids = {key: torch.tensor([train2.tokens(spec["tokens"][key], caption)]) for key in ("l", "g")}
+    noise = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for _, weight in sorted(unet.named_parameters()):
+            weight.add_(0.02 * torch.randn(weight.shape, generator=noise))
+        ctx, pooled = train2.encode_text(clip, ids["l"], ids["g"])
+        y = torch.cat([pooled, train2.size_embedding(paint2.SIZE, "cpu").unsqueeze(0)], dim=1)
+        x = torch.randn((1, 4, 8, 8), generator=torch.Generator().manual_seed(0))
+        return unet(x, torch.tensor([500.0]), context=ctx, y=y).flatten().tolist()
+
+
+# `scripts/train_world2.py train` as it runs on the GPU machine: transformers' CLIPTokenizer cannot be
+# imported there (None in sys.modules blocks the import as a missing name does), and only ComfyUI's
+# model classes come in, through fmcgm.runner.boot.import_model_classes.
+_TRAINING_PROCESS = """
+import json, sys
+sys.modules["transformers"] = None
+from fmcgm.runner.boot import import_model_classes
+args = import_model_classes(sys.argv[1], "cpu")
+from fmcgm.miniworld import train2
+from tests.test_miniworld2 import _one_prediction
+spec = json.loads(open(sys.argv[2]).read())
+unet, clip, _ = train2.build(spec, 0, "cpu")
+print(json.dumps({"eps": _one_prediction(unet, clip, spec), "cpu": args.cpu,
+                  "imported": sorted(m for m in ("comfy.sd", "comfy.samplers", "torchsde", "nodes") if m in sys.modules)}))
+"""
+
+
+def test_training_builds_from_comfyuis_model_classes_alone_what_the_full_import_builds(comfy, tmp_path):
+    import subprocess
+    import sys
+
+    from fmcgm.miniworld import model as M
+    from fmcgm.miniworld import train2
+    from fmcgm.runner import lanes
+    spec = train2.device_spec()
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    model, clip, _ = M.new_modules(M.CONFIG, 0)   # through comfy.sd, in this process
+    expected = _one_prediction(model.diffusion_model, clip.cond_stage_model, spec)
+    done = subprocess.run([sys.executable, "-c", _TRAINING_PROCESS, str(lanes.comfy_root()), str(tmp_path / "spec.json")],
+                          cwd=pipeline2.REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "CLIPTokenizer unavailable" in done.stderr
+    got = json.loads(done.stdout.splitlines()[-1])
+    assert got["cpu"] is True and got["imported"] == []
+    assert got["eps"] == pytest.approx(expected, abs=1e-5) and max(map(abs, expected)) > 0.01
+
+    bad = subprocess.run([sys.executable, "-c", "from fmcgm.runner.boot import import_model_classes\n"
+                          f"import_model_classes({str(tmp_path)!r})"], cwd=pipeline2.REPO, capture_output=True, text=True)
+    assert bad.returncode != 0 and "not a ComfyUI source folder" in bad.stderr

@@ -1,6 +1,7 @@
 """Packaging promises: registry metadata, requirements, and a cheap import."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import tomllib
@@ -47,3 +48,28 @@ def test_no_undefined_names_unused_imports_or_syntax_errors():
     out = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "F,E9", "--exclude", ".cache,.venv",
                           "--output-format", "concise", "."], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+# fmcgm/__init__.py's list of what needs ComfyUI importable; every other module imports without it.
+NEEDS_COMFYUI = {"fmcgm.csg.inversion", "fmcgm.csg.progress", "fmcgm.csg.sampler", "fmcgm.csg.self_check",
+                 "fmcgm.tiny.comfy_qwen3vl", "fmcgm.tiny.sdxl"}
+
+
+def test_the_library_imports_without_comfyui_but_what_its_docstring_names():
+    code = ("import importlib, json, pkgutil, sys, fmcgm\n"
+            "failed = {}\n"
+            "for m in pkgutil.walk_packages(fmcgm.__path__, 'fmcgm.'):\n"
+            "    if not m.name.endswith('__main__'):\n"
+            "        try:\n"
+            "            importlib.import_module(m.name)\n"
+            "        except ImportError as error:\n"
+            "            failed[m.name] = error.name\n"
+            "print(json.dumps({'failed': failed, 'comfy': 'comfy' in sys.modules}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert result["comfy"] is False
+    assert set(result["failed"]) == NEEDS_COMFYUI, result["failed"]
+    assert set(result["failed"].values()) <= {"comfy", "latent_preview"}  # ComfyUI's own modules, nothing else
+    import fmcgm
+    said = " ".join(fmcgm.__doc__.split())
+    assert all(f"``{name.removeprefix('fmcgm.')}``" in said for name in NEEDS_COMFYUI), said

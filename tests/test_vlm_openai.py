@@ -13,10 +13,11 @@ import urllib.request
 import jsonschema
 import pytest
 
-from fmcgm.vlm.base import MAX_ANSWER_CHARS, ChatMessage, GenerationRequest, VLMError
+from fmcgm.vlm.base import MAX_ANSWER_CHARS, GenerationRequest, VLMError
 from fmcgm.vlm.openai_backend import OpenAIBackend, chat_completions_url
 from tests.fixtures.openai_server import huge_answer, serve
 from tests.fixtures.tiny_qwen3vl import tiny_qwen3vl_folder
+from tests.vlm_requests import json_request, plain_picture
 
 MODEL = "tiny-qwen3vl"
 SCHEMA = {
@@ -28,17 +29,12 @@ SCHEMA = {
 }
 
 
-def picture():
-    from PIL import Image
-    return Image.new("RGB", (64, 48), (20, 90, 200))
+COLOUR = (20, 90, 200)
 
 
 def request(**overrides) -> GenerationRequest:
-    fields = dict(messages=[ChatMessage("system", "Answer with JSON only."),
-                            ChatMessage("user", "Which concepts are in the picture?", [picture()])],
-                  json_schema=SCHEMA, temperature=0.7, max_new_tokens=96, seed=7)
-    fields.update(overrides)
-    return GenerationRequest(**fields)
+    return json_request(SCHEMA, "Which concepts are in the picture?", COLOUR,
+                        **{"temperature": 0.7, "max_new_tokens": 96, "seed": 7, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +265,7 @@ def test_a_long_valid_answer_within_the_limit_parses(server, stream):
 def test_a_plain_text_description_becomes_the_description(server):
     from fmcgm.extraction import extract_graph
     from tests.fixtures.openai_server import PROSE_DESCRIPTION
-    result = extract_graph(client(server, "prose-description"), picture(), temperature=0.0, max_new_tokens=64,
+    result = extract_graph(client(server, "prose-description"), plain_picture(COLOUR), temperature=0.0, max_new_tokens=64,
                            max_concepts=3)
     assert result.stage_answers["description"] == PROSE_DESCRIPTION  # handed back as it came
     assert result.graph.description == PROSE_DESCRIPTION

@@ -13,8 +13,9 @@ import jsonschema
 import pytest
 import torch
 
-from fmcgm.vlm.base import ChatMessage, GenerationRequest, VLMError
+from fmcgm.vlm.base import GenerationRequest, VLMError
 from tests.fixtures.tiny_qwen3vl import build_tiny_qwen3vl, tiny_qwen3vl_folder, weights_sha256
+from tests.vlm_requests import json_request
 
 torch.set_num_threads(1)
 
@@ -36,17 +37,12 @@ SCHEMA = {
 }
 
 
-def picture():
-    from PIL import Image
-    return Image.new("RGB", (64, 48), (200, 40, 30))
+COLOUR = (200, 40, 30)
 
 
 def request(**overrides) -> GenerationRequest:
-    fields = dict(messages=[ChatMessage("system", "Answer with JSON only."),
-                            ChatMessage("user", "List the concepts and their causal links.", [picture()])],
-                  json_schema=SCHEMA, temperature=0.7, max_new_tokens=160, seed=0)
-    fields.update(overrides)
-    return GenerationRequest(**fields)
+    return json_request(SCHEMA, "List the concepts and their causal links.", COLOUR,
+                        **{"temperature": 0.7, "max_new_tokens": 160, "seed": 0, **overrides})
 
 
 def assert_schema_valid(text: str) -> dict:

@@ -14,10 +14,13 @@ inversion. Modules:
 - ``sampler``       the CSG guider, the stored-noise sampler, the edit and regeneration loops
 - ``progress``      KSampler's progress bar with live previews
 - ``models``        model checks (supported types, identity) and the zero unconditional
+- ``hold``          latent cells held on the reconstruction (an invariant the judge saw change)
+- ``self_check``    the self-checking edit: render, let a judge read it, retry where it failed
+- ``errors``        the errors CSG raises (a user's input named in the message)
 
-The first five import no ComfyUI (the pure maths is usable and testable on its own);
-``inversion``, ``sampler`` and ``progress`` import it at the top, ``attention`` and ``models``
-where they touch it.
+The first five import no ComfyUI (the pure maths is usable and testable on its own), nor do
+``hold`` and ``errors``; ``inversion``, ``sampler`` and ``progress`` import it at the top (and
+``self_check`` through them), ``attention`` and ``models`` where they touch it.
 """
 
 from .errors import CSGError, CSGInputError

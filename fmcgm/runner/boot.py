@@ -1,5 +1,5 @@
 """ComfyUI importable in this process: the one place that loads it (``InProcessComfy``, the test
-harness, the training script and the benchmarks all come through here).
+harness, the training scripts, the demo and the benchmarks all come through here).
 
 ``import_comfy`` does what ComfyUI's main.py does before anything reads its options: ComfyUI's
 folder first on ``sys.path`` (its ``nodes``, ``utils`` and ``server`` before any folder of that
@@ -7,6 +7,9 @@ name), its command line parsed into ``comfy.cli_args.args``, its ``utils`` packa
 before ``comfy/`` goes on the path and shadows that name, and the CPU chosen when there is no
 accelerator. ComfyUI reads its options once, when first imported, so a process imports one
 ComfyUI with one set of options; asking again with the same ones is free.
+
+``import_model_classes`` is the narrow way in: ComfyUI's model classes only (``comfy.ldm``,
+``comfy.ops``, ``comfy.sdxl_clip``), for training on a machine where the full import cannot run.
 
 Where the two ComfyUI versions the pack is tested with differ (``new_executor``), the
 difference is handled here.
@@ -47,9 +50,7 @@ def import_comfy(comfy_root, comfy_args: Sequence[str] = (), threads: Optional[i
     if "comfy.cli_args" in sys.modules:  # imported behind our back: its options are already parsed
         raise RuntimeError("ComfyUI was already imported in this process by other code, so its options "
                            f"{' '.join(comfy_args)!r} cannot apply; open the session in a fresh process")
-    if str(root) in sys.path:
-        sys.path.remove(str(root))
-    sys.path.insert(0, str(root))
+    _first_on_path(root)
     import comfy.options
     comfy.options.enable_args_parsing()  # as main.py: folder_paths and model management read the parsed args
     saved, sys.argv = sys.argv, [str(root / "main.py"), *comfy_args]
@@ -68,12 +69,54 @@ def import_comfy(comfy_root, comfy_args: Sequence[str] = (), threads: Optional[i
     return _set_threads(threads, args)
 
 
+def import_model_classes(comfy_root, device: str = "cpu"):
+    """ComfyUI's model classes only, from a source folder, for training where comfy.sd's full
+    import cannot run (the GPU device machine: transformers 5 without CLIPTokenizer, no torchsde).
+
+    ComfyUI's default options (none parsed from a command line), with ``cpu`` set for ``device``
+    "cpu" and PyTorch's attention, as the tests run. ``comfy.sd1_clip`` imports transformers'
+    CLIPTokenizer at module level and training never calls it (captions come pre-tokenised), so
+    where it is missing a placeholder module stands for transformers in this process. Returns
+    ComfyUI's ``args``."""
+    global _imported
+    root = Path(comfy_root).expanduser().resolve()
+    if not (root / "comfy" / "cli_args.py").is_file():
+        raise FileNotFoundError(f"{comfy_root}: not a ComfyUI source folder (no comfy/cli_args.py in {root}); "
+                                "give the folder that holds ComfyUI's comfy/ package")
+    wanted = (root, ("model classes only", f"device={device}"))
+    if _imported == wanted:
+        return _args()
+    if _imported is not None or "comfy.cli_args" in sys.modules:
+        raise RuntimeError(f"ComfyUI is already imported in this process, so its model classes cannot be imported "
+                           f"for training from {root}: use a fresh process")
+    _first_on_path(root)
+    try:
+        from transformers import CLIPTokenizer  # noqa: F401
+    except ImportError as error:
+        import types
+        log.warning("transformers' CLIPTokenizer unavailable (%s); tokenizers are not needed for training", error)
+        sys.modules["transformers"] = types.ModuleType("transformers", "placeholder: CLIPTokenizer is never called")
+        sys.modules["transformers"].CLIPTokenizer = None
+    from comfy.cli_args import args
+    args.cpu = device == "cpu"
+    args.use_pytorch_cross_attention = True
+    _imported = wanted
+    return args
+
+
 def new_executor(server):
     """ComfyUI's PromptExecutor with the classic cache, sending its events to ``server``
     ("ram_inactive" is 0.33's cache argument; 0.3.75 ignores it)."""
     import execution
     return execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC,
                                     cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+
+
+def _first_on_path(root: Path) -> None:
+    """ComfyUI's folder first, so its ``nodes``, ``utils``, ``server`` and ``comfy`` win over any of that name."""
+    if str(root) in sys.path:
+        sys.path.remove(str(root))
+    sys.path.insert(0, str(root))
 
 
 def _args():

@@ -56,14 +56,18 @@ if tiny_comfy_qwen3vl is not None and not getattr(comfy.sd.load_clip, "fmcgm_tin
     comfy.sd.load_clip = _tiny_qwen3vl_aware(comfy.sd.load_clip)
 
 
+def _test_schema(name: str, title: str, description: str, **fields) -> io.Schema:
+    """A test node's schema: its id, label and menu place say it is the tests' (FMCGMTest_, FMCGM/testing)."""
+    return io.Schema(node_id=f"FMCGMTest_{name}", display_name=f"{title} (FM-CGM tests)", category="FMCGM/testing",
+                     description=description, **fields)
+
+
 class TinySDXLCheckpointLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="FMCGMTest_TinySDXLCheckpointLoader",
-            display_name="Tiny SDXL Checkpoint Loader (FM-CGM tests)",
-            category="FMCGM/testing",
-            description="Loads a tiny random-weight SDXL-shaped checkpoint written by tests/fixtures/tiny_sdxl.py.",
+        return _test_schema(
+            "TinySDXLCheckpointLoader", "Tiny SDXL Checkpoint Loader",
+            "Loads a tiny random-weight SDXL-shaped checkpoint written by tests/fixtures/tiny_sdxl.py.",
             inputs=[io.Combo.Input("ckpt_name", options=folder_paths.get_filename_list("checkpoints"),
                                    tooltip="A tiny checkpoint in the checkpoints folder.")],
             outputs=[io.Model.Output(), io.Clip.Output(), io.Vae.Output()],
@@ -94,11 +98,8 @@ class Capture(io.ComfyNode):
 
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="FMCGMTest_Capture",
-            display_name="Capture (FM-CGM tests)",
-            category="FMCGM/testing",
-            description="Test helper: writes its input, as JSON, into the prompt's history.",
+        return _test_schema(
+            "Capture", "Capture", "Test helper: writes its input, as JSON, into the prompt's history.",
             inputs=[io.Custom("*").Input("value", tooltip="Anything.")],
             outputs=[],
             is_output_node=True,
@@ -116,11 +117,9 @@ class RecordingVLM(io.ComfyNode):
 
     @classmethod
     def define_schema(cls):
-        return io.Schema(
-            node_id="FMCGMTest_RecordingVLM",
-            display_name="Recording VLM (FM-CGM tests)",
-            category="FMCGM/testing",
-            description="Test helper: the same VLM, recording each request's schema and the raw answer.",
+        return _test_schema(
+            "RecordingVLM", "Recording VLM",
+            "Test helper: the same VLM, recording each request's schema and the raw answer.",
             inputs=[io.Custom("FMCGM_VLM").Input("vlm", tooltip="Any VLM.")],
             outputs=[io.Custom("FMCGM_VLM").Output(display_name="vlm")],
         )
