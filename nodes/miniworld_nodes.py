@@ -182,9 +182,11 @@ class Miniworld2Scene(io.ComfyNode):
             description="A picture of the second miniature world (weather -> sky, ground, umbrella; fire -> chimney "
                         "smoke, lit windows; the house's and door's colours independent; clutter no caption names) "
                         "with its causal graph and values, for the Causal Graph Editor and the graph-only "
-                        "Concept Manipulator. Its model is fmcgm-miniworld2-sdxl.safetensors.",
+                        "Concept Manipulator, and the world's whole-region oracle as a judge for the CSG "
+                        "Self-Checking Edit (it reads pixels on the scene's layout and knows where each concept "
+                        "is). Its model is fmcgm-miniworld2-sdxl.safetensors.",
             inputs=_scene2_inputs(),
-            outputs=_scene_outputs(),
+            outputs=[*_scene_outputs(), JudgeSocket.Output(display_name="oracle_judge")],
         )
 
     @classmethod
@@ -198,7 +200,9 @@ class Miniworld2Scene(io.ComfyNode):
                  for e in w.mechanisms}
         values = w.solve({c: w.check_value(c, chosen[c]) for c in w.roots()}, noise)
         scene = world2.WorldScene(values, noise, world2.sample_layout(random.Random(f"layout2-{int(layout_seed)}")))
-        return _scene_result(paint2.render(scene, size), w.graph_dict(values), w.caption(values))
+        out = _scene_result(paint2.render(scene, size), w.graph_dict(values), w.caption(values))
+        from fmcgm.miniworld.judge import SECOND, OracleJudge
+        return io.NodeOutput(*out.args, OracleJudge(scene, SECOND), ui=out.ui)
 
 
 class MiniworldMechanisms(io.ComfyNode):
@@ -254,17 +258,28 @@ class MiniworldOracle(io.ComfyNode):
             category=WORLD_CATEGORY,
             description="Reads every concept's value off pictures of the miniature world by region (no learned judge). "
                         "With a counterfactual, also says whether each changed concept shows its new value "
-                        "(effectiveness) and each non-descendant keeps its value (invariance).",
+                        "(effectiveness) and each non-descendant keeps its value (invariance). The second world's "
+                        "pictures are read with its scene's oracle_judge (it knows the layout), each concept's "
+                        "whole region with the share of its pixels per value.",
             is_output_node=True,
             inputs=[io.Image.Input("image", tooltip="Pictures of the miniature world (any size, square)."),
                     CounterfactualSocket.Input("counterfactual", optional=True,
-                                               tooltip="From the Concept Manipulator: checks the pictures against it.")],
+                                               tooltip="From the Concept Manipulator: checks the pictures against it."),
+                    JudgeSocket.Input("oracle_judge", optional=True,
+                                      tooltip="A scene node's oracle_judge: reads with that world's oracle on the "
+                                              "scene's layout (needed for Miniature World 2 Scene's pictures).")],
             outputs=[io.String.Output(display_name="report")],
         )
 
     @classmethod
-    def execute(cls, image, counterfactual=None):
+    def execute(cls, image, counterfactual=None, oracle_judge=None):
+        from fmcgm.miniworld.judge import OracleJudge
         from fmcgm.miniworld.oracle import report
+        if oracle_judge is not None:
+            if not isinstance(oracle_judge, OracleJudge):
+                raise ValueError(f"oracle_judge: {getattr(oracle_judge, 'name', type(oracle_judge).__name__)} is not "
+                                 "a miniature world's oracle; connect a Miniature World (2) Scene's oracle_judge")
+            report = oracle_judge.report
         cfs = list(counterfactual or [])
         from fmcgm.pictures import as_uint8
         pictures = as_uint8(image)
