@@ -191,18 +191,37 @@ class Miniworld2Scene(io.ComfyNode):
 
     @classmethod
     def execute(cls, layout_seed, size, **chosen):
-        import random
-
         from fmcgm.miniworld import paint2, world2
-        from fmcgm.miniworld.world import Noise
-        w = world2.WORLD
-        noise = {e: Noise(chosen[e] == FROM_CAUSE, chosen[e] if chosen[e] != FROM_CAUSE else w.values[e][0])
-                 for e in w.mechanisms}
-        values = w.solve({c: w.check_value(c, chosen[c]) for c in w.roots()}, noise)
-        scene = world2.WorldScene(values, noise, world2.sample_layout(random.Random(f"layout2-{int(layout_seed)}")))
-        out = _scene_result(paint2.render(scene, size), w.graph_dict(values), w.caption(values))
         from fmcgm.miniworld.judge import SECOND, OracleJudge
+        scene = _scene2(layout_seed, chosen)
+        out = _scene_result(paint2.render(scene, size), world2.WORLD.graph_dict(scene.values),
+                            world2.WORLD.caption(scene.values))
         return io.NodeOutput(*out.args, OracleJudge(scene, SECOND), ui=out.ui)
+
+    @staticmethod
+    def preview_graph(layout_seed=0, size=128, **chosen):
+        """The graph execute() outputs for these widget values, without rendering the picture."""
+        from fmcgm.graph import CausalGraph
+        from fmcgm.miniworld import world2
+        return CausalGraph.from_dict(world2.WORLD.graph_dict(_scene2(layout_seed, chosen).values))
+
+
+def _scene2(layout_seed, chosen: dict):
+    """The second world's scene for the node's widget values: the roots, each effect from its cause
+    (FROM_CAUSE) or its own value (the SCM's noise), the seeded layout."""
+    import random
+
+    from fmcgm.miniworld import world2
+    from fmcgm.miniworld.world import Noise
+    w = world2.WORLD
+    chosen = {c: chosen.get(c, FROM_CAUSE) for c in w.mechanisms} | {c: chosen[c] for c in w.roots()}
+    noise = {e: Noise(chosen[e] == FROM_CAUSE, w.check_value(e, chosen[e]) if chosen[e] != FROM_CAUSE else w.values[e][0])
+             for e in w.mechanisms}
+    values = w.solve({c: w.check_value(c, chosen[c]) for c in w.roots()}, noise)
+    return world2.WorldScene(values, noise, world2.sample_layout(random.Random(f"layout2-{int(layout_seed)}")))
+
+
+GRAPH_PREVIEWS["FMCGMMiniworld2Scene"] = Miniworld2Scene.preview_graph
 
 
 class MiniworldMechanisms(io.ComfyNode):
