@@ -10,8 +10,8 @@ of the scene the judge was made for, with the counterfactual's values (abduction
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
