@@ -300,6 +300,10 @@ class MiniworldOracle(io.ComfyNode):
                                  "a miniature world's oracle; connect a Miniature World (2) Scene's oracle_judge")
             report = oracle_judge.report
         cfs = list(counterfactual or [])
+        from fmcgm.miniworld import world2
+        if oracle_judge is None and cfs and {c.name for c in cfs[0].graph.concepts} == set(world2.CONCEPTS):
+            raise ValueError("oracle_judge: the second world's pictures are read on their scene's layout; connect "
+                             "Miniature World 2 Scene's oracle_judge")
         from fmcgm.pictures import as_uint8
         pictures = as_uint8(image)
         text = "\n\n".join(report(p, cfs[i if len(cfs) > 1 else 0] if cfs else None, label=f"image {i}")

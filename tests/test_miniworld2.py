@@ -206,3 +206,6 @@ def test_world2_scene_node_gives_its_oracle_judge_to_the_oracle_node(comfy):
     assert "share of each concept's region per value" in report and "door = purple door (purple door" in report
     assert "effectiveness 0/3 (fire NOT no fire, smoke NOT no smoke, windows NOT dark windows)" in report
     assert "invariance 6/6" in report
+    del prompt["5"]["inputs"]["oracle_judge"]  # the first world's probes cannot read this world: said, not guessed
+    with pytest.raises(comfy.PromptError, match="oracle_judge: .*connect Miniature World 2 Scene's oracle_judge"):
+        comfy.run_prompt(prompt)
