@@ -328,7 +328,7 @@ def miniature_world() -> Workflow:
 
 MINIWORLD2_CHECKPOINT = "fmcgm-miniworld2-sdxl.safetensors"  # ships in the pack's models/ folder too
 # A local edit: do(fire = lit fire) lights the gable window, and its effects lie elsewhere (smoke in the
-# sky above the roof, the windows on the walls); about 3 % of the picture changes.
+# sky above the roof, the windows on the walls); 2.5 % of the picture changes.
 MINIWORLD2_SCENE = {"weather": "rainy", "fire": "no fire", "house": "yellow house", "door": "green door",
                     "layout_seed": 3}
 MINIWORLD2_DO = ("fire", "lit fire")
@@ -364,7 +364,7 @@ def miniature_world2() -> Workflow:
             "lie elsewhere than the fire; the house's and the door's colours independent; clutter on the ground "
             "that no caption names). It ships in the pack's `models/` folder.\n\n**Run** (Queue): "
             f"do({concept} = {value}) on a house with no fire: the round gable window should glow, smoke rise "
-            "from the chimney and the windows light up, and nothing else change (about 3 % of the picture). The "
+            "from the chimney and the windows light up, and nothing else change (under 3 % of the picture). The "
             "world's mechanisms give the descendants' new values, the manipulator propagates them, and the "
             "*Self-Checking Edit* renders it with CSG, lets the world's oracle read each round and tries again "
             "where it failed (more guidance for a value not shown, a changed concept held on the original, DDPM "
