@@ -4,6 +4,7 @@
     python benchmarks/bench_miniworld2.py --tune W/tuning.json --tune-pictures 1        # tuning pictures (seed 1000)
     python benchmarks/bench_miniworld2.py --part W/p0.json --first 0 --pictures 1      # parts, in parallel
     python benchmarks/bench_miniworld2.py --merge W/p*.json --tuning W/tuning.json     # the table
+    python benchmarks/bench_miniworld2.py --part W/l0.json --first 0 --pictures 1 --loop-only --tuning W/tuning.json
 
 Each picture (a typical scene, seed 0) gets three interventions in one batch: do(weather) (global
 root), do(fire) (a local root whose effects, chimney smoke and lit windows, lie elsewhere) and
@@ -14,6 +15,12 @@ regenerated from the full counterfactual caption and from the caption of the cha
 only; the no-edit replay. Scores: the whole-region oracle (effectiveness, invariance), clutter
 kept (against the original through the VAE), pixel distance outside the changed regions. The
 localisation table: each edited concept's CSG mask share on its region against chance.
+
+With ``--tuning`` at ``--part`` (or ``--loop-only``, the loop rows alone, to add to parts already
+run) the self-checking edit's rows are made too, as ``bench_miniworld_loop.py`` makes v1's: the loop
+starts from the tuned setting with the shipped workflow's budget (5 rounds, the last 2 DDPM
+regeneration), judged by the world's whole-region oracle or by it erring at ``--error-rate``
+(seeded); whatever the judge said, the rows are scored by the true oracle like every other row.
 """
 from __future__ import annotations
 
@@ -30,6 +37,12 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 GRID = [(12.0, 0.5), (16.0, 0.5), (16.0, 0.7), (24.0, 0.5)]
 BASELINES = [("DDIM", "ddim"), ("DDPM", "ddpm")]
 CAPTIONS = ("full caption", "changed concepts' caption")
+LOOP_ROWS = (("oracle", "Self-checking, the oracle as judge"), ("erring", "Self-checking, the oracle erring {rate:.0%}"))
+
+
+def loop_rows(rate: float) -> list:
+    """[(judge kind, method name)] of the self-checking rows."""
+    return [(kind, name.format(rate=rate)) for kind, name in LOOP_ROWS]
 
 
 def csg_rows(tuned):
@@ -37,10 +50,14 @@ def csg_rows(tuned):
             (f"CSG, s_e {tuned[0]:g}, λ {tuned[1]:g} (tuned)", 0.0, {"scale": tuned[0], "threshold": tuned[1]})]
 
 
-def edit_picture(model, clip, vae, i, seed, rows, baselines=True):
-    """outputs {method: [3 pictures]}, masks {method: [per-cf mask shares]}, and context."""
+def edit_picture(model, clip, vae, i, seed, rows, baselines=True, loop=None):
+    """outputs {method: [3 pictures]}, masks {method: [per-cf mask shares]}, and context; with
+    ``loop`` ({"start": (s_e, lambda), "rate": error rate}) the self-checking rows too, their
+    loop fields in ``shares[method]["loop"]``."""
     import numpy as np
+    from bench_miniworld_loop import LOOP, loop_fields, self_checked
     from fmcgm.miniworld import pipeline as P, pipeline2 as P2, paint2, world2
+    from fmcgm.miniworld.judge import SECOND, OracleJudge
     scene, todo, inv_seed = P2.benchmark_case(i, seed)
     picture = paint2.render(scene)
     cfs = [P2.counterfactual(scene, c, v) for c, v in todo]
@@ -55,6 +72,14 @@ def edit_picture(model, clip, vae, i, seed, rows, baselines=True):
         outputs[name] = P.decode(vae, edit.latent)
         seconds[name] = time.perf_counter() - t + t_inv
         shares[name] = [P2.mask_shares(edit.masks[k].numpy(), scene, cf) for k, cf in enumerate(cfs)]
+    for kind, name in loop_rows(loop["rate"]) if loop else ():
+        t = time.perf_counter()
+        settings = {**LOOP, "scale": loop["start"][0], "threshold": loop["start"][1]}
+        outcomes, judge = self_checked(model, clip, vae, latent, inv, cfs, OracleJudge(scene, SECOND), kind,
+                                       loop["rate"], seed * 1000 + i, settings)
+        outputs[name] = np.stack([o.best.picture for o in outcomes])
+        seconds[name] = time.perf_counter() - t + t_inv
+        shares[name] = {"loop": [loop_fields(o, judge) for o in outcomes]}
     rec = P.decode(vae, P.reconstruct(model, inv))
     outputs["Reconstruction (no edit)"] = np.stack([rec[0]] * len(cfs))
     if baselines:
@@ -160,18 +185,32 @@ def markdown(summary, loc, settings, seconds, tuning) -> str:
     return "\n".join(lines) + "\n"
 
 
+def loop_summary(records: list, method: str) -> str:
+    """Rounds used and what the judge said of the chosen round, for one self-checking row."""
+    import numpy as np
+    rounds = [r["rounds"] for r in records]
+    renderers = {k: sum(r["renderer"] == k for r in records) for k in sorted({r["renderer"] for r in records})}
+    return (f"\n{method}: rounds used per intervention mean {np.mean(rounds):.2f}, max {max(rounds)}; chosen "
+            f"round's renderer {renderers}; the judge passed the chosen round in "
+            f"{sum(r['judged_passed'] for r in records)} of {len(records)}.\n")
+
+
 def grid_name(s: float, lam: float) -> str:
     return f"CSG, s_e {s:g}, λ {lam:g}"
 
 
-def picture_records(model, clip, vae, first: int, n: int, seed: int) -> tuple:
+def picture_records(model, clip, vae, first: int, n: int, seed: int, loop=None, loop_only=False) -> tuple:
     """Records for pictures first..first+n-1 with every CSG row: the paper's, protection, and each
-    GRID setting (the tuned row is picked from them afterwards, by the tuning pictures alone)."""
+    GRID setting (the tuned row is picked from them afterwards, by the tuning pictures alone); the
+    self-checking rows with ``loop`` (see edit_picture), alone with ``loop_only``."""
     import numpy as np
     rows = [r for r in csg_rows((0, 0))[:2]] + [(grid_name(s, lam), 0.0, {"scale": s, "threshold": lam}) for s, lam in GRID]
     records, seconds, examples = [], {}, []
     for i in range(first, first + n):
-        scene, todo, picture, reference, outputs, shares, secs = edit_picture(model, clip, vae, i, seed, rows)
+        scene, todo, picture, reference, outputs, shares, secs = edit_picture(
+            model, clip, vae, i, seed, [] if loop_only else rows, baselines=not loop_only, loop=loop)
+        if loop_only:  # the no-edit replay is in the parts already run
+            del outputs["Reconstruction (no edit)"]
         for m, t in secs.items():
             seconds[m] = seconds.get(m, 0.0) + t / n
         for method, scores in score_all(scene, todo, picture, reference, outputs).items():
@@ -181,8 +220,9 @@ def picture_records(model, clip, vae, first: int, n: int, seed: int) -> tuple:
                                 "read": s.read, "shares": s.extra["shares"], "effectiveness": s.effectiveness,
                                 "invariance": s.invariance, "clutter_kept": s.extra["clutter_kept"],
                                 "pixel_outside": s.pixel_outside, "changed_share": s.extra["changed_share"],
-                                "mask_share": shares[method][k] if method in shares else None})
-        examples.append({m: outputs[m].tolist() for m in outputs} | {"original": picture.tolist()})
+                                "mask_share": shares[method][k] if isinstance(shares.get(method), list) else None,
+                                **(shares[method]["loop"][k] if isinstance(shares.get(method), dict) else {})})
+        examples.append({m: outputs[m].tolist() for m in outputs} | {"original": picture.tolist(), "picture": i})
         print(f"picture {i}: " + "; ".join(
             f"{m}: {np.mean([r['effectiveness'] for r in records if r['picture'] == i and r['method'] == m]):.2f}/"
             f"{np.mean([r['invariance'] for r in records if r['picture'] == i and r['method'] == m]):.2f}"
@@ -198,17 +238,20 @@ def merge(parts: list, tuning_file: Path, out: Path, seed: int) -> None:
     tuning = json.loads(tuning_file.read_text())
     tuned = tuple(tuning["tuned"])
     tuned_row = csg_rows(tuned)[2][0]
-    records, seconds, examples = [], {}, []
+    records, seconds, examples = [], {}, {}
     for part in parts:
         d = json.loads(Path(part).read_text())
         records += d["records"]
-        examples += d["examples"]
+        pictures = sorted({r["picture"] for r in d["records"]})  # the examples' order (older parts name none)
+        for k, ex in enumerate(d["examples"]):  # a picture's loop-only part adds to its other part
+            examples.setdefault(ex.get("picture", pictures[k]), {}).update(ex)
         for m, t in d["seconds"].items():
             seconds.setdefault(m, []).append(t)
     keep = {grid_name(*tuned): tuned_row}
     records = [dict(r, method=keep.get(r["method"], r["method"])) for r in records
                if not r["method"].startswith("CSG, s_e") or r["method"] in keep]
-    order = ["CSG (paper settings)", "CSG + protection (strength 1)", tuned_row, "Reconstruction (no edit)"] + [
+    loops = list(dict.fromkeys(r["method"] for r in records if r["method"].startswith("Self-checking")))
+    order = ["CSG (paper settings)", "CSG + protection (strength 1)", tuned_row, *loops, "Reconstruction (no edit)"] + [
         f"{b} inversion, {c}" for b, _ in BASELINES for c in CAPTIONS]
     records.sort(key=lambda r: (r["picture"], order.index(r["method"])))
     pictures = sorted({r["picture"] for r in records})
@@ -219,14 +262,16 @@ def merge(parts: list, tuning_file: Path, out: Path, seed: int) -> None:
                 "example_rows": "original, then per method (order of the table) do(weather), do(fire), do(door)",
                 "command": "python benchmarks/bench_miniworld2.py " + " ".join(sys.argv[1:])}
     md = markdown(summary, loc, settings, seconds, {k: tuple(v) for k, v in tuning["table"].items()})
+    md += "".join(loop_summary([r for r in records if r["method"] == m], m) for m in loops)
     out.mkdir(parents=True, exist_ok=True)
     stem = "miniworld2_table1"
     (out / f"{stem}.md").write_text(md)
     (out / f"{stem}.json").write_text(json.dumps({"summary": summary, "localisation": loc, "settings": settings,
                                                    "tuning": tuning, "seconds": seconds, "records": records}, indent=1))
     rows = []
-    for ex in examples[:3]:  # original, then each method's three edits, in the table's order
-        pics = [np.asarray(ex[grid_name(*tuned) if m == tuned_row else m], dtype=np.uint8) for m in order]
+    for ex in list(examples.values())[:3]:  # original, then each method's three edits, in the table's order
+        shown = [grid_name(*tuned) if m == tuned_row else m for m in order]
+        pics = [np.asarray(ex[m], dtype=np.uint8) for m in shown if m in ex]
         rows.append(np.concatenate([np.asarray(ex["original"], dtype=np.uint8)] + [p[k] for p in pics for k in range(3)], 1))
     Image.fromarray(np.concatenate(rows, 0)).save(out / f"{stem}_examples.png")
     print(md)
@@ -241,7 +286,10 @@ def main() -> None:
     p.add_argument("--part", type=Path, help="write this part's records here (pictures --first.. --first+--pictures-1)")
     p.add_argument("--tune", type=Path, help="only tune, writing the result here")
     p.add_argument("--merge", type=Path, nargs="*", help="merge these parts with --tuning into the table")
-    p.add_argument("--tuning", type=Path)
+    p.add_argument("--tuning", type=Path, help="the tuning result (--tune); at --part it adds the self-checking "
+                                                 "rows, started from its tuned setting")
+    p.add_argument("--loop-only", action="store_true", help="with --part and --tuning: the self-checking rows alone")
+    p.add_argument("--error-rate", type=float, default=0.2, help="the erring judge's rate of flipped verdicts")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     a = p.parse_args()
     from fmcgm.runner.lanes import import_lane_comfy
@@ -255,7 +303,10 @@ def main() -> None:
         tuned, table = tune(model, clip, vae, a.tune_pictures)
         a.tune.write_text(json.dumps({"tuned": tuned, "table": table, "pictures": a.tune_pictures}))
         return
-    records, seconds, examples = picture_records(model, clip, vae, a.first, a.pictures, a.seed)
+    if a.loop_only and not a.tuning:
+        p.error("--loop-only needs --tuning (the loop starts from the tuned setting)")
+    loop = {"start": tuple(json.loads(a.tuning.read_text())["tuned"]), "rate": a.error_rate} if a.tuning else None
+    records, seconds, examples = picture_records(model, clip, vae, a.first, a.pictures, a.seed, loop, a.loop_only)
     a.part.write_text(json.dumps({"records": records, "seconds": seconds, "examples": examples}))
 
 

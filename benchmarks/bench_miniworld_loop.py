@@ -28,13 +28,29 @@ RESULTS = REPO / "benchmarks" / "results"
 LOOP = {"scale": 16.0, "threshold": 0.5, "warmup": 10, "max_rounds": 5, "regenerate_rounds": 2}
 
 
-def run(n: int, judge_kind: str, rate: float, seed_base: int = 0) -> list[dict]:
+def self_checked(model, clip, vae, latent, inv, cfs, oracle_judge, judge_kind: str, rate: float, seed: int,
+                 settings: dict = LOOP) -> tuple[list, object]:
+    """(outcomes, judge): the self-checking edit of each counterfactual of one inverted picture, judged
+    by ``oracle_judge`` (either world's) or, for ``judge_kind`` "erring", by it with verdicts flipped at
+    ``rate`` (seeded). Both worlds' loop rows are made here."""
     from fmcgm.csg import self_check
     from fmcgm.judges import ErringJudge
+    from fmcgm.miniworld import pipeline
+    judge = ErringJudge(oracle_judge, rate, seed=seed) if judge_kind == "erring" else oracle_judge
+    decode = lambda raw: pipeline.decode(vae, raw)  # noqa: E731
+    return self_check.judged_edit(model, clip, decode, latent, inv, cfs, judge, self_check.Settings(**settings)), judge
+
+
+def loop_fields(out, judge) -> dict:
+    """What a loop row's record adds to the scores: rounds used, the round chosen, the judge's view."""
+    return {"rounds": len(out.rounds), "chosen": out.best.index, "renderer": out.best.renderer,
+            "judged_passed": out.best.passed == out.best.total, "report": out.report(judge.name)}
+
+
+def run(n: int, judge_kind: str, rate: float, seed_base: int = 0) -> list[dict]:
     from fmcgm.miniworld import paint, pipeline
     from fmcgm.miniworld.judge import OracleJudge
     model, clip, vae = pipeline.load()
-    decode = lambda raw: pipeline.decode(vae, raw)  # noqa: E731
     records = []
     for i in range(n):
         scene, todo, inv_seed = pipeline.benchmark_case(i, seed_base)
@@ -42,19 +58,15 @@ def run(n: int, judge_kind: str, rate: float, seed_base: int = 0) -> list[dict]:
         started = time.perf_counter()
         latent = pipeline.encode(vae, picture)
         inv = pipeline.invert(model, latent, seed=inv_seed)
-        judge = OracleJudge(scene)
-        if judge_kind == "erring":
-            judge = ErringJudge(judge, rate, seed=seed_base * 1000 + i)
         cfs = [pipeline.counterfactual(scene, c, v) for c, v in todo]
-        outcomes = self_check.judged_edit(model, clip, decode, latent, inv, cfs, judge, self_check.Settings(**LOOP))
+        outcomes, judge = self_checked(model, clip, vae, latent, inv, cfs, OracleJudge(scene), judge_kind, rate,
+                                       seed_base * 1000 + i)
         seconds = time.perf_counter() - started
         for (concept, value), out in zip(todo, outcomes):
             s = pipeline.score(picture, out.best.picture, scene, concept, value)
             records.append({"picture": i, "kind": concept, "value": value, "effectiveness": s.effectiveness,
                             "invariance": s.invariance, "pixel_outside": s.pixel_outside, "read": s.read,
-                            "rounds": len(out.rounds), "chosen": out.best.index, "renderer": out.best.renderer,
-                            "judged_passed": out.best.passed == out.best.total, "seconds_picture": seconds,
-                            "report": out.report(judge.name)})
+                            "seconds_picture": seconds, **loop_fields(out, judge)})
         print(f"picture {i + 1}/{n}: " + "; ".join(
             f"do({r['kind']}) eff {r['effectiveness']:.2f} inv {r['invariance']:.2f} rounds {r['rounds']}"
             for r in records[-2:]) + f"; {seconds:.0f} s", flush=True)

@@ -181,23 +181,46 @@ class Miniworld2Scene(io.ComfyNode):
             description="A picture of the second miniature world (weather -> sky, ground, umbrella; fire -> chimney "
                         "smoke, lit windows; the house's and door's colours independent; clutter no caption names) "
                         "with its causal graph and values, for the Causal Graph Editor and the graph-only "
-                        "Concept Manipulator. Its model is fmcgm-miniworld2-sdxl.safetensors.",
+                        "Concept Manipulator, and the world's whole-region oracle as a judge for the CSG "
+                        "Self-Checking Edit (it reads pixels on the scene's layout and knows where each concept "
+                        "is). Its model is fmcgm-miniworld2-sdxl.safetensors.",
             inputs=_scene2_inputs(),
-            outputs=_scene_outputs(),
+            outputs=[*_scene_outputs(), JudgeSocket.Output(display_name="oracle_judge")],
         )
 
     @classmethod
     def execute(cls, layout_seed, size, **chosen):
-        import random
-
         from fmcgm.miniworld import paint2, world2
-        from fmcgm.miniworld.world import Noise
-        w = world2.WORLD
-        noise = {e: Noise(chosen[e] == FROM_CAUSE, chosen[e] if chosen[e] != FROM_CAUSE else w.values[e][0])
-                 for e in w.mechanisms}
-        values = w.solve({c: w.check_value(c, chosen[c]) for c in w.roots()}, noise)
-        scene = world2.WorldScene(values, noise, world2.sample_layout(random.Random(f"layout2-{int(layout_seed)}")))
-        return _scene_result(paint2.render(scene, size), w.graph_dict(values), w.caption(values))
+        from fmcgm.miniworld.judge import SECOND, OracleJudge
+        scene = _scene2(layout_seed, chosen)
+        out = _scene_result(paint2.render(scene, size), world2.WORLD.graph_dict(scene.values),
+                            world2.WORLD.caption(scene.values))
+        return io.NodeOutput(*out.args, OracleJudge(scene, SECOND), ui=out.ui)
+
+    @staticmethod
+    def preview_graph(layout_seed=0, size=128, **chosen):
+        """The graph execute() outputs for these widget values, without rendering the picture."""
+        from fmcgm.graph import CausalGraph
+        from fmcgm.miniworld import world2
+        return CausalGraph.from_dict(world2.WORLD.graph_dict(_scene2(layout_seed, chosen).values))
+
+
+def _scene2(layout_seed, chosen: dict):
+    """The second world's scene for the node's widget values: the roots, each effect from its cause
+    (FROM_CAUSE) or its own value (the SCM's noise), the seeded layout."""
+    import random
+
+    from fmcgm.miniworld import world2
+    from fmcgm.miniworld.world import Noise
+    w = world2.WORLD
+    chosen = {c: chosen.get(c, FROM_CAUSE) for c in w.mechanisms} | {c: chosen[c] for c in w.roots()}
+    noise = {e: Noise(chosen[e] == FROM_CAUSE, w.check_value(e, chosen[e]) if chosen[e] != FROM_CAUSE else w.values[e][0])
+             for e in w.mechanisms}
+    values = w.solve({c: w.check_value(c, chosen[c]) for c in w.roots()}, noise)
+    return world2.WorldScene(values, noise, world2.sample_layout(random.Random(f"layout2-{int(layout_seed)}")))
+
+
+GRAPH_PREVIEWS["FMCGMMiniworld2Scene"] = Miniworld2Scene.preview_graph
 
 
 class MiniworldMechanisms(io.ComfyNode):
@@ -253,18 +276,33 @@ class MiniworldOracle(io.ComfyNode):
             category=WORLD_CATEGORY,
             description="Reads every concept's value off pictures of the miniature world by region (no learned judge). "
                         "With a counterfactual, also says whether each changed concept shows its new value "
-                        "(effectiveness) and each non-descendant keeps its value (invariance).",
+                        "(effectiveness) and each non-descendant keeps its value (invariance). The second world's "
+                        "pictures are read with its scene's oracle_judge (it knows the layout), each concept's "
+                        "whole region with the share of its pixels per value.",
             is_output_node=True,
             inputs=[io.Image.Input("image", tooltip="Pictures of the miniature world (any size, square)."),
                     CounterfactualSocket.Input("counterfactual", optional=True,
-                                               tooltip="From the Concept Manipulator: checks the pictures against it.")],
+                                               tooltip="From the Concept Manipulator: checks the pictures against it."),
+                    JudgeSocket.Input("oracle_judge", optional=True,
+                                      tooltip="A scene node's oracle_judge: reads with that world's oracle on the "
+                                              "scene's layout (needed for Miniature World 2 Scene's pictures).")],
             outputs=[io.String.Output(display_name="report")],
         )
 
     @classmethod
-    def execute(cls, image, counterfactual=None):
+    def execute(cls, image, counterfactual=None, oracle_judge=None):
+        from fmcgm.miniworld.judge import OracleJudge
         from fmcgm.miniworld.oracle import report
+        if oracle_judge is not None:
+            if not isinstance(oracle_judge, OracleJudge):
+                raise ValueError(f"oracle_judge: {getattr(oracle_judge, 'name', type(oracle_judge).__name__)} is not "
+                                 "a miniature world's oracle; connect a Miniature World (2) Scene's oracle_judge")
+            report = oracle_judge.report
         cfs = list(counterfactual or [])
+        from fmcgm.miniworld import world2
+        if oracle_judge is None and cfs and {c.name for c in cfs[0].graph.concepts} == set(world2.CONCEPTS):
+            raise ValueError("oracle_judge: the second world's pictures are read on their scene's layout; connect "
+                             "Miniature World 2 Scene's oracle_judge")
         from fmcgm.pictures import as_uint8
         pictures = as_uint8(image)
         text = "\n\n".join(report(p, cfs[i if len(cfs) > 1 else 0] if cfs else None, label=f"image {i}")

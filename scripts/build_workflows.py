@@ -326,6 +326,71 @@ def miniature_world() -> Workflow:
         example=example, picture=("docs/miniworld_demo.png", None))
 
 
+MINIWORLD2_CHECKPOINT = "fmcgm-miniworld2-sdxl.safetensors"  # ships in the pack's models/ folder too
+# A local edit: do(fire = lit fire) lights the gable window, and its effects lie elsewhere (smoke in the
+# sky above the roof, the windows on the walls); 2.5 % of the picture changes.
+MINIWORLD2_SCENE = {"weather": "rainy", "fire": "no fire", "house": "yellow house", "door": "green door",
+                    "layout_seed": 3}
+MINIWORLD2_DO = ("fire", "lit fire")
+# Where the self-checking edit starts: the paper's settings. Chosen on other scenes (layout seeds 1 and 2,
+# do(fire) and do(door), s_e 8/12/16): with them all four edits passed the oracle in the fewest rounds; s_e 12
+# or 16 (what plain CSG needs on this world) left one failing (docs/miniworld2.md).
+MINIWORLD2_START = {"edit_guidance": options.EDIT_GUIDANCE, "threshold": options.THRESHOLD}
+MINIWORLD2_SUGGESTIONS = (("door", "purple door"), ("weather", "sunny"), ("house", "blue house"))
+
+
+def miniature_world2() -> Workflow:
+    """The second miniature world, where edits are local: its own tiny SDXL (ships with the pack),
+    do(fire = lit fire) preset, the self-checking edit judged by the world's whole-region oracle."""
+    base = miniature_world()
+    graph = {k: dict(v, inputs=dict(v["inputs"])) for k, v in base.graph.items()}
+    graph["1"] = node("FMCGMLoadTinySDXLCheckpoint", "Miniature world 2 model (ships with the pack)",
+                      ckpt_name=MINIWORLD2_CHECKPOINT)
+    graph["2"] = node("FMCGMMiniworld2Scene", "Picture of the miniature world 2", **MINIWORLD2_SCENE)
+    # the scene's size can be set up to 1024 px: the limit stands before the VAE as in every picture workflow
+    graph["19"] = node("FMCGMPictureSizeLimit", "Picture size limit", image=["2", 0])
+    graph["3"]["inputs"]["pixels"] = ["19", 0]
+    concept, value = MINIWORLD2_DO
+    graph["7"]["inputs"].update(intervene_concept=concept, intervene_value=value)
+    graph["12"]["inputs"].update(MINIWORLD2_START)
+    graph["12"]["_meta"] = {"title": "Render the edit and check it (judged by the world 2 oracle)"}
+    graph["14"]["inputs"]["filename_prefix"] = "fmcgm/miniworld2"
+    graph["17"] = node("FMCGMMiniworldOracle", "Does the edit show it? (the world 2 oracle, whole regions)",
+                       image=["12", 0], counterfactual=["8", 0], oracle_judge=["2", 4])
+    title = "FM-CGM miniature world 2 (local edits, no downloads)"
+    note = (f"## {title}\nA causal edit that should change only a small part of the picture, with nothing to "
+            "download: a tiny SDXL trained on the pack's second miniature world, whose text encoders were trained "
+            "with it (weather → sky, ground, the figure's umbrella; fire → chimney smoke and lit windows, which "
+            "lie elsewhere than the fire; the house's and the door's colours independent; clutter on the ground "
+            "that no caption names). It ships in the pack's `models/` folder.\n\n**Run** (Queue): "
+            f"do({concept} = {value}) on a house with no fire: the round gable window should glow, smoke rise "
+            "from the chimney and the windows light up, and nothing else change (under 3 % of the picture). The "
+            "world's mechanisms give the descendants' new values, the manipulator propagates them, and the "
+            "*Self-Checking Edit* renders it with CSG, lets the world's oracle read each round and tries again "
+            "where it failed (more guidance for a value not shown, a changed concept held on the original, DDPM "
+            "regeneration as the last rounds). It starts at the paper's settings (`edit_guidance` "
+            f"{MINIWORLD2_START['edit_guidance']:g}, `threshold` {MINIWORLD2_START['threshold']:g}) and raises what "
+            "fails (`docs/miniworld2.md` has the measurements). The oracle reads each concept's whole region and "
+            "reports the share of its pixels per value; it does not judge the unnamed clutter, which edits often "
+            "lose.\n\n"
+            "**Try**: another `layout_seed` (where things stand, the clutter) or other values in *Picture of the "
+            "miniature world 2*; another intervention in the editor, e.g. "
+            + ", ".join(f"{c} `{v}`" for c, v in MINIWORLD2_SUGGESTIONS)
+            + " (the picture's own value changes nothing).\n\n"
+            "**Outputs**: *Counterfactual (self-checked)* is the best round by the judge (saved to `output/fmcgm/`); "
+            "*Every round, in order* shows what each round rendered; the Self-Checking Edit's report gives each "
+            "round's settings and verdicts; the oracle's report gives each concept's shares and says whether each "
+            "changed concept shows its new value and each non-descendant kept its own; *Counterfactual graph* "
+            "draws the intervention. *Original* is the picture before the edit.")
+    from fmcgm.miniworld import world2
+    scene = world2.scene_from_values(world2.WORLD.solve(
+        {c: MINIWORLD2_SCENE[c] for c in world2.WORLD.roots()}, world2.typical_noise()), MINIWORLD2_SCENE["layout_seed"])
+    example = (world2.WORLD.graph_dict(scene.values), concept,
+               {concept: value, **world2.WORLD.propagated_values(scene, concept, value)})
+    stages = (("Model and picture", ("1", "2", "19", "3", "18")),) + base.stages[1:]
+    return Workflow(title, graph, stages, note, example=example, picture=("docs/miniworld2_demo.png", None))
+
+
 QWEN_TEXT_ENCODER = options.QWEN_TEXT_ENCODER
 COMFY_VLM = ("A Qwen3-VL 4B or 8B text encoder in `ComfyUI/models/text_encoders/` (e.g. "
              "`qwen3vl_8b_fp8_scaled.safetensors` from huggingface.co/Comfy-Org/Qwen3-VL), chosen in *Qwen3-VL text "
@@ -350,7 +415,7 @@ def causal_edit_comfy_qwen() -> Workflow:
 
 def definitions() -> list[Workflow]:
     return [causal_edit(), causal_edit(vlm="openai"), automatic_interventions(), baselines(), graph_only(),
-            miniature_world(), causal_edit_comfy_qwen()]
+            miniature_world(), miniature_world2(), causal_edit_comfy_qwen()]
 
 
 # ----------------------------------------------------------------------------- the frontend side

@@ -204,3 +204,69 @@ def test_training_builds_from_comfyuis_model_classes_alone_what_the_full_import_
     bad = subprocess.run([sys.executable, "-c", "from fmcgm.runner.boot import import_model_classes\n"
                           f"import_model_classes({str(tmp_path)!r})"], cwd=pipeline2.REPO, capture_output=True, text=True)
     assert bad.returncode != 0 and "not a ComfyUI source folder" in bad.stderr
+
+
+# ------------------------------------------------------------------ the oracle as the self-checking edit's judge
+
+def _fire_edit():
+    """A scene with no fire and do(fire = lit fire): its judge, counterfactual and both renders."""
+    from fmcgm.miniworld.judge import SECOND, OracleJudge
+    scene = world2.sample_scene(random.Random("judge-2"), follows=True, fire="no fire", weather="rainy")
+    cf = pipeline2.counterfactual(scene, world2.FIRE, "lit fire")
+    after = world2.counterfactual(scene, world2.FIRE, "lit fire")
+    return OracleJudge(scene, SECOND), cf, scene, after
+
+
+def test_world2_judge_passes_the_true_counterfactual_and_fails_a_partial_edit():
+    from fmcgm import judges
+    judge, cf, scene, after = _fire_edit()
+    before, edited = paint2.render(scene), paint2.render(after)
+    result = judge.judge(edited, cf)
+    assert judges.all_passed(result) and len(judges.all_verdicts(result)) == len(world2.CONCEPTS)
+    assert judges.failed_targets(judge.judge(before, cf)) == [world2.FIRE, world2.SMOKE, world2.WINDOWS]
+    # the fire and the windows edited, the smoke drawn on 40 % of its region only (its lowest pixels)
+    regions = judge.regions(cf, before.shape[:2])
+    partial = before.copy()
+    for concept in (world2.FIRE, world2.WINDOWS):
+        partial[regions[concept]] = edited[regions[concept]]
+    ys, xs = regions[world2.SMOKE].nonzero()
+    low = (-ys).argsort(kind="stable")[: int(0.4 * len(ys))]
+    partial[ys[low], xs[low]] = edited[ys[low], xs[low]]
+    result = judge.judge(partial, cf)
+    assert judges.failed_targets(result) == [world2.SMOKE] and judges.changed_invariants(result) == []
+    share = judge.read(partial, cf)[1][world2.SMOKE]["chimney smoke"]
+    assert 0.25 < share < 0.5, share
+    # the judge's text gives the shares per value; the report counts the verdicts
+    assert f"smoke = no smoke (no smoke {1 - share:.0%}, chimney smoke {share:.0%})" in result.answer
+    report = judge.report(partial, cf)
+    assert "effectiveness 2/3" in report and "smoke NOT chimney smoke" in report and "invariance 6/6" in report
+
+
+def test_world2_judge_regions_are_each_concepts_region_before_or_after():
+    judge, cf, scene, after = _fire_edit()
+    regions = judge.regions(cf, (128, 128))
+    before_r, after_r = paint2.regions(scene), paint2.regions(after)
+    for concept in world2.CONCEPTS:
+        assert (regions[concept] == (before_r[concept] | after_r[concept])).all(), concept
+    # local concepts are small and apart: the smoke (in the sky) touches neither the fire nor the windows
+    assert regions[world2.SMOKE].mean() < 0.06 and not (regions[world2.SMOKE] & regions[world2.WINDOWS]).any()
+    with pytest.raises(ValueError, match="square"):
+        judge.regions(cf, (128, 96))
+
+
+def test_world2_scene_node_gives_its_oracle_judge_to_the_oracle_node(comfy):
+    # the scene's own picture, read against do(fire = no fire) on the scene's layout: nothing changed yet
+    scene_inputs = {"weather": "sunny", "fire": "lit fire", "house": "red house", "door": "purple door",
+                    "layout_seed": 5, "sky": FROM_CAUSE, "ground": FROM_CAUSE, "umbrella": FROM_CAUSE,
+                    "smoke": FROM_CAUSE, "windows": FROM_CAUSE, "size": 96}
+    prompt = graph_only_edit("FMCGMMiniworld2Scene", scene_inputs, "fire", "no fire")
+    prompt["5"] = {"class_type": "FMCGMMiniworldOracle", "inputs": {
+        "image": ["1", 0], "counterfactual": ["3", 0], "oracle_judge": ["1", 4]}}
+    _, outputs = comfy.run_prompt(prompt)
+    report = outputs["5"]["text"][0]
+    assert "share of each concept's region per value" in report and "door = purple door (purple door" in report
+    assert "effectiveness 0/3 (fire NOT no fire, smoke NOT no smoke, windows NOT dark windows)" in report
+    assert "invariance 6/6" in report
+    del prompt["5"]["inputs"]["oracle_judge"]  # the first world's probes cannot read this world: said, not guessed
+    with pytest.raises(comfy.PromptError, match="oracle_judge: .*connect Miniature World 2 Scene's oracle_judge"):
+        comfy.run_prompt(prompt)

@@ -7,9 +7,10 @@ own ``graphToPrompt()`` holds, input by input, what the workflow is defined to h
 (scripts/build_workflows.py) with types that match ``/object_info``. Then it runs from the Run
 button with CPU-sized settings: the first run brings the graph into the editor with no
 intervention chosen, do() is picked by clicking in the editor, and the second run renders the
-counterfactual, its masks and its graph drawing at the expected sizes. The miniature world's
-workflow, whose graph is known before any run, comes with do(weather = sunny) chosen and renders
-in one run (the world's oracle reads the result). Screenshots and run times go to
+counterfactual, its masks and its graph drawing at the expected sizes. The miniature worlds'
+workflows, whose graphs are known before any run, come with their intervention chosen
+(do(weather = sunny) in the first world, do(fire = lit fire) in the second) and render in one
+run (the world's oracle reads the result). Screenshots and run times go to
 test-artifacts/<lane>/.
 """
 from __future__ import annotations
@@ -145,8 +146,13 @@ def _overlaps(bounds: dict[int, list[float]]) -> list[str]:
 
 # ----------------------------------------------------------------------------- the run, as a user
 
+# scene node -> (the intervention its workflow comes with, the name its oracle judges by)
+WORLDS = {"FMCGMMiniworldScene": (("weather", "sunny"), "the miniature world's oracle"),
+          "FMCGMMiniworld2Scene": (wr.build_workflows.MINIWORLD2_DO, "the miniature world 2's oracle")}
+
+
 def _is_miniworld(definition) -> bool:
-    return definition.graph["2"]["class_type"] == "FMCGMMiniworldScene"
+    return definition.graph["2"]["class_type"] in WORLDS
 
 
 def _picture(server, info: dict) -> np.ndarray:
@@ -187,13 +193,20 @@ def _read_me_font_px(p: bs.Page) -> float:
         parseFloat(getComputedStyle(e).fontSize) * e.getBoundingClientRect().width / e.offsetWidth))""")
 
 
-def _editor_shows(p: bs.Page, editor_id: int, scene: dict) -> None:
+def _scene_values(scene_node: str, scene: dict) -> dict:
+    """The values a scene node's widgets give (each effect from its cause)."""
+    from fmcgm.miniworld import world, world2
+    if scene_node == "FMCGMMiniworld2Scene":
+        return world2.WORLD.solve({c: scene[c] for c in world2.WORLD.roots()}, world2.typical_noise())
+    return world.scene_from_values(**{k.replace("house_side", "side"): v for k, v in scene.items()}).values
+
+
+def _editor_shows(p: bs.Page, editor_id: int, scene_node: str, scene: dict) -> None:
     """The editor's diagram holds the world's graph with this scene's values, and the chosen
     concept is one of its concepts."""
     from playwright.sync_api import expect
 
-    from fmcgm.miniworld import world
-    values = world.scene_from_values(**{k.replace("house_side", "side"): v for k, v in scene.items()}).values
+    values = _scene_values(scene_node, scene)
     ed = p.page.locator(f'.fmcgm-editor[data-node-id="{editor_id}"]')
     for concept, value in values.items():
         expect(ed.locator(f'.fmcgm-chip[data-concept="{concept}"]')).to_contain_text(f"{concept}: {value}")
@@ -246,16 +259,17 @@ def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifa
             assert _type_problems(node_id, sent, object_info, prompt) == []
         editors = [int(k) for k, n in prompt.items() if n["class_type"] == wr.EDITOR]
         world = _is_miniworld(definition)
+        scene_node = definition.graph["2"]["class_type"]
         for e in editors:  # nothing preset: the artist picks the intervention on the graph they see, except
-            # in the miniature world, whose graph is known before any run: do(weather = sunny) is ready
+            # in the miniature worlds, whose graphs are known before any run: their intervention is ready
             preset = (prompt[str(e)]["inputs"]["intervene_concept"], prompt[str(e)]["inputs"]["intervene_value"])
-            assert preset == (("weather", "sunny") if world else ("", ""))
+            assert preset == (WORLDS[scene_node][0] if world else ("", ""))
         # The Python converter (kept for scripting) reads the file as this frontend does.
         strip = lambda pr: {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in pr.items()}  # noqa: E731
         assert strip(ui_to_api(json.loads(path.read_text()), object_info)) == strip(prompt)
 
         if world:  # the world's graph is in the editor before any run
-            _editor_shows(p, editors[0], definition.graph["2"]["inputs"])
+            _editor_shows(p, editors[0], scene_node, definition.graph["2"]["inputs"])
 
         # 3. Run it as a CPU user: lower the heavy settings, point at the VLM server, press Run.
         p.set_widgets(wr.FAST_SETTINGS)
@@ -306,7 +320,7 @@ def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifa
             assert shown and all(_picture(server, m).shape[0] > height for m in shown)
         else:  # the self-checking edit: every round it rendered, at the counterfactual's size
             assert shown and all(_picture(server, m).shape == (height, width, 3) for m in shown)
-            assert "judged by the miniature world's oracle" in final["outputs"]["12"]["text"][0]
+            assert f"judged by {WORLDS[scene_node][1]}" in final["outputs"]["12"]["text"][0]
         before_after = _images(final, "41")  # the original, then each counterfactual, to toggle between
         assert len(before_after) == 1 + len(counterfactuals)
         original = _picture(server, _images(first, "18")[0]) if world else _loaded_picture(server)
@@ -318,8 +332,13 @@ def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifa
         for baseline in ("24", "28"):
             if baseline in definition.graph:
                 assert _picture(server, _images(final, baseline)[0]).shape == (height, width, 3)
-        if world:  # the world's oracle read the edit (what it reads is judged in test_miniworld_edit.py)
-            assert "do(weather = sunny): effectiveness" in final["outputs"]["17"]["text"][0]
+        if world:  # the world's oracle read the edit (what it reads is judged in test_miniworld_edit.py,
+            # test_miniworld2.py)
+            concept, value = WORLDS[scene_node][0]
+            oracle = final["outputs"]["17"]["text"][0]
+            assert f"do({concept} = {value}): effectiveness" in oracle
+            if scene_node == "FMCGMMiniworld2Scene":  # whole regions: the share of each region per value
+                assert "share of each concept's region per value" in oracle and "%" in oracle.splitlines()[1]
         for evaluator in ("30", "31", "32"):
             if evaluator in definition.graph:
                 assert "mean" in final["outputs"][evaluator]["text"][0]
@@ -332,8 +351,8 @@ def test_shipped_workflow_in_the_real_frontend(path, stack, browser, lane_artifa
         assert _overlaps(p.node_bounds()) == [], "a node's pictures or previews grew over another while running"
         if world:  # a new scene: the editor follows it (not the last run's graph)
             scene = {**definition.graph["2"]["inputs"], "weather": "snowy"}
-            p.set_widgets({"weather": "snowy"}, "FMCGMMiniworldScene")
-            _editor_shows(p, editors[0], scene)
+            p.set_widgets({"weather": "snowy"}, scene_node)
+            _editor_shows(p, editors[0], scene_node, scene)
         record = lane_artifacts / "workflow_times.json"
         known = json.loads(record.read_text()) if record.exists() else {}
         known[path.stem] = times
