@@ -19,7 +19,6 @@ three state files as ``train2.run`` (so ``train2.export`` writes the checkpoint)
 from __future__ import annotations
 
 import json
-import random
 import time
 from pathlib import Path
 
@@ -29,8 +28,8 @@ import torch
 from . import paint2, world2
 from .scm import phrase
 from .train import _ema_update, _gen, to_tensor, vae_posterior
-from .train2 import (LATENT_SCALE, Log, alphas_cumprod, caption_names, encode_text, save_states, size_embedding,
-                     token_table, tokens, trainable_text_encoder, training_scene)
+from .train2 import (LATENT_SCALE, Log, alphas_cumprod, caption_names, diffusion_loss, save_states, size_embedding,
+                     start_training, token_table, training_scene)
 
 LEVEL = 4            # CSG's attention level: 1/4 of the latent (4 x 4 cells at 128 px)
 REGION_PX = 64       # regions are drawn at this size to find the cells they touch
@@ -181,16 +180,9 @@ def finetune(checkpoint: Path, out: Path, seconds: float, batch: int = 32, lr: f
     log(stage="data", scenes=len(images), seconds=round(time.time() - t0, 1),
         region_cells=dict(zip(world2.CONCEPTS, cells.float().mean((0, 2)).numpy().round(3).tolist())))
     maps = AttentionMaps(unet, cells_n)
-    params = list(unet.parameters()) + list(clip.parameters())
-    unet.requires_grad_(True).train()
-    trainable_text_encoder(clip)
-    clip.train()
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    ema = {"unet": {k: v.detach().clone() for k, v in unet.state_dict().items()},
-           "clip": {k: v.detach().clone() for k, v in clip.state_dict().items()}}
+    params, opt, ema = start_training(unet, clip, lr)
     ab = alphas_cumprod().float()
     adm = size_embedding(paint2.SIZE, "cpu")
-    zero = [table["l"]["start"], table["l"]["end"]] + [table["l"]["pad"]] * 75
     info = {"world": "fmcgm.miniworld.world2", "size": paint2.SIZE, "grounding": settings,
             "text_encoders": "trained with the UNet (all weights), then grounded (token attention loss)",
             "weights": "UNet and text encoders EMA", "started_from": M.read_metadata(checkpoint).get(M.INFO_KEY)}
@@ -204,17 +196,8 @@ def finetune(checkpoint: Path, out: Path, seconds: float, batch: int = 32, lr: f
         names = [caption_names(rng) for _ in range(batch)]
         caps = [world2.WORLD.caption(values[i], n) if n else None for i, n in zip(idx.tolist(), names)]
         spans = [phrase_spans(table["l"], values[i], n) if n else [] for i, n in zip(idx.tolist(), names)]
-        keep = torch.tensor([c is not None for c in caps], dtype=torch.float32)
-        l_ids = torch.tensor([tokens(table["l"], c) if c else zero for c in caps])
-        g_ids = torch.tensor([tokens(table["g"], c) if c else zero for c in caps])
-        ctx, pooled = encode_text(clip, l_ids, g_ids)
-        ctx, pooled = ctx * keep.view(-1, 1, 1), pooled * keep.view(-1, 1)
-        y = torch.cat([pooled, adm.unsqueeze(0).expand(batch, -1)], dim=1)
-        a = ab[t].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        eps = unet(x_t, t.float(), context=ctx, y=y, transformer_options=maps.transformer_options())
-        snr = (a / (1 - a)).view(-1)
-        diffusion = ((torch.clamp(snr, max=5.0) / snr) * ((eps - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        diffusion = diffusion_loss(unet, clip, table, x0, t, noise, caps, adm, ab,
+                                   transformer_options=maps.transformer_options())
         ground, share = grounding_loss(maps.take(), spans, cells[idx])
         loss = diffusion + weight * ground
         opt.zero_grad(set_to_none=True)

@@ -223,10 +223,8 @@ def finetune_vae(vae, images: np.ndarray, seconds: float, batch: int, lr: float,
     return step
 
 
-def train_diffusion(unet, clip, latents: torch.Tensor, values: list, spec: dict, seconds: float, batch: int, lr: float,
-                    seed: int, device: str, log, max_steps: int = 10 ** 9, on_save=None, save_seconds: float = 60.0,
-                    ema_decay: float = 0.999, min_snr: float = 5.0, warmup: int = 200) -> tuple:
-    """UNet and both text encoders, epsilon prediction on SDXL's schedule, min-SNR weights, EMA of both."""
+def start_training(unet, clip, lr: float) -> tuple:
+    """(parameters, AdamW, EMA copies {"unet", "clip"}) for training the UNet and both text encoders."""
     params = list(unet.parameters()) + list(clip.parameters())
     unet.requires_grad_(True).train()
     trainable_text_encoder(clip)
@@ -234,10 +232,35 @@ def train_diffusion(unet, clip, latents: torch.Tensor, values: list, spec: dict,
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     ema = {"unet": {k: v.detach().clone() for k, v in unet.state_dict().items()},
            "clip": {k: v.detach().clone() for k, v in clip.state_dict().items()}}
+    return params, opt, ema
+
+
+def diffusion_loss(unet, clip, table: dict, x0, t, noise, caps: list, adm, ab, min_snr: float = 5.0,
+                   transformer_options: dict | None = None) -> torch.Tensor:
+    """The min-SNR-weighted epsilon loss of one batch: ``x0`` noised to ``t`` on SDXL's schedule
+    (``ab``), the captions through both text encoders (None: the all-zero unconditional)."""
+    zero = [table["l"]["start"], table["l"]["end"]] + [table["l"]["pad"]] * 75  # stands in, masked to zero
+    keep = torch.tensor([c is not None for c in caps], device=x0.device, dtype=torch.float32)
+    l_ids = torch.tensor([tokens(table["l"], c) if c else zero for c in caps])
+    g_ids = torch.tensor([tokens(table["g"], c) if c else zero for c in caps])
+    ctx, pooled = encode_text(clip, l_ids, g_ids)
+    ctx, pooled = ctx * keep.view(-1, 1, 1), pooled * keep.view(-1, 1)
+    y = torch.cat([pooled, adm.unsqueeze(0).expand(len(caps), -1)], dim=1)
+    a = ab[t].view(-1, 1, 1, 1)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    eps = unet(x_t, t.float(), context=ctx, y=y, transformer_options=transformer_options or {})
+    snr = (a / (1 - a)).view(-1)
+    return ((torch.clamp(snr, max=min_snr) / snr) * ((eps.float() - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+
+
+def train_diffusion(unet, clip, latents: torch.Tensor, values: list, spec: dict, seconds: float, batch: int, lr: float,
+                    seed: int, device: str, log, max_steps: int = 10 ** 9, on_save=None, save_seconds: float = 60.0,
+                    ema_decay: float = 0.999, min_snr: float = 5.0, warmup: int = 200) -> tuple:
+    """UNet and both text encoders, epsilon prediction on SDXL's schedule, min-SNR weights, EMA of both."""
+    params, opt, ema = start_training(unet, clip, lr)
     ab = alphas_cumprod().float().to(device)
     adm = size_embedding(paint2.SIZE, device)
     table = spec["tokens"]
-    zero_l = [table["l"]["start"], table["l"]["end"]] + [table["l"]["pad"]] * 75  # stands in, masked to zero
     step, started, last_save = 0, time.time(), time.time()
     while time.time() - started < seconds and step < max_steps:
         g, rng = _gen(seed, "unet2", step)
@@ -246,19 +269,9 @@ def train_diffusion(unet, clip, latents: torch.Tensor, values: list, spec: dict,
         t = torch.randint(0, 1000, (batch,), generator=g).to(device)
         noise = torch.randn(x0.shape, generator=g).to(device)
         caps = [caption_for(values[i], rng) for i in idx.tolist()]
-        keep = torch.tensor([c is not None for c in caps], device=device, dtype=torch.float32)
-        l_ids = torch.tensor([tokens(table["l"], c) if c else zero_l for c in caps])
-        g_ids = torch.tensor([tokens(table["g"], c) if c else zero_l for c in caps])
-        ctx, pooled = encode_text(clip, l_ids, g_ids)
-        ctx, pooled = ctx * keep.view(-1, 1, 1), pooled * keep.view(-1, 1)   # the all-zero unconditional
-        y = torch.cat([pooled, adm.unsqueeze(0).expand(batch, -1)], dim=1)
-        a = ab[t].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
         for group in opt.param_groups:
             group["lr"] = lr * min(1.0, (step + 1) / warmup)
-        eps = unet(x_t, t.float(), context=ctx, y=y)
-        snr = (a / (1 - a)).view(-1)
-        loss = ((torch.clamp(snr, max=min_snr) / snr) * ((eps.float() - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        loss = diffusion_loss(unet, clip, table, x0, t, noise, caps, adm, ab, min_snr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad = torch.nn.utils.clip_grad_norm_(params, 1.0)
