@@ -201,10 +201,12 @@ def grid_name(s: float, lam: float) -> str:
 
 def picture_records(model, clip, vae, first: int, n: int, seed: int, loop=None, loop_only=False) -> tuple:
     """Records for pictures first..first+n-1 with every CSG row: the paper's, protection, and each
-    GRID setting (the tuned row is picked from them afterwards, by the tuning pictures alone); the
-    self-checking rows with ``loop`` (see edit_picture), alone with ``loop_only``."""
+    GRID setting (the tuned row is picked from them afterwards, by the tuning pictures alone), or
+    with ``loop`` the tuned setting's row only and the self-checking rows (see edit_picture); those
+    alone with ``loop_only``."""
     import numpy as np
-    rows = [r for r in csg_rows((0, 0))[:2]] + [(grid_name(s, lam), 0.0, {"scale": s, "threshold": lam}) for s, lam in GRID]
+    grid = [tuple(loop["start"])] if loop else GRID   # the tuned setting known: only its row
+    rows = [r for r in csg_rows((0, 0))[:2]] + [(grid_name(s, lam), 0.0, {"scale": s, "threshold": lam}) for s, lam in grid]
     records, seconds, examples = [], {}, []
     for i in range(first, first + n):
         scene, todo, picture, reference, outputs, shares, secs = edit_picture(
@@ -291,6 +293,7 @@ def main() -> None:
     p.add_argument("--loop-only", action="store_true", help="with --part and --tuning: the self-checking rows alone")
     p.add_argument("--error-rate", type=float, default=0.2, help="the erring judge's rate of flipped verdicts")
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--checkpoint", type=Path, help="a world-2 checkpoint (default: the shipped one)")
     a = p.parse_args()
     from fmcgm.runner.lanes import import_lane_comfy
     import_lane_comfy()  # the lane's ComfyUI importable: CPU, one thread
@@ -298,7 +301,7 @@ def main() -> None:
     if a.merge:
         merge(a.merge, a.tuning, a.out, a.seed)
         return
-    model, clip, vae = P2.load()
+    model, clip, vae = P2.load(a.checkpoint)
     if a.tune:
         tuned, table = tune(model, clip, vae, a.tune_pictures)
         a.tune.write_text(json.dumps({"tuned": tuned, "table": table, "pictures": a.tune_pictures}))
