@@ -26,11 +26,17 @@ class WorldOracle:
     counterfactual: Callable      # (scene, concept, value) -> the SCM's counterfactual scene
     read: Callable                # (picture, scene it should show) -> (values, shares)
     regions: Callable             # (scene, size) -> {concept: boolean [size, size]}
+    shares: str = "share of each concept's region per value"    # what the reader's shares are
 
 
 # v1's probes read any picture of the world (no layout needed); its shares are the winning value's
-FIRST = WorldOracle("the miniature world's oracle", world.CONCEPTS, world.counterfactual,
-                    lambda picture, _: oracle.read_with_confidence(picture), paint.regions)
+FIRST_PROBES = WorldOracle("the miniature world's oracle", world.CONCEPTS, world.counterfactual,
+                           lambda picture, _: oracle.read_with_confidence(picture), paint.regions,
+                           "probes: share of each concept's probe for the value read")
+# v1's whole-region reader (oracle.read_regions): share of each concept's region per value
+FIRST_REGIONS = WorldOracle("the miniature world's oracle (whole regions)", world.CONCEPTS, world.counterfactual,
+                            oracle.read_regions, paint.regions)
+FIRST = FIRST_PROBES
 # world 2's reader: share of each concept's whole region per value (oracle2.read_regions)
 SECOND = WorldOracle("the miniature world 2's oracle (whole regions)", world2.CONCEPTS, world2.counterfactual,
                      oracle2.read_regions, paint2.regions)
@@ -85,7 +91,7 @@ class OracleJudge:
         """What the oracle reads (with the shares per value), and with a counterfactual whether each
         changed concept shows its new value and each non-descendant keeps its factual one."""
         values, shares = self.read(picture, counterfactual)
-        lines = [f"{label} (share of each concept's region per value):"] + [
+        lines = [f"{label} ({self.world.shares}):"] + [
             "  " + line for line in _read_lines(values, shares, self.world.concepts)]
         if counterfactual is not None:
             result = self.judge(picture, counterfactual)
@@ -100,3 +106,10 @@ def _count(verdicts, yes: str, no: str) -> str:
     return (f"{sum(v.present is True for v in verdicts)}/{len(verdicts)} ("
             + ", ".join(f"{v.concept} {yes if v.present else no} {v.value}" for v in verdicts) + ")")
 
+
+def reports(judge: OracleJudge, picture: np.ndarray, counterfactual=None, label: str = "picture") -> str:
+    """``judge``'s report; for the first world both readers' (probes, then whole regions), so partial
+    edits that fool the probes show beside their verdicts."""
+    if judge.world not in (FIRST_PROBES, FIRST_REGIONS):
+        return judge.report(picture, counterfactual, label)
+    return "\n".join(OracleJudge(judge.scene, w).report(picture, counterfactual, label) for w in (FIRST_PROBES, FIRST_REGIONS))
