@@ -268,3 +268,4 @@ def test_the_shipped_graph_json_is_the_worlds_and_the_editor_and_graph_only_mode
     cf = apply_intervention(graph, "weather", "sunny", proposed=world.propagated_values(scene, "weather", "sunny"))
     assert dict(cf.descendant_values) == {"sky": "blue sky", "ground": "dry ground", "windows": "dark windows"}
     assert set(cf.changed) == {"sky", "ground", "windows"}
+
