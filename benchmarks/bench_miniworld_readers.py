@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -90,8 +91,9 @@ def run(todo_cases, out: Path) -> list[dict]:
 
 
 def summarize(records: list[dict]) -> str:
-    lines = ["do(weather = sunny) on scripts/demo.py's MORE_SCENES, the shipped workflow's loop judged by each "
-             "v1 reader; the chosen picture then read by both (targets shown + invariants kept, of 6).", "",
+    lines = ["The shipped workflow's loop judged by each v1 reader (probes, whole regions): do(weather = sunny) on "
+             "scripts/demo.py's MORE_SCENES, and the miniature Table 1's pictures with their two interventions; the "
+             "chosen picture then read by both readers (targets shown + invariants kept).", "",
              "| Scene | Judge | Rounds (passed per round) | Chosen | Renderer | Read by probes | Read by regions |",
              "|---|---|---|---|---|---|---|"]
     for r in records:
@@ -100,10 +102,12 @@ def summarize(records: list[dict]) -> str:
                      + "{}/{} | {}/{} |".format(*r["read_by_probes"], *r["read_by_regions"]))
     for judge in ("probes", "regions"):
         rows = [r for r in records if r["judge"] == judge]
+        differ = sum(r["rounds_passed"] != o["rounds_passed"] for r in rows for o in records
+                     if o["label"] == r["label"] and o["judge"] != judge)
         passed = sum(r["read_by_regions"][0] == r["read_by_regions"][1] and r["read_by_probes"][0] == r["read_by_probes"][1]
                      for r in rows)
         lines.append(f"\nJudge {judge}: {passed} of {len(rows)} chosen pictures pass both readers; rounds "
-                     f"{sum(r['rounds'] for r in rows)} in all.")
+                     f"{sum(r['rounds'] for r in rows)} in all; edits whose rounds' verdicts differ from the other judge's: {differ}.")
     lines += ["", "Each chosen picture's whole-region shares:", ""]
     lines += [f"- {r['label']} ({r['judge']}): {r['answer_regions']}" for r in records]
     return "\n".join(lines) + "\n"
@@ -117,7 +121,8 @@ def main() -> None:
     p.add_argument("--summarize", action="store_true", help="only write the markdown from --out's records")
     a = p.parse_args()
     if a.summarize:
-        records = [r for f in sorted(Path(a.out).glob("records_*.json")) for r in json.loads(f.read_text())]
+        records = [r for f in Path(a.out).glob("records_*.json") for r in json.loads(f.read_text())]
+        records.sort(key=lambda r: (r["case"].startswith("table1"), int(re.search(r"(\d+)(?:_seed\d+)?$", r["case"])[1])))
         md = summarize(records)
         (REPO / "benchmarks" / "results" / "miniworld_readers.md").write_text(md)
         print(md)
