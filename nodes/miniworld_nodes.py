@@ -276,28 +276,31 @@ class MiniworldOracle(io.ComfyNode):
             category=WORLD_CATEGORY,
             description="Reads every concept's value off pictures of the miniature world by region (no learned judge). "
                         "With a counterfactual, also says whether each changed concept shows its new value "
-                        "(effectiveness) and each non-descendant keeps its value (invariance). The second world's "
-                        "pictures are read with its scene's oracle_judge (it knows the layout), each concept's "
-                        "whole region with the share of its pixels per value.",
+                        "(effectiveness) and each non-descendant keeps its value (invariance). With a scene's "
+                        "oracle_judge (it knows the layout) each concept's whole region is read too, with the share "
+                        "of its pixels per value (the first world's probes beside them); the second world's pictures "
+                        "need it.",
             is_output_node=True,
             inputs=[io.Image.Input("image", tooltip="Pictures of the miniature world (any size, square)."),
                     CounterfactualSocket.Input("counterfactual", optional=True,
                                                tooltip="From the Concept Manipulator: checks the pictures against it."),
                     JudgeSocket.Input("oracle_judge", optional=True,
-                                      tooltip="A scene node's oracle_judge: reads with that world's oracle on the "
-                                              "scene's layout (needed for Miniature World 2 Scene's pictures).")],
+                                      tooltip="A scene node's oracle_judge: reads whole regions on the scene's layout "
+                                              "(share of each region per value; the first world's probes beside "
+                                              "them). Needed for Miniature World 2 Scene's pictures.")],
             outputs=[io.String.Output(display_name="report")],
         )
 
     @classmethod
     def execute(cls, image, counterfactual=None, oracle_judge=None):
-        from fmcgm.miniworld.judge import OracleJudge
+        from functools import partial
+        from fmcgm.miniworld.judge import OracleJudge, reports
         from fmcgm.miniworld.oracle import report
         if oracle_judge is not None:
             if not isinstance(oracle_judge, OracleJudge):
                 raise ValueError(f"oracle_judge: {getattr(oracle_judge, 'name', type(oracle_judge).__name__)} is not "
                                  "a miniature world's oracle; connect a Miniature World (2) Scene's oracle_judge")
-            report = oracle_judge.report
+            report = partial(reports, oracle_judge)  # the first world's: probes and whole regions
         cfs = list(counterfactual or [])
         from fmcgm.miniworld import world2
         if oracle_judge is None and cfs and {c.name for c in cfs[0].graph.concepts} == set(world2.CONCEPTS):

@@ -52,6 +52,67 @@ def test_oracle_sees_a_changed_region_and_only_it():
                                                                         if c != world.SKY}
 
 
+def test_region_reader_reads_every_rendered_scene_with_whole_shares():
+    # the whole-region reader (shared with world 2) on the scene's layout: every concept of every
+    # scene, each value read with all of its region, at the trained size and at others
+    for size, n in ((128, 40), (96, 5), (256, 3)):
+        for s in scenes(n, f"regions{size}"):
+            values, shares = oracle.read_regions(paint.render(s, size), s)
+            assert values == s.values, size
+            assert all(shares[c][s.values[c]] > 0.97 for c in world.CONCEPTS), shares
+    # a scene drawn with its house on the other side reads that side, on the expected layout
+    s = scenes(1, "side")[0]
+    other = [v for v in world.VALUES[world.SIDE] if v != s.values[world.SIDE]][0]
+    moved = paint.render(world.Scene({**s.values, world.SIDE: other}, s.noise, s.layout))
+    assert oracle.read_regions(moved, s)[0][world.SIDE] == other
+
+
+def _paste(picture, source, mask, fraction: float, first: str):
+    """``picture`` with ``source`` (a picture or one colour) on ``fraction`` of ``mask``'s pixels, those
+    nearest its top, its centre or farthest from its centre (``first``): an edit that stopped part-way."""
+    ys, xs = mask.nonzero()
+    centre = (ys - ys.mean()) ** 2 + (xs - xs.mean()) ** 2
+    key = {"top": ys, "centre": centre, "outside": -centre}[first]
+    part = key.argsort(kind="stable")[: int(fraction * len(ys))]
+    out = picture.copy()
+    out[ys[part], xs[part]] = source[ys[part], xs[part]] if np.ndim(source) == 3 else source
+    return out
+
+
+def test_partial_edits_fool_the_probes_but_not_the_region_reader():
+    s = world.scene_from_values("rainy", "blue house", "house on the right side", 3)
+    cf = world.counterfactual(s, world.WEATHER, "sunny")
+    img, target = paint.render(s), paint.render(cf)
+    sky = paint.regions(s)[world.SKY]
+    corners = np.zeros_like(sky)
+    for x0, y0, x1, y1 in oracle.probes()[world.SKY]:
+        corners[int(y0 * 128):int(y1 * 128), int(x0 * 128):int(x1 * 128)] = True
+    corners_blue = img.copy()
+    corners_blue[corners & sky] = target[corners & sky]
+    for partial, blue in ((corners_blue, (0.2, 0.4)), (_paste(img, target, sky, 1 / 3, "top"), (0.25, 0.4))):
+        assert oracle.read(partial)[world.SKY] == "blue sky"              # the probes see the top corners
+        values, shares = oracle.read_regions(partial, cf)
+        assert values[world.SKY] == "grey sky"                            # most of the sky is still grey
+        assert blue[0] < shares[world.SKY]["blue sky"] < blue[1], shares[world.SKY]
+    # the sun painted on the half of its disc around its centre: the probe at the centre reads sunny
+    sun = paint.regions(cf)[world.WEATHER]
+    half_sun = _paste(img, target, sun, 0.5, "centre")
+    assert oracle.read(half_sun)[world.WEATHER] == "sunny"
+    values, shares = oracle.read_regions(half_sun, cf)
+    assert values[world.WEATHER] == "rainy" and 0.25 < shares[world.WEATHER]["sunny"] < 0.5, shares
+    # do(house): a snowy cloud tinted pink on its outer half is not kept, though its centre is
+    s2 = world.scene_from_values("snowy", "blue house", "house on the left side", 5)
+    cf2 = world.counterfactual(s2, world.HOUSE, "red house")
+    edited = paint.render(cf2)
+    pink = _paste(edited, (235, 150, 190), paint.regions(s2)[world.WEATHER], 0.5, "outside")
+    assert oracle.read(pink)[world.WEATHER] == "snowy"
+    values, shares = oracle.read_regions(pink, cf2)
+    assert values[world.WEATHER] is None and 0.3 < shares[world.WEATHER]["snowy"] < 0.5, shares
+    assert values[world.HOUSE] == "red house"
+    report = oracle.region_report(pink, cf2)
+    assert f"weather = ? (sunny {shares[world.WEATHER]['sunny']:.0%}, rainy" in report
+
+
 def test_phrases_and_captions_are_the_manipulators():
     from fmcgm.manipulator import edit_phrase, fully_specified_prompt
     for concept, values in world.VALUES.items():
@@ -207,3 +268,4 @@ def test_the_shipped_graph_json_is_the_worlds_and_the_editor_and_graph_only_mode
     cf = apply_intervention(graph, "weather", "sunny", proposed=world.propagated_values(scene, "weather", "sunny"))
     assert dict(cf.descendant_values) == {"sky": "blue sky", "ground": "dry ground", "windows": "dark windows"}
     assert set(cf.changed) == {"sky", "ground", "windows"}
+

@@ -162,3 +162,21 @@ def test_the_worlds_mechanisms_feed_the_manipulators_graph_only_mode(comfy):
     prompt["2"]["inputs"].update(concept="", value="")
     _, outputs = comfy.run_prompt({"1": prompt["1"], "2": prompt["2"]})
     assert outputs["2"]["text"][0] == "No intervention chosen yet."
+
+
+def test_oracle_node_reports_whole_region_shares_beside_the_probes_for_a_first_world_scene(comfy):
+    from tests.sdxl_graphs import graph_only_edit
+    scene_inputs = {"weather": "rainy", "house": "red house", "house_side": "house on the left side",
+                    "layout_seed": 7, "sky": "(from the weather)", "ground": "(from the weather)",
+                    "windows": "(from the weather)", "size": 128}
+    prompt = graph_only_edit("FMCGMMiniworldScene", scene_inputs, "weather", "sunny")
+    prompt["5"] = {"class_type": "FMCGMMiniworldOracle", "inputs": {
+        "image": ["1", 0], "counterfactual": ["3", 0], "oracle_judge": ["1", 4]}}
+    _, outputs = comfy.run_prompt(prompt)
+    report = outputs["5"]["text"][0]
+    # the unedited picture against do(weather = sunny): both readers, the regions' with every share
+    assert "image 0 (probes: share of each concept's probe for the value read):" in report
+    assert "image 0 (share of each concept's region per value):" in report
+    assert "weather = rainy (rainy 100%)" in report and "windows = lit windows (lit windows 100%)" in report
+    assert "sky = grey sky (grey sky 9" in report  # the cloud is outside the sun it should show: a few unread
+    assert report.count("effectiveness 0/4") == 2 and report.count("invariance 2/2") == 2, report

@@ -5,8 +5,9 @@ where each concept lies, from the scene it was made for: a concept's region is w
 the original or in the true counterfactual (a sun that becomes a cloud covers both shapes). A
 concept the oracle cannot read counts as not shown, as in the miniature Tables 1. One judge class
 serves both worlds; ``WorldOracle`` holds what differs (the reader, the regions, the SCM's
-counterfactual). The second world's reader needs the layout, so a picture is read on the layout
-of the scene the judge was made for, with the counterfactual's values (abduction keeps the layout).
+counterfactual). Whole-region readers (world 2's, and v1's ``FIRST``) need the layout, so a picture
+is read on the layout of the scene the judge was made for, with the counterfactual's values
+(abduction keeps the layout); v1's probe reader (``FIRST_PROBES``) is kept for reports beside them.
 """
 from __future__ import annotations
 
@@ -26,11 +27,19 @@ class WorldOracle:
     counterfactual: Callable      # (scene, concept, value) -> the SCM's counterfactual scene
     read: Callable                # (picture, scene it should show) -> (values, shares)
     regions: Callable             # (scene, size) -> {concept: boolean [size, size]}
+    shares: str = "share of each concept's region per value"    # what the reader's shares are
 
 
-# v1's probes read any picture of the world (no layout needed); its shares are the winning value's
-FIRST = WorldOracle("the miniature world's oracle", world.CONCEPTS, world.counterfactual,
-                    lambda picture, _: oracle.read_with_confidence(picture), paint.regions)
+# v1's probes read any picture of the world (no layout needed); its shares are the winning value's.
+# They are fooled by partial edits (a sky blue at its corners only), so v1's judge reads whole regions:
+# on demo.py's 8 scenes the loop passed the same round with either (benchmarks/bench_miniworld_readers.py).
+FIRST_PROBES = WorldOracle("the miniature world's oracle", world.CONCEPTS, world.counterfactual,
+                           lambda picture, _: oracle.read_with_confidence(picture), paint.regions,
+                           "probes: share of each concept's probe for the value read")
+# v1's whole-region reader (oracle.read_regions): share of each concept's region per value
+FIRST_REGIONS = WorldOracle("the miniature world's oracle (whole regions)", world.CONCEPTS, world.counterfactual,
+                            oracle.read_regions, paint.regions)
+FIRST = FIRST_REGIONS
 # world 2's reader: share of each concept's whole region per value (oracle2.read_regions)
 SECOND = WorldOracle("the miniature world 2's oracle (whole regions)", world2.CONCEPTS, world2.counterfactual,
                      oracle2.read_regions, paint2.regions)
@@ -85,7 +94,7 @@ class OracleJudge:
         """What the oracle reads (with the shares per value), and with a counterfactual whether each
         changed concept shows its new value and each non-descendant keeps its factual one."""
         values, shares = self.read(picture, counterfactual)
-        lines = [f"{label} (share of each concept's region per value):"] + [
+        lines = [f"{label} ({self.world.shares}):"] + [
             "  " + line for line in _read_lines(values, shares, self.world.concepts)]
         if counterfactual is not None:
             result = self.judge(picture, counterfactual)
@@ -100,3 +109,10 @@ def _count(verdicts, yes: str, no: str) -> str:
     return (f"{sum(v.present is True for v in verdicts)}/{len(verdicts)} ("
             + ", ".join(f"{v.concept} {yes if v.present else no} {v.value}" for v in verdicts) + ")")
 
+
+def reports(judge: OracleJudge, picture: np.ndarray, counterfactual=None, label: str = "picture") -> str:
+    """``judge``'s report; for the first world both readers' (probes, then whole regions), so partial
+    edits that fool the probes show beside their verdicts."""
+    if judge.world not in (FIRST_PROBES, FIRST_REGIONS):
+        return judge.report(picture, counterfactual, label)
+    return "\n".join(OracleJudge(judge.scene, w).report(picture, counterfactual, label) for w in (FIRST_PROBES, FIRST_REGIONS))

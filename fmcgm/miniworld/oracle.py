@@ -10,15 +10,25 @@ house-coloured), since the wall and window probes, and the ground probe, depend 
 
 Works on pictures of any size (probes are in units of the side). ``read`` takes an RGB array
 [H, W, 3] (uint8 0-255, or float 0-1).
+
+Probes can be fooled by partial edits (a sky blue at its top corners only reads blue), so
+``read_regions`` reads whole regions instead, on the layout of a scene the picture should show
+(``region_reader``: the share of each concept's region per value). It reads the house's side last,
+by voting between the two layouts' renders over both houses' places: the side moves the whole house,
+so what shows where a house is not (sky and ground) and the house itself must be read first; the
+other concepts are read on the scene's layout, as abduction keeps it.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Optional
 
 import numpy as np
 
 from . import paint as R
-from .world import CONCEPTS, GROUND, HOUSE, SIDE, SKY, WEATHER, WINDOWS
+from . import region_reader
+from .region_reader import as_rgb255
+from .world import CONCEPTS, GROUND, HOUSE, SIDE, SKY, VALUES, WEATHER, WINDOWS
 
 MIN_SHARE = 0.5       # fraction of a probe's pixels that must agree on one value
 MAX_DISTANCE = 80.0   # RGB distance (0-255) beyond which a pixel matches no palette colour
@@ -117,14 +127,6 @@ def _vote(pixels: np.ndarray, concept: str) -> tuple[Optional[str], float]:
     return (best if share >= MIN_SHARE else None), share
 
 
-def _as_rgb255(img) -> np.ndarray:
-    a = np.asarray(img)
-    if a.ndim != 3 or a.shape[-1] < 3:
-        raise ValueError(f"expected an RGB picture [H, W, 3], got shape {a.shape}")
-    a = a[..., :3].astype(np.float32)
-    return a * 255.0 if a.max() <= 1.0 + 1e-6 and np.asarray(img).dtype != np.uint8 else a
-
-
 def read(img) -> dict[str, Optional[str]]:
     """Every concept's value as the picture shows it (None: the oracle cannot tell)."""
     return read_with_confidence(img)[0]
@@ -132,7 +134,7 @@ def read(img) -> dict[str, Optional[str]]:
 
 def read_with_confidence(img) -> tuple[dict[str, Optional[str]], dict[str, float]]:
     """(values, shares): each value with the share of its probe that voted for it."""
-    a = _as_rgb255(img)
+    a = as_rgb255(img)
     values: dict[str, Optional[str]] = {}
     shares: dict[str, float] = {}
     for concept, boxes in probes().items():
@@ -153,6 +155,29 @@ def read_with_confidence(img) -> tuple[dict[str, Optional[str]], dict[str, float
             continue
         values[concept], shares[concept] = _vote(_pixels(a, boxes), concept)
     return {c: values[c] for c in CONCEPTS}, {c: shares[c] for c in CONCEPTS}
+
+
+REGION_ORDER = (SKY, GROUND, WEATHER, HOUSE, WINDOWS, SIDE)
+
+
+def value_renders(scene, concept: str, size: int = R.SIZE) -> np.ndarray:
+    """[values, size, size, 3] float: ``scene`` rendered with each value of ``concept`` (others kept)."""
+    return np.stack([R.render(replace(scene, values={**scene.values, concept: v}), size).astype(np.float32)
+                     for v in VALUES[concept]])
+
+
+def read_regions(img, scene) -> tuple[dict, dict]:
+    """(values, shares) by whole regions on a picture of ``scene``'s layout (a ``world.Scene``):
+    each concept's value (None: cannot tell) and {value: share of its region voting for it}."""
+    values, shares = region_reader.read_regions(img, scene, value_renders, VALUES, REGION_ORDER)
+    return {c: values[c] for c in CONCEPTS}, {c: shares[c] for c in CONCEPTS}
+
+
+def region_report(img, scene, label: str = "picture") -> str:
+    """What the whole-region reader reads, with every value's share of each concept's region."""
+    values, shares = read_regions(img, scene)
+    return f"{label} (whole regions): " + "; ".join(region_reader.concept_line(c, values[c], shares[c])
+                                                   for c in CONCEPTS)
 
 
 def same_value(a: Optional[str], b: str) -> bool:
