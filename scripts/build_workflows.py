@@ -291,7 +291,7 @@ def miniature_world() -> Workflow:
     graph["15"] = node("PreviewImage", "Every round, in order", images=["12", 3])
     graph["41"]["inputs"]["edited"] = ["12", 0]
     graph["17"] = node("FMCGMMiniworldOracle", "Does the edit show it? (the world's oracle)",
-                       image=["12", 0], counterfactual=["8", 0])
+                       image=["12", 0], counterfactual=["8", 0], oracle_judge=["2", 4])
     title = "FM-CGM miniature world (real edit, no downloads)"
     note = (f"## {title}\nA real causal edit on a model that has learned its concepts, with nothing to download: "
             "a tiny SDXL trained on this pack's miniature world (weather → sky, ground, windows; the house's "
