@@ -51,8 +51,6 @@ def start_token_maps():
 
 def picture_shares(model, clip, vae, index: int, seed: int, scale: float, threshold: float) -> list:
     """Records {picture, kind, reading, concept, share, chance} for one picture's three edits."""
-    import torch
-    from fmcgm.csg import causal_edits, sampler
     from fmcgm.miniworld import paint2, pipeline as P, pipeline2 as P2
     scene, todo, inv_seed = P2.benchmark_case(index, seed)
     cfs = [P2.counterfactual(scene, c, v) for c, v in todo]
@@ -60,10 +58,8 @@ def picture_shares(model, clip, vae, index: int, seed: int, scale: float, thresh
     records = []
     for reading in READINGS:
         mode = "intersect" if reading == "start token" else reading
-        with torch.inference_mode(), (start_token_maps() if reading == "start token" else contextlib.nullcontext()):
-            edits = causal_edits.edits_from_counterfactuals(clip, cfs, scale=scale, threshold=threshold,
-                                                            warmup=P.PAPER["warmup"])
-            result = sampler.edit(model, inv, edits, mask_mode=mode)
+        with start_token_maps() if reading == "start token" else contextlib.nullcontext():
+            result = P.csg(model, clip, inv, cfs, scale=scale, threshold=threshold, mask_mode=mode)
         for k, ((kind, _), cf) in enumerate(zip(todo, cfs)):
             for concept, (share, chance) in P2.mask_shares(result.masks[k].numpy(), scene, cf).items():
                 records.append({"picture": index, "kind": kind, "reading": reading, "concept": concept,

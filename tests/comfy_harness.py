@@ -16,7 +16,6 @@ Two ways, both the real thing:
 from __future__ import annotations
 
 import asyncio
-import uuid
 from pathlib import Path
 
 from fmcgm.runner import boot, lanes
@@ -102,16 +101,13 @@ class PromptError(RuntimeError):
 def run_prompt(prompt: dict, executor=None, extra_data: dict | None = None):
     """Validate and execute an API-format prompt; return (executor, history outputs). ``extra_data`` is
     what a client sends beside the prompt (e.g. the frontend's {"preview_method": "latent2rgb"})."""
-    import execution
     load_packs()
-    prompt_id = str(uuid.uuid4())
-    valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
-    if not valid[0]:
-        raise PromptError(f"prompt invalid: {valid[1]}; node errors: {valid[3]}",
-                          {"error": valid[1], "node_errors": valid[3]})
     if executor is None:
         executor = new_executor()
-    executor.execute(prompt, prompt_id, dict(extra_data or {}), valid[2])
+    _, refused = boot.run_prompt(executor, prompt, dict(extra_data or {}), asyncio.run, all_outputs=False)
+    if refused:
+        raise PromptError(f"prompt invalid: {refused[0]}; node errors: {refused[1]}",
+                          {"error": refused[0], "node_errors": refused[1]})
     if not executor.success:
         errors = [m for m in executor.status_messages if m[0] == "execution_error"]
         raise PromptError(f"execution failed: {errors[-1][1].get('exception_message') if errors else '?'}",

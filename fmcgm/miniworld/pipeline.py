@@ -131,11 +131,12 @@ TUNED = {"edit_guidance": 16.0, "threshold": 0.5}
 
 
 def csg(model, clip, inv, counterfactuals: Sequence, protect: float = 0.0, record_steps: bool = False,
-        region: Optional[torch.Tensor] = None, scale: Optional[float] = None, threshold: Optional[float] = None):
+        region: Optional[torch.Tensor] = None, scale: Optional[float] = None, threshold: Optional[float] = None,
+        mask_mode: Optional[str] = None):
     """CSG edits of one inversion, one row per counterfactual (all in one batch). ``region``
     (latent-sized, [1, 1, h, w]) restricts the guidance like the CSG Sampler's region input;
-    ``scale`` and ``threshold`` (s_e, lambda) default to the paper's. Returns the library's
-    ``EditResult`` (raw latents, per-concept masks)."""
+    ``scale``, ``threshold`` (s_e, lambda) and ``mask_mode`` default to the paper's. Returns the
+    library's ``EditResult`` (raw latents, per-concept masks)."""
     from fmcgm.csg import sampler
     from fmcgm.csg.causal_edits import edits_from_counterfactuals
     with torch.inference_mode():
@@ -143,7 +144,7 @@ def csg(model, clip, inv, counterfactuals: Sequence, protect: float = 0.0, recor
             clip, list(counterfactuals), protect_strength=protect, protect_threshold=PAPER["protect_threshold"],
             scale=PAPER["edit_guidance"] if scale is None else scale,
             threshold=PAPER["threshold"] if threshold is None else threshold, warmup=PAPER["warmup"])
-        return sampler.edit(model, inv, edits, mask_mode=PAPER["mask_mode"], record_steps=record_steps,
+        return sampler.edit(model, inv, edits, mask_mode=mask_mode or PAPER["mask_mode"], record_steps=record_steps,
                             user_mask=region)
 
 

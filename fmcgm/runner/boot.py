@@ -112,6 +112,22 @@ def new_executor(server):
                                     cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
 
 
+def run_prompt(executor, prompt: dict, extra_data: dict, run_until_complete, all_outputs: bool = True):
+    """Validate an API-format prompt as ComfyUI's /prompt does, then execute it with ``executor``.
+    Returns (prompt_id, None) after a run, or (None, (error, node_errors)) when validation refused it,
+    or when ``all_outputs`` and some outputs are invalid (ComfyUI would run the valid ones only).
+    ``run_until_complete`` runs the validation coroutine (an event loop's, or ``asyncio.run``)."""
+    import uuid
+
+    import execution
+    prompt_id = str(uuid.uuid4())
+    valid = run_until_complete(execution.validate_prompt(prompt_id, prompt, None))
+    if not valid[0] or (all_outputs and valid[3]):
+        return None, (valid[1] or {"message": "some outputs of the prompt are invalid"}, valid[3])
+    executor.execute(prompt, prompt_id, extra_data, valid[2])
+    return prompt_id, None
+
+
 def _first_on_path(root: Path) -> None:
     """ComfyUI's folder first, so its ``nodes``, ``utils``, ``server`` and ``comfy`` win over any of that name."""
     if str(root) in sys.path:

@@ -19,12 +19,11 @@ import asyncio
 import os
 import shutil
 import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-from .boot import check_comfy_folder, import_comfy, new_executor
+from .boot import check_comfy_folder, import_comfy, new_executor, run_prompt
 
 ProgressCallback = Callable[[str, dict], None]  # (event, data) as ComfyUI's websocket would send them
 
@@ -173,19 +172,17 @@ class InProcessComfy:
     def run(self, prompt: dict, progress: Optional[ProgressCallback] = None) -> RunResult:
         import time
 
-        import execution
-        prompt_id = str(uuid.uuid4())
-        valid = self._loop.run_until_complete(execution.validate_prompt(prompt_id, prompt, None))
-        if not valid[0] or valid[3]:  # ComfyUI would run the valid outputs only: refuse, say why
-            error = valid[1] or {"message": "some outputs of the prompt are invalid"}
-            raise ComfyRunError(format_node_errors(prompt, error, valid[3]), {"error": error,
-                                                                              "node_errors": valid[3]})
         self._progress = progress
         started = time.perf_counter()
-        try:
-            self.executor.execute(prompt, prompt_id, {"client_id": self._server.client_id}, valid[2])
+        try:  # all outputs valid, or refused: ComfyUI would run the valid outputs only
+            prompt_id, refused = run_prompt(self.executor, prompt, {"client_id": self._server.client_id},
+                                            self._loop.run_until_complete)
         finally:
             self._progress = None
+        if refused:
+            error, node_errors = refused
+            raise ComfyRunError(format_node_errors(prompt, error, node_errors), {"error": error,
+                                                                                 "node_errors": node_errors})
         messages = list(self.executor.status_messages)
         if not self.executor.success:
             raise ComfyRunError(execution_error_text(prompt, messages), messages)
