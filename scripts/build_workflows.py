@@ -355,12 +355,11 @@ def miniature_world2() -> Workflow:
     graph["12"]["inputs"].update(MINIWORLD2_START)
     graph["12"]["_meta"] = {"title": "Render the edit and check it (judged by the world 2 oracle)"}
     graph["14"]["inputs"]["filename_prefix"] = "fmcgm/miniworld2"
-    graph["17"] = node("FMCGMMiniworldOracle", "Does the edit show it? (the world 2 oracle, whole regions)",
-                       image=["12", 0], counterfactual=["8", 0], oracle_judge=["2", 4])
+    graph["17"]["_meta"] = {"title": "Does the edit show it? (the world 2 oracle, whole regions)"}
     title = "FM-CGM miniature world 2 (local edits, no downloads)"
     note = (f"## {title}\nA causal edit that should change only a small part of the picture, with nothing to "
             "download: a tiny SDXL trained on the pack's second miniature world, whose text encoders were trained "
-            "with it (weather → sky, ground, the figure's umbrella; fire → chimney smoke and lit windows, which "
+            "with it and grounded, so a phrase's attention lies on its concept (weather → sky, ground, the figure's umbrella; fire → chimney smoke and lit windows, which "
             "lie elsewhere than the fire; the house's and the door's colours independent; clutter on the ground "
             "that no caption names). It ships in the pack's `models/` folder.\n\n**Run** (Queue): "
             f"do({concept} = {value}) on a house with no fire: the round gable window should glow, smoke rise "
