@@ -50,6 +50,8 @@ def main() -> None:
         gr.add_argument("--" + name.replace("_", "-"), type=kind)
     gr.add_argument("--threads", type=int, default=1)
     gr.add_argument("--resume", type=Path, help="a state folder of an earlier grounding run: go on from it")
+    gr.add_argument("--target", choices=("touched", "coverage"), help="the cells a region touches (default), "
+                    "or each cell weighed by the share of it the region covers")
     e = sub.add_parser("export", help="write the checkpoint from the state files (needs this pack's ComfyUI set-up)")
     e.add_argument("--states", type=Path, required=True)
     e.add_argument("--out", type=Path, required=True)
@@ -71,7 +73,7 @@ def main() -> None:
         import torch
         torch.set_num_threads(a.threads)
         from fmcgm.miniworld import grounding2
-        keys = ("batch", "lr", "weight", "scenes", "seed", "workers", "save_seconds", "max_steps", "resume")
+        keys = ("batch", "lr", "weight", "scenes", "seed", "workers", "save_seconds", "max_steps", "resume", "target")
         grounding2.finetune(a.checkpoint, a.out, a.seconds or 3600.0,
                             **{k: getattr(a, k) for k in keys if getattr(a, k) is not None})
     elif a.command == "spec":

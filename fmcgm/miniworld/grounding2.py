@@ -37,11 +37,16 @@ REGION_PX = 64       # regions are drawn at this size to find the cells they tou
 
 # ------------------------------------------------------------------ data: scenes, regions, phrase tokens
 
+TARGETS = ("touched", "coverage")   # the loss's target: the cells a region touches, or each cell's share of it
+
+
 def region_cells(scene, cells: int) -> np.ndarray:
-    """[concepts, cells * cells] bool: the attention cells each concept's region touches."""
+    """[concepts, cells * cells] float: the share of each attention cell a concept's region covers
+    (> 0: the cells it touches)."""
     r = paint2.regions(scene, REGION_PX)
     k = REGION_PX // cells
-    return np.stack([r[c].reshape(cells, k, cells, k).any(axis=(1, 3)).reshape(-1) for c in world2.CONCEPTS])
+    return np.stack([r[c].reshape(cells, k, cells, k).mean(axis=(1, 3)).reshape(-1)
+                     for c in world2.CONCEPTS]).astype(np.float32)
 
 
 def _scene_chunk(args):
@@ -128,7 +133,8 @@ class AttentionMaps:
 
 def grounding_loss(maps: torch.Tensor, spans: list, cells: torch.Tensor, eps: float = 1e-6) -> tuple:
     """(mean over phrases of -log(share of the phrase's map on its region), mean share).
-    ``spans``: per row, [(concept, a, b)]; ``cells``: [B, concepts, cells] bool."""
+    ``spans``: per row, [(concept, a, b)]; ``cells``: [B, concepts, cells], 1 where the region is
+    (the cells it touches), or each cell's share of it (a map on a partly covered cell counts in part)."""
     rows, cols, concept = [], [], []
     for i, row in enumerate(spans):
         for c, a, b in row:
@@ -147,16 +153,21 @@ def grounding_loss(maps: torch.Tensor, spans: list, cells: torch.Tensor, eps: fl
 
 def finetune(checkpoint: Path, out: Path, seconds: float, batch: int = 32, lr: float = 1e-4, weight: float = 0.05,
              scenes: int = 4000, seed: int = 0, workers: int = 1, save_seconds: float = 300.0,
-             ema_decay: float = 0.998, max_steps: int = 10 ** 9, resume: Path | None = None) -> dict:
+             ema_decay: float = 0.998, max_steps: int = 10 ** 9, resume: Path | None = None,
+             target: str = "touched") -> dict:
     """Fine-tune ``checkpoint``'s UNet and text encoders for ``seconds`` (CPU or whatever ComfyUI
     picks): diffusion loss (min-SNR weighted, as ``train2``) + ``weight`` x grounding loss.
     ``resume``: a state folder this wrote (partial or finished): its EMA weights are the start
-    and its step count goes on (each step's batch is drawn from the step number, as in ``train2``)."""
+    and its step count goes on (each step's batch is drawn from the step number, as in ``train2``).
+    ``target``: "touched" rewards the maps' share on the cells a region touches (the shipped
+    checkpoint's), "coverage" weighs each cell by the share of it the region covers."""
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
     from . import model as M
     out.mkdir(parents=True, exist_ok=True)
     log = Log(out / "world2_train_log.jsonl")
     settings = {"kind": "grounding", "checkpoint": Path(checkpoint).name, "seconds": seconds, "batch": batch, "lr": lr,
-                "weight": weight, "scenes": scenes, "seed": seed, "ema_decay": ema_decay}
+                "weight": weight, "scenes": scenes, "seed": seed, "ema_decay": ema_decay, "target": target}
     log(stage="start", **settings)
     patcher, clip_obj, vae_obj = M.load(checkpoint, unet_dtype=torch.float32)
     unet = patcher.model.diffusion_model.float()
@@ -171,14 +182,15 @@ def finetune(checkpoint: Path, out: Path, seconds: float, batch: int = 32, lr: f
     table = token_table(clip_obj)
     cells_n = (paint2.SIZE // 8 // LEVEL) ** 2
     t0 = time.time()
-    images, values, cells = cached_pool(out / f"scenes-{seed + 7}-{scenes}.npz", seed + 7, scenes, workers,
+    images, values, cover = cached_pool(out / f"scenes-{seed + 7}-{scenes}-cover.npz", seed + 7, scenes, workers,
                                         int(cells_n ** 0.5))
+    cells = cover if target == "coverage" else (cover > 0).astype(np.float32)
     with torch.no_grad():
         latents = torch.cat([vae_posterior(vae, to_tensor(images[a:a + 128]))[0]
                              for a in range(0, len(images), 128)]) * LATENT_SCALE
     cells = torch.from_numpy(cells)
     log(stage="data", scenes=len(images), seconds=round(time.time() - t0, 1),
-        region_cells=dict(zip(world2.CONCEPTS, cells.float().mean((0, 2)).numpy().round(3).tolist())))
+        region_cells=dict(zip(world2.CONCEPTS, (cells > 0).float().mean((0, 2)).numpy().round(3).tolist())))
     maps = AttentionMaps(unet, cells_n)
     params, opt, ema = start_training(unet, clip, lr)
     ab = alphas_cumprod().float()
