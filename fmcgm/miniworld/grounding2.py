@@ -9,8 +9,9 @@ grounds Stable Diffusion's tokens with segmentation masks. For every phrase of a
 caption, its tokens' cross-attention probabilities at the layers CSG reads its masks from (the
 1/4-latent level, down and up blocks: ``csg.attention.ledits_sites``), summed over the phrase's
 tokens, averaged over heads and layers and normalised over the picture, should lie on the cells
-its concept's region touches; the loss is -log of that share. The regions are the renderer's
-(``paint2.regions``), which is what the benchmark's localisation table scores against.
+its concept's region touches (target "touched", the shipped checkpoint's; "coverage" weighs each
+cell by the share of it the region covers); the loss is -log of that share. The regions are the
+renderer's (``paint2.regions``), which is what the benchmark's localisation table scores against.
 
 What it does not touch: the world, the captions' mix (``train2.CAPTION_MIX``), the diffusion
 loss and the VAE. It starts from a finished checkpoint (``model.load``) and writes the same
