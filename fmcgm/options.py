@@ -19,6 +19,9 @@ ATTENTION_TOKENS = ("prompt", "all")                   # which tokens' cross-att
 VLM_DTYPES = ("auto", "bf16", "fp16", "fp32")
 VLM_ATTENTION = ("auto", "sdpa", "eager", "flash_attention_2")
 
+# ---- the Evaluate Counterfactual node's LPIPS choice that skips LPIPS (the evaluation job reads it too)
+NO_LPIPS = "(none: skip LPIPS)"
+
 # ---- the models the shipped workflows name (a user's own files; the pack never downloads)
 SDXL_CHECKPOINT = "sd_xl_base_1.0.safetensors"
 QWEN_FOLDER = "Qwen3-VL-8B-Instruct"

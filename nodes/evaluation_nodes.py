@@ -11,12 +11,13 @@ import os
 
 import folder_paths
 
+from fmcgm.options import NO_LPIPS
+
 from ._api import EVALUATION_CATEGORY, io, schema, ui
 from ._types import CounterfactualSocket, VLMSocket
 from ._vlm_inputs import max_new_tokens_input, seed_input, temperature_input
 
 LPIPS_FOLDER = "lpips"
-NO_LPIPS = "(none: skip LPIPS)"
 AUTO_LPIPS = "auto: vgg16-397923af.pth (models/lpips or torch hub cache)"
 
 

@@ -300,7 +300,7 @@ class MiniworldOracle(io.ComfyNode):
             if not isinstance(oracle_judge, OracleJudge):
                 raise ValueError(f"oracle_judge: {getattr(oracle_judge, 'name', type(oracle_judge).__name__)} is not "
                                  "a miniature world's oracle; connect a Miniature World (2) Scene's oracle_judge")
-            report = partial(reports, oracle_judge)  # the first world's: probes and whole regions
+            report = partial(reports, oracle_judge)  # its world's readers: the first world's probes and regions
         cfs = list(counterfactual or [])
         from fmcgm.miniworld import world2
         if oracle_judge is None and cfs and {c.name for c in cfs[0].graph.concepts} == set(world2.CONCEPTS):

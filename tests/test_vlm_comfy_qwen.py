@@ -1,6 +1,6 @@
 """ComfyUI's own Qwen3-VL as the pack's VLM (fmcgm/vlm/comfy_qwen_backend.py, node FMCGMComfyQwen3VL).
 
-On ComfyUI 0.33+: a tiny Qwen3-VL built with ComfyUI's classes (tests/fixtures/tiny_comfy_qwen3vl.py)
+On ComfyUI 0.33+: a tiny Qwen3-VL built with ComfyUI's classes (fmcgm/tiny/comfy_qwen3vl.py)
 sits in models/text_encoders and comes out of the stock Load CLIP; the three VLM stages run through
 the real executor; the decode loop gives the transformers backend's tokens on the same weights;
 Cancel, progress and the memory manager behave as for the other local backend. On 0.3.75 the node
@@ -25,7 +25,7 @@ native = pytest.mark.skipif(comfy_version() < (0, 33), reason="ComfyUI < 0.33 ha
 @pytest.fixture(scope="module")
 def tiny_te(comfy, comfy_dirs):
     import folder_paths
-    from tests.fixtures import tiny_comfy_qwen3vl
+    from fmcgm.tiny import comfy_qwen3vl as tiny_comfy_qwen3vl
     folder = comfy_dirs["models"] / "text_encoders"
     folder_paths.add_model_folder_path("text_encoders", str(folder), is_default=True)
     path = folder / TINY_FILE
@@ -44,8 +44,8 @@ def clip(tiny_te):
 
 @pytest.fixture(scope="module")
 def hf_dir(tiny_te, tmp_path_factory):
-    """The same weights as a transformers folder (tests/fixtures/tiny_comfy_qwen3vl.hf_folder)."""
-    from tests.fixtures import tiny_comfy_qwen3vl
+    """The same weights as a transformers folder (fmcgm/tiny/comfy_qwen3vl.hf_folder)."""
+    from fmcgm.tiny import comfy_qwen3vl as tiny_comfy_qwen3vl
     return tiny_comfy_qwen3vl.hf_folder(tiny_te, tmp_path_factory.mktemp("tiny-comfy-qwen3vl-hf"))
 
 
@@ -109,7 +109,7 @@ def test_three_stages_give_schema_valid_answers_through_the_executor(tiny_te):
 
 @native
 def test_decode_loop_gives_the_transformers_backends_tokens_on_the_same_weights(backends):
-    """The same file in transformers (tests/fixtures/tiny_comfy_qwen3vl.hf_folder): greedy answers agree
+    """The same file in transformers (fmcgm/tiny/comfy_qwen3vl.hf_folder): greedy answers agree
     token for token, picture or not, constrained or not, reasoning or not."""
     from fmcgm.vlm.base import ChatMessage, GenerationRequest
     ours, reference = backends["comfy"], backends["transformers"]

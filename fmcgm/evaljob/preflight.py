@@ -17,10 +17,10 @@ import urllib.request
 from pathlib import Path
 from typing import Optional
 
+from ..options import NO_LPIPS
 from ..workflow_format import node_inputs, spec_options
 from .prompt import EVALUATE, VLMServer
 
-NO_LPIPS = "(none: skip LPIPS)"  # the Evaluate Counterfactual node's choice (nodes/evaluation_nodes.py)
 SKIP_LPIPS = f"--set '*.lpips_weights={NO_LPIPS}'"
 VLM_TIMEOUT_S = 60.0  # one token; a loaded server answers in well under a second
 
@@ -73,7 +73,7 @@ def _served_models_hint(backend, vlm: VLMServer) -> str:
 def check_comfyui(folder: Optional[str], servers: tuple[str, ...]) -> list[str]:
     """The ComfyUI folder is one; each server answers and has the FM-CGM pack's evaluation node."""
     from ..runner.client import ComfyClient
-    from ..runner.inprocess import check_comfy_folder
+    from ..runner.boot import check_comfy_folder
     problems = []
     if folder:
         try:

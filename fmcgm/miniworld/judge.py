@@ -76,7 +76,9 @@ class OracleJudge:
         return self.world.read(picture, shown)
 
     def judge(self, picture: np.ndarray, counterfactual) -> EffectivenessResult:
-        values, shares = self.read(picture, counterfactual)
+        return self._verdicts(counterfactual, *self.read(picture, counterfactual))
+
+    def _verdicts(self, counterfactual, values: dict, shares: dict) -> EffectivenessResult:
         verdict = lambda name, value, role: Verdict(name, value, role, oracle.same_value(values.get(name), value))  # noqa: E731
         return EffectivenessResult(tuple(verdict(*t) for t in counterfactual_targets(counterfactual)),
                                    tuple(verdict(*t) for t in invariant_targets(counterfactual)),
@@ -97,7 +99,7 @@ class OracleJudge:
         lines = [f"{label} ({self.world.shares}):"] + [
             "  " + line for line in _read_lines(values, shares, self.world.concepts)]
         if counterfactual is not None:
-            result = self.judge(picture, counterfactual)
+            result = self._verdicts(counterfactual, values, shares)
             lines.append(f"  do({counterfactual.concept} = {counterfactual.value}): effectiveness "
                          + _count(result.verdicts, "ok", "NOT"))
             if result.invariance_verdicts:

@@ -47,9 +47,3 @@ def clutter_kept(img, scene: WorldScene, reference=None) -> list[bool]:
             else [np.asarray(rgb, dtype=np.float32) for _, rgb in paint2.clutter_boxes(scene)])
     return [bool(np.linalg.norm(got - w) <= CLUTTER_TOLERANCE) for got, w in zip(clutter_colours(img, scene), want)]
 
-
-def report(img, scene: WorldScene, label: str = "picture") -> str:
-    values, shares = read_regions(img, scene)
-    parts = [region_reader.concept_line(c, values[c], shares[c]) for c in CONCEPTS]
-    kept = clutter_kept(img, scene)
-    return f"{label}: " + "; ".join(parts) + f"; clutter kept {sum(kept)}/{len(kept)}"

@@ -134,24 +134,23 @@ def regions(scene: WorldScene, size: int = SIZE) -> dict:
     """concept -> boolean [size, size]: the pixels where the concept's value shows, whatever it is
     (the pixels that differ between renders of the scene with each of its values; the sun's and the
     cloud's shapes both count for the weather). A pixel counts when any supersample does."""
-    out = {}
-    for concept in WORLD.concepts:
-        out[concept] = value_pixels(scene, concept, size).any(axis=0)
-    return out
+    shapes = _shapes(scene, 2 * size)   # the layout's, shared by every render below
+    return {concept: value_pixels(scene, concept, size, shapes=shapes).any(axis=0) for concept in WORLD.concepts}
 
 
-def value_renders(scene: WorldScene, concept: str, size: int = SIZE) -> np.ndarray:
+def value_renders(scene: WorldScene, concept: str, size: int = SIZE, shapes: dict = None) -> np.ndarray:
     """[values, size, size, 3] float: the scene rendered with each value of ``concept`` (others kept)."""
     from dataclasses import replace
-    shapes = _shapes(scene, 2 * size)
+    shapes = shapes or _shapes(scene, 2 * size)
     return np.stack([render(replace(scene, values={**scene.values, concept: v}), size, shapes).astype(np.float32)
                      for v in WORLD.values[concept]])
 
 
-def value_pixels(scene: WorldScene, concept: str, size: int = SIZE, min_diff: float = 24.0) -> np.ndarray:
+def value_pixels(scene: WorldScene, concept: str, size: int = SIZE, min_diff: float = 24.0,
+                 shapes: dict = None) -> np.ndarray:
     """[values, size, size] bool: for each value, the pixels where its render differs (by more than
     ``min_diff`` in RGB distance) from the render of some other value: where that value shows."""
-    r = value_renders(scene, concept, size)
+    r = value_renders(scene, concept, size, shapes)
     d = np.linalg.norm(r[:, None] - r[None], axis=-1)   # [v, v, H, W]
     return (d > min_diff).any(axis=1)
 

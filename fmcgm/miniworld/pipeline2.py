@@ -61,13 +61,14 @@ def score(original: np.ndarray, edited: np.ndarray, scene: WorldScene, concept: 
     cf = world2.counterfactual(scene, concept, value)
     changed = world2.WORLD.changed(scene, cf)
     values, shares = oracle2.read_regions(edited, cf)
-    outside = ~paint2.dilate(paint2.changed_region(scene, cf, changed, original.shape[0]), DILATE_PX)
+    region = paint2.changed_region(scene, cf, changed, original.shape[0])
+    outside = ~paint2.dilate(region, DILATE_PX)
     diff = np.abs(edited.astype(np.float32) - original.astype(np.float32)).mean(-1) / 255.0
     kept = oracle2.clutter_kept(edited, scene, reference)
     return Score({c: cf.values[c] for c in changed}, {c: scene.values[c] for c in world2.WORLD.non_descendants(concept)},
                  values, float(diff[outside].mean()),
                  extra={"shares": shares, "clutter_kept": float(np.mean(kept)),
-                        "changed_share": float(paint2.changed_region(scene, cf, changed, original.shape[0]).mean())})
+                        "changed_share": float(region.mean())})
 
 
 def mask_shares(masks, scene: WorldScene, cf) -> dict:

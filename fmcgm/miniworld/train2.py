@@ -27,9 +27,8 @@ import torch
 
 from . import model as M
 from . import paint2, world2
-from .train import _ema_update, _gen, fold_latent_statistics, to_tensor, vae_decode, vae_posterior
+from .train import LATENT_SCALE, _ema_update, _gen, fold_latent_statistics, to_tensor, vae_decode, vae_posterior
 
-LATENT_SCALE = 0.13025
 CAPTION_MIX = {"none": 0.10, "single": 0.15, "subset": 0.20, "shuffled": 0.10, "full": 0.45}
 END_TOKEN = 49407                  # CLIP's end of text (both SDXL tokenizers)
 SPEC_FILE = "world2_spec.json"      # unet config and token table, made here for the device

@@ -8,7 +8,7 @@ metadata is built with its own configs, any other file goes to ComfyUI as usual.
 is the one place the harness reaches into ComfyUI's loading. ``TinySDXLCheckpointLoader``
 does the same as a node. Likewise, on a ComfyUI with native Qwen3-VL (0.33+), ``comfy.sd.load_clip``
 (the stock Load CLIP) builds a file carrying the tiny Qwen3-VL fixture's metadata with its own
-sizes (tests/fixtures/tiny_comfy_qwen3vl.py). Everything downstream is stock.
+sizes (fmcgm/tiny/comfy_qwen3vl.py). Everything downstream is stock.
 """
 import os
 import sys
@@ -37,7 +37,7 @@ if not getattr(comfy.sd.load_checkpoint_guess_config, "fmcgm_tiny_aware", False)
     comfy.sd.load_checkpoint_guess_config = _tiny_aware(comfy.sd.load_checkpoint_guess_config)
 
 try:
-    from tests.fixtures import tiny_comfy_qwen3vl  # noqa: E402
+    from fmcgm.tiny import comfy_qwen3vl as tiny_comfy_qwen3vl  # noqa: E402
 except ImportError:  # a ComfyUI without comfy.text_encoders.qwen3vl
     tiny_comfy_qwen3vl = None
 
